@@ -1,0 +1,79 @@
+# finc: build, test, benchmark, run.
+#   make          build ./finc
+#   make test     install missing Debian packages, build, run the Check suites and tool tests
+#   make run      serve the shipped model
+#   make asan     the test suites under AddressSanitizer + UBSan
+#   make bench    benchmarks (docs/benchmarks.md)
+
+CC       ?= gcc
+ARCH     ?= -march=native
+OPT      ?= -O3
+PKGS     := libcjson libpng zlib
+SAN      ?=
+CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -g -fopenmp $(SAN) -Wall -Wextra -Werror \
+            -Wshadow -Wno-unused-parameter $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I.
+LDLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -lopenblas -lm -lpthread
+LDFLAGS  := -fopenmp $(SAN)
+BUILD    ?= build
+PYTHON   ?= /usr/bin/python3
+
+ENGINE_SRC := $(wildcard engine/*.c)
+IO_SRC     := $(wildcard io/*.c)
+CLI_SRC    := $(wildcard cli/*.c)
+TEST_SRC   := $(wildcard tests/test_*.c)
+TEST_UTIL  := $(filter-out $(TEST_SRC),$(wildcard tests/*.c))
+
+LIB_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(ENGINE_SRC) $(IO_SRC))
+CLI_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(CLI_SRC))
+UTIL_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(TEST_UTIL))
+TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+
+WEIGHTS ?= weights/fashion-mnist.safetensors
+PORT    ?= 8080
+
+.PHONY: all deps test asan run-suites bench run clean vectors
+all: finc
+
+finc: $(CLI_OBJ) $(BUILD)/libfinc.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/libfinc.a: $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(UTIL_OBJ) $(BUILD)/libfinc.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs check)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+deps:
+	@bash tools/deps.sh
+
+# The verdict is the exit status; tests/run_suites.sh prints one closing line.
+test: deps
+	@$(MAKE) --no-print-directory finc $(TEST_BIN)
+	@bash tests/run_suites.sh $(TEST_BIN)
+	@$(PYTHON) -m unittest discover -s tools -p 'test_*.py'
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  run-suites
+run-suites: $(TEST_BIN)
+	@ASAN_OPTIONS=detect_leaks=1 bash tests/run_suites.sh $(TEST_BIN)
+
+bench: finc
+	@bash tools/bench.sh
+
+vectors:
+	$(PYTHON) tools/make_vectors.py
+
+run: deps finc
+	./finc serve --weights $(WEIGHTS) --port $(PORT)
+
+clean:
+	rm -rf build build-asan finc

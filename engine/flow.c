@@ -1,0 +1,299 @@
+/* The chain of model.md sections 1-3, written once against the backend table. */
+#include "flow.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "philox.h"
+
+struct finc_engine {
+    finc_model model;
+    finc_backend *be;
+    int max_batch, D;
+    /* backend memory, sized once for max_batch */
+    float *act[2];                /* (D, B) activations, ping-pong */
+    float *v;                     /* (B, D) pixel values + dequantization offsets */
+    float *lat;                   /* (B, D) latents */
+    uint8_t *pix;                 /* (B, D) pixels */
+    double *logdet, *logp;        /* (B,) */
+    /* host staging */
+    float *h_v, *h_u;             /* (B, D) */
+    double *h_ld, *h_lp;          /* (B,) */
+    float *h_lat;                 /* (B, D) */
+};
+
+static void engine_release(finc_engine *e)
+{
+    if (e->be) {
+        finc_backend *be = e->be;
+        void *bufs[] = {e->act[0], e->act[1], e->v, e->lat, e->pix, e->logdet, e->logp};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            if (bufs[i]) be->release(be, bufs[i]);
+        be->destroy(be);
+    }
+    free(e->h_v);
+    free(e->h_u);
+    free(e->h_ld);
+    free(e->h_lp);
+    free(e->h_lat);
+    finc_model_free(&e->model);
+    free(e);
+}
+
+finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *opts,
+                              char *err, size_t errlen)
+{
+    finc_engine_opts o = opts ? *opts : (finc_engine_opts){0};
+    if (!o.backend) o.backend = "cpu";
+    if (o.max_batch <= 0) o.max_batch = 64;
+    if (strcmp(o.backend, "cpu") != 0 && strcmp(o.backend, "auto") != 0) {
+        snprintf(err, errlen, "backend '%s' is not available in this build (have: cpu)", o.backend);
+        return NULL;
+    }
+    finc_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    if (finc_model_load(&e->model, weights_path, err, errlen) != 0) {
+        free(e);
+        return NULL;
+    }
+    const int B = o.max_batch;
+    e->max_batch = B;
+    e->D = finc_config_dim(&e->model.cfg);
+    e->be = finc_backend_cpu_new(&e->model, B, o.threads, err, errlen);
+    if (!e->be) {
+        engine_release(e);
+        return NULL;
+    }
+    finc_backend *be = e->be;
+    const size_t BD = (size_t)B * e->D;
+    e->act[0] = be->alloc(be, BD * sizeof(float));
+    e->act[1] = be->alloc(be, BD * sizeof(float));
+    e->v = be->alloc(be, BD * sizeof(float));
+    e->lat = be->alloc(be, BD * sizeof(float));
+    e->pix = be->alloc(be, BD);
+    e->logdet = be->alloc(be, B * sizeof(double));
+    e->logp = be->alloc(be, B * sizeof(double));
+    e->h_v = malloc(BD * sizeof(float));
+    e->h_u = malloc(BD * sizeof(float));
+    e->h_lat = malloc(BD * sizeof(float));
+    e->h_ld = malloc(B * sizeof(double));
+    e->h_lp = malloc(B * sizeof(double));
+    if (!e->act[0] || !e->act[1] || !e->v || !e->lat || !e->pix || !e->logdet || !e->logp ||
+        !e->h_v || !e->h_u || !e->h_lat || !e->h_ld || !e->h_lp) {
+        snprintf(err, errlen, "out of memory for a batch of %d", B);
+        engine_release(e);
+        return NULL;
+    }
+    return e;
+}
+
+void finc_engine_free(finc_engine *e)
+{
+    if (e) engine_release(e);
+}
+
+const finc_model *finc_engine_model(const finc_engine *e) { return &e->model; }
+const char *finc_engine_backend_name(const finc_engine *e) { return e->be->name; }
+int finc_engine_max_batch(const finc_engine *e) { return e->max_batch; }
+
+double finc_bits_per_dim(const finc_config *cfg, double logp)
+{
+    return -logp / (finc_config_dim(cfg) * log(2.0));
+}
+
+/* log p terms that do not depend on the image: pre-processing constants,
+ * ActNorm and 1x1 log-dets, and the Gaussian normaliser. */
+static double logp_const(const finc_engine *e)
+{
+    const double D = e->D, a = e->model.cfg.alpha;
+    return -D * log(256.0) + D * log1p(-2.0 * a) + e->model.logdet_const - 0.5 * D * log(2.0 * M_PI);
+}
+
+static void swap(float **a, float **b)
+{
+    float *t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* One chunk of B <= max_batch images whose v + u already sit in e->v. */
+static int encode_chunk(finc_engine *e, int B, char *err, size_t errlen)
+{
+    finc_backend *be = e->be;
+    const finc_model *m = &e->model;
+    const finc_config *cfg = &m->cfg;
+    be->zero(be, e->logdet, B * sizeof(double));
+    be->zero(be, e->logp, B * sizeof(double));
+    float *cur = e->act[0], *tmp = e->act[1];
+    be->preprocess(be, cur, e->logdet, e->v, B, cfg->c, cfg->h, cfg->w, cfg->alpha);
+    int C = cfg->c, H = cfg->h, W = cfg->w, offset = 0;
+    for (int l = 0; l < cfg->levels; l++) {
+        const finc_level *lv = &m->levels[l];
+        be->squeeze(be, tmp, cur, C, B, H, W);
+        swap(&cur, &tmp);
+        C *= 4, H /= 2, W /= 2;
+        const int HW = H * W;
+        for (int s = 0; s < lv->nsteps; s++) {
+            const finc_step *st = &lv->steps[s];
+            be->finc_forward(be, tmp, cur, st, C, B, H, W, cfg->kernel);
+            swap(&cur, &tmp);
+            if (cfg->actnorm) be->actnorm_forward(be, cur, st, C, B, HW);
+            be->conv1x1_forward(be, tmp, cur, st, C, B, HW);
+            swap(&cur, &tmp);
+            be->coupling_forward(be, cur, e->logdet, &st->coupling, B, H, W);
+        }
+        if (lv->has_split) {
+            be->coupling_forward(be, cur, e->logdet, &lv->split, B, H, W);
+            const float *z = cur + (size_t)(C / 2) * B * HW;
+            be->latents_write(be, e->lat, e->D, offset, z, C / 2, B, HW);
+            be->gaussian_logp(be, e->logp, z, C / 2, B, HW);
+            offset += C / 2 * HW;
+            C /= 2;
+        }
+    }
+    be->latents_write(be, e->lat, e->D, offset, cur, C, B, H * W);
+    be->gaussian_logp(be, e->logp, cur, C, B, H * W);
+    return be->sync(be, err, errlen);
+}
+
+static int check_n(const finc_engine *e, int n, char *err, size_t errlen)
+{
+    if (n < 0) {
+        snprintf(err, errlen, "negative batch size %d", n);
+        return -1;
+    }
+    return 0;
+}
+
+int finc_encode(finc_engine *e, int n, const uint8_t *pixels, const float *u,
+                float *latents, double *logp, char *err, size_t errlen)
+{
+    if (check_n(e, n, err, errlen)) return -1;
+    finc_backend *be = e->be;
+    const size_t D = (size_t)e->D;
+    const double k = logp_const(e);
+    for (int i0 = 0; i0 < n; i0 += e->max_batch) {
+        const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
+        const uint8_t *px = pixels + (size_t)i0 * D;
+        for (size_t j = 0; j < (size_t)B * D; j++)
+            e->h_v[j] = (float)px[j] + (u ? u[(size_t)i0 * D + j] : 0.5f);
+        be->upload(be, e->v, e->h_v, (size_t)B * D * sizeof(float));
+        if (encode_chunk(e, B, err, errlen)) return -1;
+        be->download(be, e->h_ld, e->logdet, B * sizeof(double));
+        be->download(be, e->h_lp, e->logp, B * sizeof(double));
+        for (int b = 0; b < B; b++) logp[i0 + b] = e->h_lp[b] + e->h_ld[b] + k;
+        if (latents)
+            be->download(be, latents + (size_t)i0 * D, e->lat, (size_t)B * D * sizeof(float));
+    }
+    return 0;
+}
+
+int finc_score(finc_engine *e, int n, const uint8_t *pixels, int samples, uint64_t seed,
+               uint64_t first_index, double *logp, char *err, size_t errlen)
+{
+    if (samples <= 1) return finc_encode(e, n, pixels, NULL, NULL, logp, err, errlen);
+    if (check_n(e, n, err, errlen)) return -1;
+    const size_t D = (size_t)e->D;
+    double lp[e->max_batch], best[e->max_batch], acc[e->max_batch];
+    for (int i0 = 0; i0 < n; i0 += e->max_batch) {
+        const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
+        /* ln mean_s exp(lp_s), accumulated stably against the first draw. */
+        for (int s = 0; s < samples; s++) {
+            const uint32_t stream = FINC_STREAM_DEQUANT | ((uint32_t)s << 8);
+            for (int b = 0; b < B; b++)
+                finc_philox_uniform(seed, first_index + i0 + b, stream, e->h_u + b * D, D);
+            if (finc_encode(e, B, pixels + (size_t)i0 * D, e->h_u, NULL, lp, err, errlen)) return -1;
+            for (int b = 0; b < B; b++) {
+                if (s == 0) {
+                    best[b] = lp[b];
+                    acc[b] = 1.0;
+                } else if (lp[b] > best[b]) {
+                    acc[b] = acc[b] * exp(best[b] - lp[b]) + 1.0;
+                    best[b] = lp[b];
+                } else {
+                    acc[b] += exp(lp[b] - best[b]);
+                }
+            }
+        }
+        for (int b = 0; b < B; b++) logp[i0 + b] = best[b] + log(acc[b] / samples);
+    }
+    return 0;
+}
+
+static int decode_chunk(finc_engine *e, int B, char *err, size_t errlen)
+{
+    finc_backend *be = e->be;
+    const finc_model *m = &e->model;
+    const finc_config *cfg = &m->cfg;
+    const int L = cfg->levels;
+    int offsets[FINC_MAX_LEVELS + 1], off = 0;
+    for (int l = 0; l < L; l++) {
+        offsets[l] = off;
+        if (m->levels[l].has_split) off += m->levels[l].c / 2 * m->levels[l].h * m->levels[l].w;
+    }
+    offsets[L] = off;
+    float *cur = e->act[0], *tmp = e->act[1];
+    const finc_level *last = &m->levels[L - 1];
+    be->latents_read(be, cur, e->lat, e->D, offsets[L], last->c, B, last->h * last->w);
+    for (int l = L - 1; l >= 0; l--) {
+        const finc_level *lv = &m->levels[l];
+        const int C = lv->c, H = lv->h, W = lv->w, HW = H * W;
+        if (lv->has_split) {
+            be->latents_read(be, cur + (size_t)(C / 2) * B * HW, e->lat, e->D, offsets[l], C / 2, B, HW);
+            be->coupling_inverse(be, cur, &lv->split, B, H, W);
+        }
+        for (int s = lv->nsteps - 1; s >= 0; s--) {
+            const finc_step *st = &lv->steps[s];
+            be->coupling_inverse(be, cur, &st->coupling, B, H, W);
+            be->conv1x1_inverse(be, tmp, cur, st, C, B, HW);
+            swap(&cur, &tmp);
+            if (cfg->actnorm) be->actnorm_inverse(be, cur, st, C, B, HW);
+            be->finc_inverse(be, tmp, cur, st, C, B, H, W, cfg->kernel);
+            swap(&cur, &tmp);
+        }
+        be->unsqueeze(be, tmp, cur, C / 4, B, 2 * H, 2 * W);
+        swap(&cur, &tmp);
+    }
+    be->postprocess(be, e->pix, cur, B, cfg->c, cfg->h, cfg->w, cfg->alpha);
+    return be->sync(be, err, errlen);
+}
+
+int finc_decode(finc_engine *e, int n, const float *latents, uint8_t *pixels,
+                char *err, size_t errlen)
+{
+    if (check_n(e, n, err, errlen)) return -1;
+    finc_backend *be = e->be;
+    const size_t D = (size_t)e->D;
+    for (int i0 = 0; i0 < n; i0 += e->max_batch) {
+        const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
+        be->upload(be, e->lat, latents + (size_t)i0 * D, (size_t)B * D * sizeof(float));
+        if (decode_chunk(e, B, err, errlen)) return -1;
+        be->download(be, pixels + (size_t)i0 * D, e->pix, (size_t)B * D);
+    }
+    return 0;
+}
+
+int finc_sample(finc_engine *e, int n, float temperature, uint64_t seed, uint64_t first_index,
+                uint8_t *pixels, char *err, size_t errlen)
+{
+    if (check_n(e, n, err, errlen)) return -1;
+    if (!(temperature >= 0.0f) || !isfinite(temperature)) {
+        snprintf(err, errlen, "temperature must be a finite number >= 0");
+        return -1;
+    }
+    const size_t D = (size_t)e->D;
+    for (int i0 = 0; i0 < n; i0 += e->max_batch) {
+        const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
+        for (int b = 0; b < B; b++)
+            finc_philox_normal(seed, first_index + i0 + b, FINC_STREAM_LATENT, temperature,
+                               e->h_lat + b * D, D);
+        if (finc_decode(e, B, e->h_lat, pixels + (size_t)i0 * D, err, errlen)) return -1;
+    }
+    return 0;
+}

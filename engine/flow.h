@@ -1,0 +1,55 @@
+/* The engine: the whole FInC Flow chain of model.md (pre-processing, squeeze,
+ * steps, splits, priors, and their inverses) on a batch, through a backend.
+ * The CLI and the server call only this API. Not thread-safe: one caller
+ * thread per engine. */
+#ifndef FINC_FLOW_H
+#define FINC_FLOW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "model.h"
+
+typedef struct finc_engine finc_engine;
+
+typedef struct {
+    const char *backend;   /* "cpu" (default), "cuda" or "auto" */
+    int max_batch;         /* largest batch run at once (default 64); larger n is chunked */
+    int threads;           /* CPU threads; <= 0 for all cores */
+} finc_engine_opts;
+
+/* Load the weights and start a backend. Returns NULL with a message in err. */
+finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *opts,
+                              char *err, size_t errlen);
+void finc_engine_free(finc_engine *e);
+
+const finc_model *finc_engine_model(const finc_engine *e);
+const char *finc_engine_backend_name(const finc_engine *e);
+int finc_engine_max_batch(const finc_engine *e);
+
+/* Encode n images (pixels (n, C, H, W)) with dequantization offsets u (n, C, H, W)
+ * in [0, 1), or u == NULL for 0.5 everywhere. Writes the latents (n, D) when
+ * latents != NULL and log p(v) in nats per image. Returns 0, or -1 with err. */
+int finc_encode(finc_engine *e, int n, const uint8_t *pixels, const float *u,
+                float *latents, double *logp, char *err, size_t errlen);
+
+/* Score: log p per image, midpoint dequantization when samples <= 1, else the
+ * importance-weighted estimate ln mean_s exp(log p_s) over `samples` uniform
+ * draws keyed by (seed, first_index + i). */
+int finc_score(finc_engine *e, int n, const uint8_t *pixels, int samples, uint64_t seed,
+               uint64_t first_index, double *logp, char *err, size_t errlen);
+
+/* Decode n latent rows (n, D) to pixels (n, C, H, W). */
+int finc_decode(finc_engine *e, int n, const float *latents, uint8_t *pixels,
+                char *err, size_t errlen);
+
+/* Sample n images: latents for image i drawn from N(0, T^2 I) keyed by
+ * (seed, first_index + i), so an image does not depend on its batch. */
+int finc_sample(finc_engine *e, int n, float temperature, uint64_t seed, uint64_t first_index,
+                uint8_t *pixels, char *err, size_t errlen);
+
+/* bits/dim from log p. */
+double finc_bits_per_dim(const finc_config *cfg, double logp);
+
+#endif

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages finc needs, when any is missing.
+set -eu
+pkgs=(build-essential pkg-config check libcjson-dev libpng-dev zlib1g-dev libdnnl-dev
+      libopenblas-dev libmicrohttpd-dev libuv1-dev libcurl4-openssl-dev
+      python3-torch python3-numpy cython3 dataset-fashion-mnist prometheus nginx-light)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing: ${missing[*]}"
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
