@@ -1,0 +1,639 @@
+/* Config parsing and the weights loader (model.md section 4). The file is
+ * checked against the config in full (names, dtypes, shapes, finite values,
+ * FInC current-pixel taps, invertible 1x1) before a model is returned; the
+ * weights and the tensors derived from them live in one 64-byte aligned block. */
+#include "engine/model.h"
+
+#include <cJSON.h>
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/check.h"
+#include "engine/safetensors.h"
+
+#define FORMAT_NAME "finc-flow"
+#define FORMAT_VERSION "1"
+#define MAX_CHANNELS 16
+#define MAX_SIDE 4096
+#define MAX_KERNEL 15
+#define MAX_WIDTH 8192
+/* A 1x1 weight whose inverse amplifies float32 rounding by more than this
+ * cannot be inverted usefully in float32. */
+#define MAX_COND_1X1 1e10
+/* exp(|s|) for ActNorm must stay finite in float. */
+#define MAX_LOG_SCALE 80.0
+#define ALIGN_FLOATS 16   /* 64 bytes */
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+static size_t align_up(size_t n) { return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS; }
+
+/* ---- config ------------------------------------------------------------ */
+
+/* An integer JSON value in [lo, hi]. */
+static int get_int(const cJSON *v, const char *what, long lo, long hi, int *out, char *err, size_t errlen)
+{
+    if (!v)
+        return fail(err, errlen, "config: '%s' missing", what);
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
+        return fail(err, errlen, "config: '%s' is not an integer", what);
+    double d = v->valuedouble;
+    if (d < (double)lo || d > (double)hi)
+        return fail(err, errlen, "config: '%s' is %.0f, must be in %ld..%ld", what, d, lo, hi);
+    *out = (int)d;
+    return 0;
+}
+
+static int parse_fields(finc_config *cfg, const cJSON *o, char *err, size_t errlen)
+{
+    if (get_int(cJSON_GetObjectItemCaseSensitive(o, "levels"), "levels", 1, FINC_MAX_LEVELS,
+                &cfg->levels, err, errlen))
+        return -1;
+    int L = cfg->levels;
+
+    const cJSON *img = cJSON_GetObjectItemCaseSensitive(o, "image");
+    if (!img)
+        return fail(err, errlen, "config: 'image' missing");
+    if (!cJSON_IsArray(img) || cJSON_GetArraySize(img) != 3)
+        return fail(err, errlen, "config: 'image' must be an array [C, H, W]");
+    if (get_int(img->child, "image C", 1, MAX_CHANNELS, &cfg->c, err, errlen) ||
+        get_int(img->child->next, "image H", 1, MAX_SIDE, &cfg->h, err, errlen) ||
+        get_int(img->child->next->next, "image W", 1, MAX_SIDE, &cfg->w, err, errlen))
+        return -1;
+    if (cfg->h % (1 << L) || cfg->w % (1 << L))
+        return fail(err, errlen, "config: image H x W = %d x %d is not divisible by 2^levels = %d",
+                    cfg->h, cfg->w, 1 << L);
+
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(o, "steps");
+    if (!steps)
+        return fail(err, errlen, "config: 'steps' missing");
+    if (!cJSON_IsArray(steps) || cJSON_GetArraySize(steps) != L)
+        return fail(err, errlen, "config: 'steps' must be an array of %d step counts, one per level", L);
+    int l = 0;
+    for (const cJSON *s = steps->child; s; s = s->next, l++) {
+        char what[32];
+        snprintf(what, sizeof what, "steps[%d]", l);
+        if (get_int(s, what, 1, FINC_MAX_STEPS, &cfg->steps[l], err, errlen))
+            return -1;
+    }
+
+    if (get_int(cJSON_GetObjectItemCaseSensitive(o, "kernel"), "kernel", 2, MAX_KERNEL, &cfg->kernel,
+                err, errlen) ||
+        get_int(cJSON_GetObjectItemCaseSensitive(o, "coupling_width"), "coupling_width", 1, MAX_WIDTH,
+                &cfg->width, err, errlen))
+        return -1;
+
+    const cJSON *an = cJSON_GetObjectItemCaseSensitive(o, "actnorm");
+    if (!an)
+        return fail(err, errlen, "config: 'actnorm' missing");
+    if (!cJSON_IsBool(an))
+        return fail(err, errlen, "config: 'actnorm' is not a boolean");
+    cfg->actnorm = cJSON_IsTrue(an);
+
+    cfg->alpha = 1e-6;
+    const cJSON *al = cJSON_GetObjectItemCaseSensitive(o, "alpha");
+    if (al) {
+        if (!cJSON_IsNumber(al))
+            return fail(err, errlen, "config: 'alpha' is not a number");
+        /* alpha > 0 keeps the logit finite for every u in [0, 1); < 0.5 keeps 1 - 2a > 0. */
+        if (!(al->valuedouble > 0 && al->valuedouble < 0.5))
+            return fail(err, errlen, "config: 'alpha' is %g, must be in (0, 0.5)", al->valuedouble);
+        cfg->alpha = al->valuedouble;
+    }
+
+    /* Sizes stay far inside int by the caps above; the parameter count is
+     * the one total that could still be absurd. */
+    double params = 0, C = 4.0 * cfg->c, F = cfg->width, k = cfg->kernel;
+    for (l = 0; l < L; l++, C *= 2) {
+        double coupling = F * (C / 2) * 9 + F + F * F + F + C * F * 9 + 2 * C;
+        params += cfg->steps[l] * (C * C / 16 * 4 * k * k + (cfg->actnorm ? 2 * C : 0) + C * C + coupling);
+        if (l < L - 1)
+            params += coupling;
+    }
+    if (params > 4294967296.0)
+        return fail(err, errlen, "config: the model would hold %.3g parameters, more than 2^32", params);
+    return 0;
+}
+
+int finc_config_parse(finc_config *cfg, const char *json, char *err, size_t errlen)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->test_bpd = NAN;
+    if (!json)
+        return fail(err, errlen, "config: missing");
+    cJSON *root = cJSON_Parse(json);
+    int rc;
+    if (!root)
+        rc = fail(err, errlen, "config is not valid JSON");
+    else if (!cJSON_IsObject(root))
+        rc = fail(err, errlen, "config is not a JSON object");
+    else
+        rc = parse_fields(cfg, root, err, errlen);
+    cJSON_Delete(root);
+    if (rc == 0 && !(cfg->json = strdup(json)))
+        rc = fail(err, errlen, "out of memory");
+    if (rc) {
+        memset(cfg, 0, sizeof *cfg);
+        cfg->test_bpd = NAN;
+    }
+    return rc;
+}
+
+void finc_config_free(finc_config *cfg)
+{
+    free(cfg->json);
+    free(cfg->metadata_json);
+    cfg->json = cfg->metadata_json = NULL;
+}
+
+/* ---- expected tensors -------------------------------------------------- */
+
+static void emit(finc_tensor_fn fn, void *user, const char *name, int ndim, int64_t a, int64_t b,
+                 int64_t c, int64_t d)
+{
+    const int64_t shape[4] = {a, b, c, d};
+    fn(user, name, ndim, shape);
+}
+
+static void each_coupling(const char *prefix, int64_t C, int64_t F, finc_tensor_fn fn, void *user)
+{
+    char name[128];
+    snprintf(name, sizeof name, "%s.conv1.weight", prefix);
+    emit(fn, user, name, 4, F, C / 2, 3, 3);
+    snprintf(name, sizeof name, "%s.conv1.bias", prefix);
+    emit(fn, user, name, 1, F, 0, 0, 0);
+    snprintf(name, sizeof name, "%s.conv2.weight", prefix);
+    emit(fn, user, name, 4, F, F, 1, 1);
+    snprintf(name, sizeof name, "%s.conv2.bias", prefix);
+    emit(fn, user, name, 1, F, 0, 0, 0);
+    snprintf(name, sizeof name, "%s.conv3.weight", prefix);
+    emit(fn, user, name, 4, C, F, 3, 3);
+    snprintf(name, sizeof name, "%s.conv3.bias", prefix);
+    emit(fn, user, name, 1, C, 0, 0, 0);
+    snprintf(name, sizeof name, "%s.conv3.logs", prefix);
+    emit(fn, user, name, 1, C, 0, 0, 0);
+}
+
+static const char *const quarter_names[4] = {"tl", "tr", "bl", "br"};
+
+void finc_config_each_tensor(const finc_config *cfg, finc_tensor_fn fn, void *user)
+{
+    char name[128], prefix[96];
+    int64_t C = 4 * (int64_t)cfg->c, F = cfg->width, k = cfg->kernel;
+    for (int l = 0; l < cfg->levels; l++, C *= 2) {
+        for (int s = 0; s < cfg->steps[l]; s++) {
+            for (int q = 0; q < 4; q++) {
+                snprintf(name, sizeof name, "levels.%d.steps.%d.finc.%s", l, s, quarter_names[q]);
+                emit(fn, user, name, 4, C / 4, C / 4, k, k);
+            }
+            if (cfg->actnorm) {
+                snprintf(name, sizeof name, "levels.%d.steps.%d.actnorm.translation", l, s);
+                emit(fn, user, name, 1, C, 0, 0, 0);
+                snprintf(name, sizeof name, "levels.%d.steps.%d.actnorm.log_scale", l, s);
+                emit(fn, user, name, 1, C, 0, 0, 0);
+            }
+            snprintf(name, sizeof name, "levels.%d.steps.%d.conv1x1.weight", l, s);
+            emit(fn, user, name, 2, C, C, 0, 0);
+            snprintf(prefix, sizeof prefix, "levels.%d.steps.%d.coupling", l, s);
+            each_coupling(prefix, C, F, fn, user);
+        }
+        if (l < cfg->levels - 1) {
+            snprintf(prefix, sizeof prefix, "levels.%d.split.coupling", l);
+            each_coupling(prefix, C, F, fn, user);
+        }
+    }
+}
+
+/* ---- loader ------------------------------------------------------------ */
+
+typedef struct {
+    char name[128];
+    int ndim;
+    int64_t shape[4];
+    size_t numel;
+    const finc_st_tensor *src;
+    float *dst;
+} want;
+
+typedef struct {
+    want *v;
+    int n, cap, oom;
+} want_list;
+
+static void collect(void *user, const char *name, int ndim, const int64_t *shape)
+{
+    want_list *wl = user;
+    if (wl->oom)
+        return;
+    if (wl->n == wl->cap) {
+        int cap = wl->cap ? 2 * wl->cap : 256;
+        want *v = realloc(wl->v, (size_t)cap * sizeof *v);
+        if (!v) {
+            wl->oom = 1;
+            return;
+        }
+        wl->v = v;
+        wl->cap = cap;
+    }
+    want *w = &wl->v[wl->n++];
+    memset(w, 0, sizeof *w);
+    snprintf(w->name, sizeof w->name, "%s", name);
+    w->ndim = ndim;
+    w->numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        w->shape[i] = shape[i];
+        w->numel *= (size_t)shape[i];
+    }
+}
+
+static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
+{
+    size_t used = (size_t)snprintf(buf, n, "(");
+    for (int i = 0; i < ndim && used < n; i++)
+        used += (size_t)snprintf(buf + used, n - used, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (used < n)
+        snprintf(buf + used, n - used, ")");
+}
+
+static int load_metadata(finc_config *cfg, const finc_st *st, char *err, size_t errlen)
+{
+    if (!st->metadata_json)
+        return fail(err, errlen, "file has no __metadata__ (expected format '" FORMAT_NAME "')");
+    const char *fmt = finc_st_meta(st, "format");
+    if (!fmt)
+        return fail(err, errlen, "metadata 'format' missing (expected '" FORMAT_NAME "')");
+    if (strcmp(fmt, FORMAT_NAME) != 0)
+        return fail(err, errlen, "metadata format is '%s', expected '" FORMAT_NAME "'", fmt);
+    const char *ver = finc_st_meta(st, "format_version");
+    if (!ver)
+        return fail(err, errlen, "metadata 'format_version' missing (expected '" FORMAT_VERSION "')");
+    if (strcmp(ver, FORMAT_VERSION) != 0)
+        return fail(err, errlen, "metadata format_version is '%s', this loader reads '" FORMAT_VERSION "'", ver);
+    const char *conf = finc_st_meta(st, "config");
+    if (!conf)
+        return fail(err, errlen, "metadata 'config' missing");
+    if (finc_config_parse(cfg, conf, err, errlen))
+        return -1;
+    if (!(cfg->metadata_json = strdup(st->metadata_json)))
+        return fail(err, errlen, "out of memory");
+    const char *bpd = finc_st_meta(st, "test_bpd");
+    if (bpd) {
+        char *end;
+        double v = strtod(bpd, &end);
+        if (end != bpd && *end == 0 && isfinite(v))
+            cfg->test_bpd = v;
+    }
+    return 0;
+}
+
+/* Every expected tensor present with a float dtype and the right shape; no
+ * other tensor in the file. */
+static int match_tensors(want_list *wl, const finc_st *st, size_t *n_params, char *err, size_t errlen)
+{
+    unsigned char *seen = calloc((size_t)st->n + 1, 1);
+    if (!seen)
+        return fail(err, errlen, "out of memory");
+    int rc = 0;
+    *n_params = 0;
+    for (int i = 0; i < wl->n && rc == 0; i++) {
+        want *w = &wl->v[i];
+        const finc_st_tensor *t = finc_st_find(st, w->name);
+        char want_s[96], have_s[160];
+        shape_str(want_s, sizeof want_s, w->ndim, w->shape);
+        if (!t) {
+            rc = fail(err, errlen, "tensor '%s' missing (expected shape %s)", w->name, want_s);
+            break;
+        }
+        if (t->dtype != FINC_ST_F32 && t->dtype != FINC_ST_F16 && t->dtype != FINC_ST_BF16) {
+            rc = fail(err, errlen, "tensor '%s': dtype %s, expected F32 (or F16, BF16)", w->name,
+                      finc_st_dtype_name(t->dtype));
+            break;
+        }
+        int same = t->ndim == w->ndim;
+        for (int d = 0; same && d < w->ndim; d++)
+            same = t->shape[d] == w->shape[d];
+        if (!same) {
+            shape_str(have_s, sizeof have_s, t->ndim, t->shape);
+            rc = fail(err, errlen, "tensor '%s': shape %s, expected %s", w->name, have_s, want_s);
+            break;
+        }
+        w->src = t;
+        seen[t - st->tensors] = 1;
+        *n_params += w->numel;
+    }
+    for (int i = 0; i < st->n && rc == 0; i++)
+        if (!seen[i])
+            rc = fail(err, errlen, "unknown tensor '%s' (not part of the model the config describes)",
+                      st->tensors[i].name);
+    free(seen);
+    return rc;
+}
+
+/* Hands out 64-byte aligned pieces of the block, in order. */
+typedef struct {
+    float *block;
+    size_t used, size;
+} bump;
+
+static float *take(bump *b, size_t n)
+{
+    float *p = b->block + b->used;
+    b->used += align_up(n);
+    FINC_CHECK(b->used <= b->size);
+    return p;
+}
+
+static size_t derived_floats(const finc_config *cfg)
+{
+    size_t total = 0, C = 4 * (size_t)cfg->c, k = (size_t)cfg->kernel;
+    for (int l = 0; l < cfg->levels; l++, C *= 2) {
+        size_t per_step = 4 * align_up(C / 4 * (C / 4) * k * k) + align_up(C * C) + align_up(C);
+        total += (size_t)cfg->steps[l] * per_step;
+        if (l < cfg->levels - 1)
+            total += align_up(C);
+    }
+    return total;
+}
+
+static int copy_tensor(want *w, char *err, size_t errlen)
+{
+    FINC_CHECK(finc_st_to_f32(w->src, w->dst) == 0);
+    for (size_t i = 0; i < w->numel; i++)
+        if (!isfinite(w->dst[i]))
+            return fail(err, errlen, "tensor '%s': non-finite value (%s) at index %zu", w->name,
+                        isnan(w->dst[i]) ? "NaN" : "Inf", i);
+    return 0;
+}
+
+/* The next stored tensor in finc_config_each_tensor order; the suffix check
+ * guards that this walk and that one agree. */
+static float *next(want_list *wl, int *ci, const char *suffix, const char **name)
+{
+    FINC_CHECK(*ci < wl->n);
+    want *w = &wl->v[(*ci)++];
+    size_t n = strlen(w->name), s = strlen(suffix);
+    FINC_CHECK(n >= s && strcmp(w->name + n - s, suffix) == 0);
+    if (name)
+        *name = w->name;
+    return w->dst;
+}
+
+/* TL form of quarter q (0 TL, 1 TR, 2 BL, 3 BR): TR flips width, BL height,
+ * BR both; then the current-pixel tap must be unit lower-triangular. */
+static int derive_finc(float *tl, const float *w, int q, int cq, int k, const char *name, char *err,
+                       size_t errlen)
+{
+    for (int o = 0; o < cq; o++)
+        for (int i = 0; i < cq; i++)
+            for (int a = 0; a < k; a++)
+                for (int b = 0; b < k; b++) {
+                    int sa = (q & 2) ? k - 1 - a : a, sb = (q & 1) ? k - 1 - b : b;
+                    tl[(((size_t)o * cq + i) * k + a) * k + b] = w[(((size_t)o * cq + i) * k + sa) * k + sb];
+                }
+    int ra = (q & 2) ? 0 : k - 1, rb = (q & 1) ? 0 : k - 1;   /* the tap in stored form */
+    for (int o = 0; o < cq; o++)
+        for (int i = o; i < cq; i++) {
+            float v = tl[(((size_t)o * cq + i) * k + k - 1) * k + k - 1];
+            if (i == o && v != 1.0f)
+                return fail(err, errlen,
+                            "tensor '%s': current-pixel tap [%d][%d][%d][%d] is %.9g, must be 1 "
+                            "(the tap is unit lower-triangular over channels)",
+                            name, o, i, ra, rb, (double)v);
+            if (i > o && v != 0.0f)
+                return fail(err, errlen,
+                            "tensor '%s': current-pixel tap [%d][%d][%d][%d] is %.9g, must be 0 "
+                            "(the tap is unit lower-triangular over channels)",
+                            name, o, i, ra, rb, (double)v);
+        }
+    return 0;
+}
+
+/* Gauss-Jordan with partial pivoting, in double. */
+static int invert_1x1(const float *w, float *inv, int C, double *logdet, const char *name, char *err,
+                      size_t errlen)
+{
+    size_t n = (size_t)C;
+    double *a = malloc(2 * n * n * sizeof *a);
+    if (!a)
+        return fail(err, errlen, "out of memory inverting '%s'", name);
+    double *b = a + n * n;
+    double norm_w = 0;
+    for (size_t c = 0; c < n; c++) {
+        double col = 0;
+        for (size_t r = 0; r < n; r++) {
+            a[r * n + c] = w[r * n + c];
+            b[r * n + c] = r == c;
+            col += fabs(a[r * n + c]);
+        }
+        norm_w = col > norm_w ? col : norm_w;
+    }
+    double ld = 0;
+    int rc = 0;
+    for (size_t c = 0; c < n && rc == 0; c++) {
+        size_t p = c;
+        for (size_t r = c + 1; r < n; r++)
+            if (fabs(a[r * n + c]) > fabs(a[p * n + c]))
+                p = r;
+        if (a[p * n + c] == 0) {
+            rc = fail(err, errlen, "tensor '%s' is singular (det = 0); the 1x1 convolution must be invertible", name);
+            break;
+        }
+        if (p != c)
+            for (size_t j = 0; j < n; j++) {
+                double t = a[p * n + j];
+                a[p * n + j] = a[c * n + j];
+                a[c * n + j] = t;
+                t = b[p * n + j];
+                b[p * n + j] = b[c * n + j];
+                b[c * n + j] = t;
+            }
+        double piv = a[c * n + c];
+        ld += log(fabs(piv));
+        for (size_t j = 0; j < n; j++) {
+            a[c * n + j] /= piv;
+            b[c * n + j] /= piv;
+        }
+        for (size_t r = 0; r < n; r++) {
+            double f = a[r * n + c];
+            if (r == c || f == 0)
+                continue;
+            for (size_t j = 0; j < n; j++) {
+                a[r * n + j] -= f * a[c * n + j];
+                b[r * n + j] -= f * b[c * n + j];
+            }
+        }
+    }
+    if (rc == 0) {
+        double norm_inv = 0;
+        int finite = isfinite(ld);
+        for (size_t c = 0; c < n; c++) {
+            double col = 0;
+            for (size_t r = 0; r < n; r++) {
+                double v = b[r * n + c];
+                finite &= isfinite(v) && fabs(v) <= FLT_MAX;
+                col += fabs(v);
+                inv[r * n + c] = (float)v;
+            }
+            norm_inv = col > norm_inv ? col : norm_inv;
+        }
+        double cond = norm_w * norm_inv;
+        if (!finite || !(cond <= MAX_COND_1X1))
+            rc = fail(err, errlen, "tensor '%s' is singular or badly conditioned (condition number %.3g)", name,
+                      cond);
+    }
+    *logdet = ld;
+    free(a);
+    return rc;
+}
+
+static int assign_coupling(finc_coupling *cp, want_list *wl, int *ci, bump *b, int C, int F, char *err,
+                           size_t errlen)
+{
+    const char *logs_name;
+    cp->cin = C / 2;
+    cp->cout = C;
+    cp->width = F;
+    cp->w1 = next(wl, ci, ".conv1.weight", NULL);
+    cp->b1 = next(wl, ci, ".conv1.bias", NULL);
+    cp->w2 = next(wl, ci, ".conv2.weight", NULL);
+    cp->b2 = next(wl, ci, ".conv2.bias", NULL);
+    cp->w3 = next(wl, ci, ".conv3.weight", NULL);
+    cp->b3 = next(wl, ci, ".conv3.bias", NULL);
+    const float *logs = next(wl, ci, ".conv3.logs", &logs_name);
+    float *scale3 = take(b, (size_t)C);
+    for (int i = 0; i < C; i++) {
+        double v = exp(3.0 * logs[i]);
+        if (!(v <= FLT_MAX))
+            return fail(err, errlen, "tensor '%s': exp(3*logs) overflows float at index %d (logs = %g)",
+                        logs_name, i, (double)logs[i]);
+        scale3[i] = (float)v;
+    }
+    cp->scale3 = scale3;
+    return 0;
+}
+
+static int assign(finc_model *m, want_list *wl, bump *b, char *err, size_t errlen)
+{
+    const finc_config *cfg = &m->cfg;
+    int C = 4 * cfg->c, F = cfg->width, k = cfg->kernel, ci = 0;
+    static const char *const qsuffix[4] = {".finc.tl", ".finc.tr", ".finc.bl", ".finc.br"};
+    m->logdet_const = 0;
+    for (int l = 0; l < cfg->levels; l++, C *= 2) {
+        finc_level *lv = &m->levels[l];
+        lv->c = C;
+        lv->h = cfg->h >> (l + 1);
+        lv->w = cfg->w >> (l + 1);
+        lv->nsteps = cfg->steps[l];
+        lv->steps = calloc((size_t)lv->nsteps, sizeof *lv->steps);
+        if (!lv->steps)
+            return fail(err, errlen, "out of memory");
+        int cq = C / 4;
+        for (int s = 0; s < lv->nsteps; s++) {
+            finc_step *st = &lv->steps[s];
+            const char *name;
+            for (int q = 0; q < 4; q++) {
+                st->finc[q] = next(wl, &ci, qsuffix[q], &name);
+                float *tl = take(b, (size_t)cq * cq * k * k);
+                if (derive_finc(tl, st->finc[q], q, cq, k, name, err, errlen))
+                    return -1;
+                st->finc_tl[q] = tl;
+            }
+            st->an_logscale_sum = 0;
+            if (cfg->actnorm) {
+                st->an_t = next(wl, &ci, ".actnorm.translation", NULL);
+                st->an_s = next(wl, &ci, ".actnorm.log_scale", &name);
+                for (int c = 0; c < C; c++) {
+                    if (fabs(st->an_s[c]) > MAX_LOG_SCALE)
+                        return fail(err, errlen, "tensor '%s': value %g at index %d is out of range (|log_scale| <= %g)",
+                                    name, (double)st->an_s[c], c, MAX_LOG_SCALE);
+                    st->an_logscale_sum += st->an_s[c];
+                }
+            }
+            st->w1x1 = next(wl, &ci, ".conv1x1.weight", &name);
+            float *inv = take(b, (size_t)C * C);
+            if (invert_1x1(st->w1x1, inv, C, &st->w1x1_logdet, name, err, errlen))
+                return -1;
+            st->w1x1_inv = inv;
+            if (assign_coupling(&st->coupling, wl, &ci, b, C, F, err, errlen))
+                return -1;
+            m->logdet_const += (double)lv->h * lv->w * (st->w1x1_logdet - st->an_logscale_sum);
+        }
+        lv->has_split = l < cfg->levels - 1;
+        if (lv->has_split && assign_coupling(&lv->split, wl, &ci, b, C, F, err, errlen))
+            return -1;
+    }
+    FINC_CHECK(ci == wl->n);
+    return 0;
+}
+
+static int build(finc_model *m, want_list *wl, char *err, size_t errlen)
+{
+    size_t stored = 0;
+    for (int i = 0; i < wl->n; i++)
+        stored += align_up(wl->v[i].numel);
+    size_t total = stored + derived_floats(&m->cfg);
+    void *p = NULL;
+    if (posix_memalign(&p, 64, total * sizeof(float)) != 0)
+        return fail(err, errlen, "out of memory allocating %zu bytes of weights", total * sizeof(float));
+    /* Zero the alignment padding too: the block is copied whole to devices. */
+    memset(p, 0, total * sizeof(float));
+    m->block = p;
+    m->block_floats = total;
+    bump b = {m->block, 0, total};
+    for (int i = 0; i < wl->n; i++) {
+        wl->v[i].dst = take(&b, wl->v[i].numel);
+        if (copy_tensor(&wl->v[i], err, errlen))
+            return -1;
+    }
+    return assign(m, wl, &b, err, errlen);
+}
+
+int finc_model_load(finc_model *m, const char *path, char *err, size_t errlen)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg.test_bpd = NAN;
+    finc_st st;
+    if (finc_st_open(&st, path, err, errlen))
+        return -1;
+    want_list wl = {0};
+    int rc = load_metadata(&m->cfg, &st, err, errlen);
+    if (rc == 0) {
+        finc_config_each_tensor(&m->cfg, collect, &wl);
+        if (wl.oom)
+            rc = fail(err, errlen, "out of memory");
+    }
+    if (rc == 0)
+        rc = match_tensors(&wl, &st, &m->n_params, err, errlen);
+    if (rc == 0)
+        rc = build(m, &wl, err, errlen);
+    free(wl.v);
+    finc_st_close(&st);
+    if (rc)
+        finc_model_free(m);
+    return rc;
+}
+
+void finc_model_free(finc_model *m)
+{
+    if (!m)
+        return;
+    for (int l = 0; l < FINC_MAX_LEVELS; l++)
+        free(m->levels[l].steps);
+    free(m->block);
+    finc_config_free(&m->cfg);
+    memset(m, 0, sizeof *m);
+    m->cfg.test_bpd = NAN;
+}
