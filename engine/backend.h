@@ -32,11 +32,13 @@ struct finc_backend {
     /* Waits for queued work; returns 0, or -1 with a message in err. */
     int (*sync)(finc_backend *be, char *err, size_t errlen);
 
-    /* Pixels v + u (image layout (B, C, H, W), already in [0, 256)) to logits
-     * x (C, B, H, W); logdet[b] += sum of the logit's log-derivative terms.
-     * The constant terms (-D ln 256, D ln(1-2a)) are the caller's. */
-    void (*preprocess)(finc_backend *be, float *x, double *logdet, const float *v,
-                       int B, int C, int H, int W, double alpha);
+    /* Pixels v (B, C, H, W) and dequantization offsets u (same layout; NULL
+     * for 0.5 everywhere) to logits x (C, B, H, W), in double until the
+     * logit: v + u near 256 in float would lose the digits that 1 - x needs.
+     * logdet[b] += sum of the logit's log-derivative terms; the constant
+     * terms (-D ln 256, D ln(1-2a)) are the caller's. */
+    void (*preprocess)(finc_backend *be, float *x, double *logdet, const uint8_t *pixels,
+                       const float *u, int B, int C, int H, int W, double alpha);
     /* Logits x (C, B, H, W) to pixels (B, C, H, W). */
     void (*postprocess)(finc_backend *be, uint8_t *pixels, const float *x,
                         int B, int C, int H, int W, double alpha);

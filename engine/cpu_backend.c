@@ -22,8 +22,8 @@ static void cpu_copy(finc_backend *be, void *dst, const void *src, size_t bytes)
 static void cpu_zero(finc_backend *be, void *dst, size_t bytes) { memset(dst, 0, bytes); }
 static int cpu_sync(finc_backend *be, char *err, size_t errlen) { return 0; }
 
-static void cpu_preprocess(finc_backend *be, float *x, double *logdet, const float *v,
-                           int B, int C, int H, int W, double alpha)
+static void cpu_preprocess(finc_backend *be, float *x, double *logdet, const uint8_t *pixels,
+                           const float *u, int B, int C, int H, int W, double alpha)
 {
     const size_t HW = (size_t)H * W, D = (size_t)C * HW;
 #pragma omp parallel for schedule(static)
@@ -31,7 +31,9 @@ static void cpu_preprocess(finc_backend *be, float *x, double *logdet, const flo
         double ld = 0.0;
         for (int c = 0; c < C; c++)
             for (size_t p = 0; p < HW; p++) {
-                const double s = (v[b * D + c * HW + p] / 256.0 + alpha) * (1.0 - 2.0 * alpha);
+                const size_t i = b * D + c * HW + p;
+                const double v = pixels[i] + (u ? (double)u[i] : 0.5);
+                const double s = (v / 256.0 + alpha) * (1.0 - 2.0 * alpha);
                 const double l1 = log(s), l2 = log1p(-s);
                 x[((size_t)c * B + b) * HW + p] = (float)(l1 - l2);
                 ld += -l1 - l2;

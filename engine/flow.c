@@ -15,12 +15,12 @@ struct finc_engine {
     int max_batch, D;
     /* backend memory, sized once for max_batch */
     float *act[2];                /* (D, B) activations, ping-pong */
-    float *v;                     /* (B, D) pixel values + dequantization offsets */
+    float *u;                     /* (B, D) dequantization offsets */
     float *lat;                   /* (B, D) latents */
-    uint8_t *pix;                 /* (B, D) pixels */
+    uint8_t *pix;                 /* (B, D) pixels, in and out */
     double *logdet, *logp;        /* (B,) */
     /* host staging */
-    float *h_v, *h_u;             /* (B, D) */
+    float *h_u;                   /* (B, D) */
     double *h_ld, *h_lp;          /* (B,) */
     float *h_lat;                 /* (B, D) */
 };
@@ -29,12 +29,11 @@ static void engine_release(finc_engine *e)
 {
     if (e->be) {
         finc_backend *be = e->be;
-        void *bufs[] = {e->act[0], e->act[1], e->v, e->lat, e->pix, e->logdet, e->logp};
+        void *bufs[] = {e->act[0], e->act[1], e->u, e->lat, e->pix, e->logdet, e->logp};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) be->release(be, bufs[i]);
         be->destroy(be);
     }
-    free(e->h_v);
     free(e->h_u);
     free(e->h_ld);
     free(e->h_lp);
@@ -74,18 +73,17 @@ finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *
     const size_t BD = (size_t)B * e->D;
     e->act[0] = be->alloc(be, BD * sizeof(float));
     e->act[1] = be->alloc(be, BD * sizeof(float));
-    e->v = be->alloc(be, BD * sizeof(float));
+    e->u = be->alloc(be, BD * sizeof(float));
     e->lat = be->alloc(be, BD * sizeof(float));
     e->pix = be->alloc(be, BD);
     e->logdet = be->alloc(be, B * sizeof(double));
     e->logp = be->alloc(be, B * sizeof(double));
-    e->h_v = malloc(BD * sizeof(float));
     e->h_u = malloc(BD * sizeof(float));
     e->h_lat = malloc(BD * sizeof(float));
     e->h_ld = malloc(B * sizeof(double));
     e->h_lp = malloc(B * sizeof(double));
-    if (!e->act[0] || !e->act[1] || !e->v || !e->lat || !e->pix || !e->logdet || !e->logp ||
-        !e->h_v || !e->h_u || !e->h_lat || !e->h_ld || !e->h_lp) {
+    if (!e->act[0] || !e->act[1] || !e->u || !e->lat || !e->pix || !e->logdet || !e->logp ||
+        !e->h_u || !e->h_lat || !e->h_ld || !e->h_lp) {
         snprintf(err, errlen, "out of memory for a batch of %d", B);
         engine_release(e);
         return NULL;
@@ -122,8 +120,9 @@ static void swap(float **a, float **b)
     *b = t;
 }
 
-/* One chunk of B <= max_batch images whose v + u already sit in e->v. */
-static int encode_chunk(finc_engine *e, int B, char *err, size_t errlen)
+/* One chunk of B <= max_batch images whose pixels sit in e->pix and, when
+ * has_u, offsets in e->u. */
+static int encode_chunk(finc_engine *e, int B, int has_u, char *err, size_t errlen)
 {
     finc_backend *be = e->be;
     const finc_model *m = &e->model;
@@ -131,7 +130,8 @@ static int encode_chunk(finc_engine *e, int B, char *err, size_t errlen)
     be->zero(be, e->logdet, B * sizeof(double));
     be->zero(be, e->logp, B * sizeof(double));
     float *cur = e->act[0], *tmp = e->act[1];
-    be->preprocess(be, cur, e->logdet, e->v, B, cfg->c, cfg->h, cfg->w, cfg->alpha);
+    be->preprocess(be, cur, e->logdet, e->pix, has_u ? e->u : NULL, B, cfg->c, cfg->h, cfg->w,
+                   cfg->alpha);
     int C = cfg->c, H = cfg->h, W = cfg->w, offset = 0;
     for (int l = 0; l < cfg->levels; l++) {
         const finc_level *lv = &m->levels[l];
@@ -180,11 +180,9 @@ int finc_encode(finc_engine *e, int n, const uint8_t *pixels, const float *u,
     const double k = logp_const(e);
     for (int i0 = 0; i0 < n; i0 += e->max_batch) {
         const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
-        const uint8_t *px = pixels + (size_t)i0 * D;
-        for (size_t j = 0; j < (size_t)B * D; j++)
-            e->h_v[j] = (float)px[j] + (u ? u[(size_t)i0 * D + j] : 0.5f);
-        be->upload(be, e->v, e->h_v, (size_t)B * D * sizeof(float));
-        if (encode_chunk(e, B, err, errlen)) return -1;
+        be->upload(be, e->pix, pixels + (size_t)i0 * D, (size_t)B * D);
+        if (u) be->upload(be, e->u, u + (size_t)i0 * D, (size_t)B * D * sizeof(float));
+        if (encode_chunk(e, B, u != NULL, err, errlen)) return -1;
         be->download(be, e->h_ld, e->logdet, B * sizeof(double));
         be->download(be, e->h_lp, e->logp, B * sizeof(double));
         for (int b = 0; b < B; b++) logp[i0 + b] = e->h_lp[b] + e->h_ld[b] + k;
