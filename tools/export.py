@@ -1,0 +1,94 @@
+#!/usr/bin/python3
+"""Exports a training checkpoint of tools/train.py to the shipped weights file.
+
+    /usr/bin/python3 tools/export.py [--checkpoint tools/checkpoints/fmnist.best.pt]
+                                     [--out weights/fashion-mnist.safetensors] [--test-bpd 3.05]
+
+Default source: the best-by-validation copy if present, else the training checkpoint.
+Metadata (strings, model.md section 4): format, format_version, config, dataset,
+epochs (completed epochs of the exported weights), steps, parameters, train_bpd (mean
+training bits/dim of the last completed epoch, uniform dequantization), val_bpd
+(validation, uniform u with a fixed seed) and val_bpd_u05 (validation with u = 0.5, the
+engine's default score) from the log, or measured now by the float32 PyTorch reference
+unless --no-eval; test_bpd when --test-bpd gives one (measured by the C engine).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import finc_torch as ft  # noqa: E402
+
+MAX_BYTES = 45 * 1024 * 1024
+
+
+def default_checkpoint():
+    best = os.path.join(HERE, "checkpoints", "fmnist.best.pt")
+    return best if os.path.exists(best) else os.path.join(HERE, "checkpoints", "fmnist.pt")
+
+
+def facts_from_log(ck):
+    """(completed epochs, val record of the exported weights or None)."""
+    log = ck.get("log", [])
+    epochs = ck["epoch"]  # train.py counts completed epochs in both files
+    if "val" in ck:  # a best copy: saved right after this validation
+        return epochs, ck["val"]
+    vals = [r for r in log if r.get("kind") == "val" and r.get("epoch") == epochs - 1]
+    return epochs, (vals[-1] if vals else None)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="export a training checkpoint to a finc weights file")
+    p.add_argument("--checkpoint", default=None, help="default: the best copy, else the checkpoint")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "weights", "fashion-mnist.safetensors"))
+    p.add_argument("--test-bpd", type=float, help="test bits/dim measured by the C engine")
+    p.add_argument("--no-eval", action="store_true", help="do not score the validation set now")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    src = args.checkpoint or default_checkpoint()
+    ck = torch.load(src, map_location="cpu")
+    model = ft.FInCFlow(ck["config"])
+    model.load_state_dict(ck["model"])
+    epochs, val = facts_from_log(ck)
+
+    meta = {"dataset": "fashion-mnist", "epochs": str(epochs), "steps": str(ck["step"]),
+            "parameters": str(sum(t.numel() for t in ft.weights(model).values())),
+            "source": "tools/train.py (%s)" % os.path.basename(src),
+            "split": "train: first 55000 of the training file; validation: last 5000"}
+    if val is not None:
+        if val.get("train_bpd") is not None:
+            meta["train_bpd"] = "%.4f" % val["train_bpd"]
+        meta["val_bpd"] = "%.4f" % val["val_bpd"]
+        if val.get("val_bpd_u05") is not None:
+            meta["val_bpd_u05"] = "%.4f" % val["val_bpd_u05"]
+    if not args.no_eval and "val_bpd_u05" not in meta:
+        import train  # the same fixed split and validation routine as training
+        _, val_px = train.load_split(train.DATA_DIR)
+        half, unif = train.validate(model, val_px, "cpu", 500, ck.get("args", {}).get("seed", 1) + 99)
+        meta["val_bpd_u05"] = "%.4f" % half
+        meta.setdefault("val_bpd", "%.4f" % unif)
+    if args.test_bpd is not None:
+        meta["test_bpd"] = "%.4f" % args.test_bpd
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"
+    ft.save_safetensors(tmp, model, meta)
+    size = os.path.getsize(tmp)
+    if size > MAX_BYTES:
+        os.remove(tmp)
+        sys.stderr.write("export: %d bytes is over the %d-byte limit\n" % (size, MAX_BYTES))
+        return 1
+    os.replace(tmp, args.out)
+    ft.load_safetensors(args.out)  # the file passes the reference loader's checks
+    print("wrote %s (%d bytes) from %s: %s" % (args.out, size, src, json.dumps(meta)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
