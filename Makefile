@@ -48,6 +48,7 @@ $(BUILD)/%.o: %.c
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(UTIL_OBJ) $(BUILD)/libfinc.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs check)
 
+.SECONDARY:
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 deps:
@@ -56,15 +57,14 @@ deps:
 # The verdict is the exit status; tests/run_suites.sh prints one closing line.
 test: deps
 	@$(MAKE) --no-print-directory finc $(TEST_BIN)
-	@bash tests/run_suites.sh $(TEST_BIN)
-	@$(PYTHON) -m unittest discover -s tools -p 'test_*.py'
+	@PYTHON=$(PYTHON) bash tests/run_suites.sh $(TEST_BIN)
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	  run-suites
 run-suites: $(TEST_BIN)
-	@ASAN_OPTIONS=detect_leaks=1 bash tests/run_suites.sh $(TEST_BIN)
+	@ASAN_OPTIONS=detect_leaks=1 FINC_SKIP_PY=1 bash tests/run_suites.sh $(TEST_BIN)
 
 bench: finc
 	@bash tools/bench.sh
@@ -77,3 +77,7 @@ run: deps finc
 
 clean:
 	rm -rf build build-asan finc
+
+BENCH_BIN := $(BUILD)/bench/bench_engine
+$(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(BUILD)/libfinc.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
