@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cJSON.h>
+
 #include "engine/flow.h"
 #include "io/idx.h"
 #include "io/npy.h"
@@ -44,7 +46,8 @@ static int usage(const char *fmt, ...)
         fputc('\n', stderr);
         va_end(ap);
     }
-    fputs(usage_text, stderr);
+    fputs("usage: finc info|sample|score|encode|decode|eval|serve WEIGHTS [options]; finc --help lists them\n",
+          stderr);
     return 2;
 }
 
@@ -272,7 +275,13 @@ static int cmd_info(int argc, char **argv)
                lv->has_split ? ", split" : "");
     }
     if (!isnan(c->test_bpd)) printf("test bits/dim %.4f\n", c->test_bpd);
-    printf("metadata     %s\n", c->metadata_json ? c->metadata_json : "{}");
+    cJSON *meta = c->metadata_json ? cJSON_Parse(c->metadata_json) : NULL;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, meta) {
+        if (cJSON_IsString(it) && strcmp(it->string, "config") && strcmp(it->string, "format"))
+            printf("%-12s %s\n", it->string, it->valuestring);
+    }
+    cJSON_Delete(meta);
     if (o.tensors) {
         printf("tensors:\n");
         finc_config_each_tensor(c, tensor_print, NULL);

@@ -1,0 +1,219 @@
+/* The finc command line, run as a user runs it: exit codes (0 ok, 1 bad
+ * file, 2 bad arguments), real PNG and .npy files, and answers equal to the
+ * engine API's. Needs ./finc built (make test builds it first). */
+#include <check.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "engine/flow.h"
+#include "io/npy.h"
+#include "io/png.h"
+#include "tests/check_main.h"
+#include "tests/testmodel.h"
+
+static char dir[256], weights[300];
+static char out[1 << 16];
+
+/* Runs a shell command line, stdout and stderr into out; returns the exit code. */
+static int run(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    char full[4200];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static void setup(void)
+{
+    ck_assert_int_eq(testmodel_tmpdir(dir, sizeof dir), 0);
+    snprintf(weights, sizeof weights, "%s/m.safetensors", dir);
+    testmodel_spec s = testmodel_tiny();   /* 1 x 8 x 8 */
+    ck_assert_int_eq(testmodel_write(weights, &s, 5), 0);
+}
+
+static void teardown(void)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+START_TEST(usage_errors_exit_2)
+{
+    const char *bad[] = {
+        "", "bogus", "sample", "sample %s", "sample %s -n 0 -o x.png", "sample %s -t abc -o x.png",
+        "sample %s -n 3 --frobnicate -o x.png", "score %s", "sample %s --backend tpu -o x.png",
+        "decode %s", "encode %s a.png", "info", "eval %s --limit -3", "sample %s --seed -1 -o x.png",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char args[512];
+        snprintf(args, sizeof args, bad[i], weights);
+        ck_assert_msg(run("./finc %s", args) == 2, "'finc %s' exit != 2: %s", args, out);
+        ck_assert_msg(strstr(out, "usage: finc") != NULL, "'finc %s' no usage line", args);
+    }
+    ck_assert_int_eq(run("./finc --help"), 0);
+    ck_assert_ptr_nonnull(strstr(out, "eval WEIGHTS"));
+}
+END_TEST
+
+START_TEST(bad_files_exit_1)
+{
+    ck_assert_int_eq(run("./finc info %s/none.safetensors", dir), 1);
+    ck_assert_int_eq(run("head -c 100 %s > %s/cut.safetensors && ./finc info %s/cut.safetensors", weights, dir, dir), 1);
+    ck_assert_ptr_nonnull(strstr(out, "cut.safetensors"));
+    ck_assert_int_eq(run("./finc score %s %s/none.png", weights, dir), 1);
+    /* a PNG of the wrong size names both sizes */
+    uint8_t px[3 * 5 * 7] = {0};
+    char err[256], path[300];
+    snprintf(path, sizeof path, "%s/small.png", dir);
+    ck_assert_int_eq(finc_png_write_file(path, px, 1, 5, 7, err, sizeof err), 0);
+    ck_assert_int_eq(run("./finc score %s %s", weights, path), 1);
+    ck_assert_msg(strstr(out, "image is 7x5, model expects 8x8") != NULL, "%s", out);
+    snprintf(path, sizeof path, "%s/junk.png", dir);
+    FILE *f = fopen(path, "w");
+    fputs("not a png", f);
+    fclose(f);
+    ck_assert_int_eq(run("./finc score %s %s", weights, path), 1);
+    /* latents of the wrong width */
+    float z[10] = {0};
+    snprintf(path, sizeof path, "%s/z.npy", dir);
+    ck_assert_int_eq(finc_npy_write_f32(path, z, 1, 10, err, sizeof err), 0);
+    ck_assert_int_eq(run("./finc decode %s %s -o %s/o.png", weights, path, dir), 1);
+    ck_assert_msg(strstr(out, "10 values per row, model expects 64") != NULL, "%s", out);
+}
+END_TEST
+
+static uint8_t *read_png(const char *path, int *h, int *w)
+{
+    finc_png_image img;
+    char err[256];
+    ck_assert_msg(finc_png_read_file(path, 1, &img, err, sizeof err) == 0, "%s", err);
+    *h = img.height, *w = img.width;
+    return img.pixels;
+}
+
+START_TEST(info_sample_score_encode_decode)
+{
+    ck_assert_int_eq(run("./finc info %s --tensors", weights), 0);
+    ck_assert_ptr_nonnull(strstr(out, "1 x 8 x 8"));
+    ck_assert_ptr_nonnull(strstr(out, "levels.1.steps.1.coupling.conv3.logs"));
+
+    /* a grid of 4 (2 x 2 tiles with 2-pixel padding), and one file per image */
+    ck_assert_int_eq(run("./finc sample %s -n 4 -t 0.7 --seed 9 -o %s/grid.png", weights, dir), 0);
+    char path[300];
+    int h, w;
+    snprintf(path, sizeof path, "%s/grid.png", dir);
+    free(read_png(path, &h, &w));
+    ck_assert_int_eq(h, 2 * (8 + 2) + 2);
+    ck_assert_int_eq(w, 2 * (8 + 2) + 2);
+    ck_assert_int_eq(run("./finc sample %s -n 4 -t 0.7 --seed 9 -o %s/imgs/", weights, dir), 0);
+
+    /* the files are what the engine samples for that seed */
+    char err[256];
+    finc_engine *e = finc_engine_open(weights, NULL, err, sizeof err);
+    ck_assert_ptr_nonnull(e);
+    uint8_t want[4 * 64];
+    ck_assert_int_eq(finc_sample(e, 4, 0.7f, 9, 0, want, err, sizeof err), 0);
+    char files[2048] = "";
+    for (int i = 0; i < 4; i++) {
+        snprintf(path, sizeof path, "%s/imgs/%05d.png", dir, i);
+        uint8_t *px = read_png(path, &h, &w);
+        ck_assert(h == 8 && w == 8 && memcmp(px, want + i * 64, 64) == 0);
+        free(px);
+        strcat(files, " "), strcat(files, path);
+    }
+
+    /* score: text and JSON lines equal to the engine's numbers */
+    double lp[4];
+    ck_assert_int_eq(finc_score(e, 4, want, 1, 0, 0, lp, err, sizeof err), 0);
+    ck_assert_int_eq(run("./finc score %s%s --json", weights, files), 0);
+    char *line = out;
+    for (int i = 0; i < 4; i++) {
+        double got, bpd;
+        char *p = strstr(line, "\"log_likelihood\": ");
+        ck_assert_ptr_nonnull(p);
+        ck_assert_int_eq(sscanf(p, "\"log_likelihood\": %lf, \"bits_per_dim\": %lf", &got, &bpd), 2);
+        ck_assert_msg(fabs(got - lp[i]) < 1e-6 * fabs(lp[i]), "%g vs %g", got, lp[i]);
+        ck_assert(fabs(bpd - finc_bits_per_dim(&finc_engine_model(e)->cfg, lp[i])) < 1e-6);
+        ck_assert_ptr_nonnull(strstr(line, "\"file\": \""));
+        line = strchr(p, '\n') + 1;
+    }
+    ck_assert_int_eq(run("./finc score %s%s", weights, files), 0);
+    ck_assert_ptr_nonnull(strstr(out, "bits/dim"));
+
+    /* encode -> decode gives the same pixels back */
+    ck_assert_int_eq(run("./finc encode %s%s -o %s/z.npy", weights, files, dir), 0);
+    ck_assert_int_eq(run("./finc decode %s %s/z.npy -o %s/back/", weights, dir, dir), 0);
+    for (int i = 0; i < 4; i++) {
+        snprintf(path, sizeof path, "%s/back/%05d.png", dir, i);
+        uint8_t *px = read_png(path, &h, &w);
+        ck_assert(memcmp(px, want + i * 64, 64) == 0);
+        free(px);
+    }
+    finc_engine_free(e);
+}
+END_TEST
+
+/* eval over a small IDX file equals the mean of the engine's bits/dim. */
+START_TEST(eval_on_idx_file)
+{
+    enum { N = 10 };
+    uint8_t px[N * 64];
+    for (int i = 0; i < N * 64; i++) px[i] = (uint8_t)(i * 37 % 256);
+    char path[300];
+    snprintf(path, sizeof path, "%s/data-idx3-ubyte.gz", dir);
+    gzFile g = gzopen(path, "wb");
+    const uint8_t hdr[16] = {0, 0, 8, 3, 0, 0, 0, N, 0, 0, 0, 8, 0, 0, 0, 8};
+    gzwrite(g, hdr, sizeof hdr);
+    gzwrite(g, px, sizeof px);
+    gzclose(g);
+    char err[256];
+    finc_engine *e = finc_engine_open(weights, NULL, err, sizeof err);
+    double lp[N], mean = 0;
+    ck_assert_int_eq(finc_score(e, N, px, 1, 0, 0, lp, err, sizeof err), 0);
+    for (int i = 0; i < N; i++) mean += finc_bits_per_dim(&finc_engine_model(e)->cfg, lp[i]) / N;
+    finc_engine_free(e);
+    ck_assert_int_eq(run("./finc eval %s --data %s --json --batch 3", weights, path), 0);
+    double got, se;
+    int n;
+    char *p = strstr(out, "\"images\": ");
+    ck_assert_ptr_nonnull(p);
+    ck_assert_int_eq(sscanf(p, "\"images\": %d, \"samples\": %*d, \"bits_per_dim\": %lf, \"stderr\": %lf", &n, &got, &se), 3);
+    ck_assert_int_eq(n, N);
+    ck_assert_msg(fabs(got - mean) < 1e-5, "%g vs %g", got, mean);
+    ck_assert(se > 0);
+    ck_assert_int_eq(run("./finc eval %s --data %s --limit 4 --samples 3 --seed 1", weights, path), 0);
+    ck_assert_ptr_nonnull(strstr(out, "4 images, importance-weighted"));
+}
+END_TEST
+
+static Suite *cli_suite(void)
+{
+    Suite *s = suite_create("cli");
+    TCase *tc = tcase_create("finc");
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, usage_errors_exit_2);
+    tcase_add_test(tc, bad_files_exit_1);
+    tcase_add_test(tc, info_sample_score_encode_decode);
+    tcase_add_test(tc, eval_on_idx_file);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+FINC_CHECK_MAIN(cli_suite)
