@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# make bench: the CPU engine against the PyTorch + Cython baseline on the same
+# weights in the same run, and the FInC wavefront inverse against a raster
+# solve. Raw JSON lines go to build/bench/results.jsonl; the tables to stdout
+# (docs/benchmarks.md keeps a copy). Time on a quiet machine: the load average
+# is printed with the figures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-/usr/bin/python3}
+THREADS=${THREADS:-$(nproc)}
+out=build/bench/results.jsonl
+mkdir -p build/bench
+make -s build/bench/bench_engine
+$PY tools/make_bench_models.py >&2
+: > "$out"
+echo "{\"bench\": \"machine\", \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"cores\": $(nproc), \"threads\": $THREADS, \"loadavg\": \"$(cut -d' ' -f1-3 /proc/loadavg)\", \"date\": \"$(date -u +%F)\"}" >> "$out"
+for m in f128 f512; do
+    build/bench/bench_engine --threads "$THREADS" "build/bench/mnist-$m.safetensors" | grep '"engine"' >> "$out"
+    $PY tools/bench_torch.py "build/bench/mnist-$m.safetensors" --threads "$THREADS" --json \
+        | $PY -c 'import json,sys; d=json.load(sys.stdin); d["bench"]="torch"; print(json.dumps(d))' >> "$out"
+done
+build/bench/bench_engine --threads "$THREADS" --finc | grep -v '"sgemm"' >> "$out"
+build/bench/bench_engine --threads "$THREADS" | grep '"sgemm"' >> "$out"
+$PY tools/bench_report.py "$out"
