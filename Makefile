@@ -8,7 +8,7 @@
 CC       ?= gcc
 ARCH     ?= -march=native
 OPT      ?= -O3
-PKGS     := libcjson libpng zlib
+PKGS     := libcjson libpng zlib libmicrohttpd libuv
 SAN      ?=
 CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -g -fopenmp $(SAN) -Wall -Wextra -Werror \
             -Wshadow -Wno-unused-parameter $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I.
@@ -20,22 +20,29 @@ PYTHON   ?= /usr/bin/python3
 ENGINE_SRC := $(wildcard engine/*.c)
 IO_SRC     := $(wildcard io/*.c)
 CLI_SRC    := $(wildcard cli/*.c)
+SERVER_SRC := $(wildcard server/*.c)
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_UTIL  := $(filter-out $(TEST_SRC),$(wildcard tests/*.c))
 
 LIB_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(ENGINE_SRC) $(IO_SRC))
 CLI_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(CLI_SRC))
+SERVER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(SERVER_SRC))
 UTIL_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(TEST_UTIL))
 TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
 WEIGHTS ?= weights/fashion-mnist.safetensors
 PORT    ?= 8080
 
-.PHONY: all deps test asan run-suites bench run clean vectors
+.PHONY: all deps test asan run-suites bench bench-server run clean vectors
 all: finc
 
-finc: $(CLI_OBJ) $(BUILD)/libfinc.a
+finc: $(CLI_OBJ) $(BUILD)/libfinc_server.a $(BUILD)/libfinc.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The HTTP service (server/), linked into ./finc and the test binaries.
+$(BUILD)/libfinc_server.a: $(SERVER_OBJ)
+	@mkdir -p $(dir $@)
+	ar rcs $@ $^
 
 $(BUILD)/libfinc.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -45,8 +52,12 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
-$(BUILD)/tests/%: $(BUILD)/tests/%.o $(UTIL_OBJ) $(BUILD)/libfinc.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs check)
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(UTIL_OBJ) $(BUILD)/libfinc_server.a $(BUILD)/libfinc.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs check libcurl)
+
+# Open-loop HTTP load generator for the server benchmark (tools/bench_server.sh).
+$(BUILD)/loadgen: $(BUILD)/bench/loadgen.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs libcurl) -lm -lpthread
 
 .SECONDARY:
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
@@ -56,7 +67,7 @@ deps:
 
 # The verdict is the exit status; tests/run_suites.sh prints one closing line.
 test: deps
-	@$(MAKE) --no-print-directory finc $(TEST_BIN)
+	@$(MAKE) --no-print-directory finc $(TEST_BIN) $(BUILD)/loadgen
 	@PYTHON=$(PYTHON) bash tests/run_suites.sh $(TEST_BIN)
 
 asan:
@@ -68,6 +79,9 @@ run-suites: $(TEST_BIN)
 
 bench: finc
 	@bash tools/bench.sh
+
+bench-server: finc $(BUILD)/loadgen
+	@bash tools/bench_server.sh
 
 vectors:
 	$(PYTHON) tools/make_vectors.py

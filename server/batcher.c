@@ -1,0 +1,643 @@
+#include "server/batcher.h"
+
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "engine/check.h"
+#include "engine/philox.h"
+
+/* A run of images [i0, i0 + k) of one job, at offset off in the batch. */
+typedef struct {
+    finc_job *job;
+    int i0, k, off;
+    int failed;
+} batch_seg;
+
+typedef struct {
+    finc_job_kind kind;
+    int nseg, B;
+    batch_seg *seg;           /* (max_batch,) */
+    uint8_t *pix;             /* (max_batch, D): score input, sample output */
+    double *logp;             /* (max_batch,) */
+    float *lat;               /* (max_batch, D) sample latents */
+    char err[256];
+} batch;
+
+typedef struct {
+    finc_job *head, *tail;
+    long images;              /* undispatched images of the jobs in it */
+} job_queue;
+
+struct finc_batcher {
+    finc_batcher_opts o;
+    char *weights;
+    finc_metrics *metrics;
+    int max_batch;
+
+    /* shared between threads, under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t engine_cv, ready_cv;
+    int state;                /* 0 loading, 1 ready, -1 failed */
+    char load_err[512];
+    finc_job *in_head, *in_tail;  /* submitted, not yet seen by the loop */
+    long reserved[FINC_JOB_KINDS];  /* images claimed and not yet dispatched or dropped */
+    int pending;              /* jobs claimed whose callback has not returned */
+    int stop, closing, flush;
+    int closed;               /* the loop's handles are closing: no more uv_async_send */
+    batch *to_engine;         /* handed to the engine thread */
+    batch *returned;          /* handed back by it */
+
+    /* engine thread */
+    finc_engine *engine;      /* owned and touched only by the engine thread */
+    const finc_model *model;  /* set before state turns 1, read-only afterwards */
+    const char *backend;
+    int D;
+
+    /* loop thread */
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_timer_t timer, sweep;
+    job_queue q[FINC_JOB_KINDS];
+    batch batch;
+    int busy;                 /* the batch is with the engine */
+    struct pollfd *pfd;       /* (pfd_cap,) for hang-up sweeps */
+    finc_job **pjob;
+    int pfd_cap;
+
+    uv_thread_t loop_thread, engine_thread;
+};
+
+/* Wakes the loop thread; mu held, so the handle cannot be closing under us. */
+static void wake_locked(finc_batcher *b)
+{
+    if (!b->closed) uv_async_send(&b->wake);
+}
+
+/* ---- queues (loop thread) ------------------------------------------------ */
+
+static void q_push(job_queue *q, finc_job *j)
+{
+    j->link = NULL;
+    j->prev = q->tail;
+    if (q->tail) q->tail->link = j;
+    else q->head = j;
+    q->tail = j;
+    q->images += j->n - j->next;
+    j->queued = 1;
+}
+
+static void q_remove(job_queue *q, finc_job *j)
+{
+    if (j->prev) j->prev->link = j->link;
+    else q->head = j->link;
+    if (j->link) j->link->prev = j->prev;
+    else q->tail = j->prev;
+    q->images -= j->n - j->next;
+    j->prev = j->link = NULL;
+    j->queued = 0;
+}
+
+/* ---- job endings (loop thread) ------------------------------------------- */
+
+/* Runs the callback; the job is gone afterwards. */
+static void job_complete(finc_batcher *b, finc_job *j)
+{
+    j->done(j, j->user);
+    pthread_mutex_lock(&b->mu);
+    b->pending--;
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Ends a job that has not succeeded: takes its remaining images off the
+ * queue and calls back once no chunk of it is with the engine. */
+static void job_end(finc_batcher *b, finc_job *j, finc_job_status st, const char *msg)
+{
+    if (j->status != FINC_JOB_PENDING) return;
+    j->status = st;
+    snprintf(j->error, sizeof j->error, "%s", msg);
+    const int undispatched = j->n - j->next;
+    if (j->queued) q_remove(&b->q[j->kind], j);
+    if (undispatched > 0) {
+        pthread_mutex_lock(&b->mu);
+        b->reserved[j->kind] -= undispatched;
+        pthread_mutex_unlock(&b->mu);
+    }
+    if (b->metrics) {
+        finc_drop_reason why = st == FINC_JOB_EXPIRED     ? FINC_DROP_EXPIRED
+                               : st == FINC_JOB_CANCELLED ? FINC_DROP_CANCELLED
+                               : st == FINC_JOB_FAILED    ? FINC_DROP_FAILED
+                                                          : FINC_DROP_SHUTDOWN;
+        finc_metrics_dropped(b->metrics, j->kind, why, j->n - j->finished);
+    }
+    if (j->inflight == 0) job_complete(b, j);
+}
+
+/* Has the peer closed or reset the connection? A half-close counts: HTTP/1.1
+ * clients do not half-close while they wait for an answer. */
+static int client_gone(int fd)
+{
+    if (fd < 0) return 0;
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    if (poll(&p, 1, 0) <= 0) return 0;
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+static void sweep_hangups(finc_batcher *b)
+{
+    int n = 0;
+    for (int k = 0; k < FINC_JOB_KINDS; k++)
+        for (finc_job *j = b->q[k].head; j && n < b->pfd_cap; j = j->link)
+            if (j->fd >= 0) {
+                b->pfd[n] = (struct pollfd){.fd = j->fd, .events = POLLRDHUP};
+                b->pjob[n++] = j;
+            }
+    if (n == 0 || poll(b->pfd, (nfds_t)n, 0) <= 0) return;
+    for (int i = 0; i < n; i++)
+        if (b->pfd[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
+            job_end(b, b->pjob[i], FINC_JOB_CANCELLED, "the client closed the connection");
+}
+
+/* ---- batches ------------------------------------------------------------- */
+
+static int seg_cmp_midpoint_first(const void *a, const void *c)
+{
+    const batch_seg *x = a, *y = c;
+    const int mx = x->job->samples > 1, my = y->job->samples > 1;
+    if (mx != my) return mx - my;
+    return x->off - y->off;  /* keep arrival order otherwise */
+}
+
+/* Fills the batch from the head of kind's queue. Returns images taken. */
+static int batch_form(finc_batcher *b, finc_job_kind kind, double now)
+{
+    batch *bt = &b->batch;
+    job_queue *q = &b->q[kind];
+    bt->kind = kind;
+    bt->nseg = bt->B = 0;
+    bt->err[0] = '\0';
+    long taken = 0;
+    while (q->head && bt->B < b->max_batch) {
+        finc_job *j = q->head;
+        if (client_gone(j->fd)) {
+            job_end(b, j, FINC_JOB_CANCELLED, "the client closed the connection");
+            continue;
+        }
+        const int k = j->n - j->next < b->max_batch - bt->B ? j->n - j->next : b->max_batch - bt->B;
+        if (j->next == 0) {
+            j->queue_wait = now - j->t_submit;
+            if (b->metrics) finc_metrics_queue_wait(b->metrics, kind, j->queue_wait);
+        }
+        bt->seg[bt->nseg++] = (batch_seg){.job = j, .i0 = j->next, .k = k, .off = bt->B};
+        bt->B += k;
+        j->inflight++;
+        q_remove(q, j);  /* takes the job's undispatched images off the count */
+        j->next += k;
+        taken += k;
+        if (j->next < j->n) {
+            /* The rest goes back to the head: it has waited already. */
+            j->link = q->head;
+            j->prev = NULL;
+            if (q->head) q->head->prev = j;
+            else q->tail = j;
+            q->head = j;
+            q->images += j->n - j->next;
+            j->queued = 1;
+        }
+    }
+    for (int s = 0; s < bt->nseg; s++)
+        if (bt->seg[s].job->batch_size < bt->B) bt->seg[s].job->batch_size = bt->B;
+    pthread_mutex_lock(&b->mu);
+    b->reserved[kind] -= taken;
+    pthread_mutex_unlock(&b->mu);
+    if (kind == FINC_JOB_SCORE && bt->nseg > 0) {
+        /* Midpoint scores run as one engine call; each importance-weighted run
+         * is its own call (its draws are keyed by its request's seed). */
+        qsort(bt->seg, (size_t)bt->nseg, sizeof bt->seg[0], seg_cmp_midpoint_first);
+        const size_t D = (size_t)b->D;
+        int off = 0;
+        for (int s = 0; s < bt->nseg; s++) {
+            batch_seg *sg = &bt->seg[s];
+            sg->off = off;
+            memcpy(bt->pix + (size_t)off * D, sg->job->pixels + (size_t)sg->i0 * D, (size_t)sg->k * D);
+            off += sg->k;
+        }
+    }
+    return bt->B;
+}
+
+/* Engine thread: runs every engine call of a batch. */
+static void batch_run(finc_batcher *b, batch *bt)
+{
+    finc_engine *e = b->engine;
+    const size_t D = (size_t)b->D;
+    const double t0 = finc_mono_now();
+    if (bt->kind == FINC_JOB_SAMPLE) {
+        /* The latents finc_sample would draw for each image, keyed by its
+         * request's (seed, index), so a batch of many requests is one decode. */
+        for (int s = 0; s < bt->nseg; s++) {
+            const batch_seg *sg = &bt->seg[s];
+            for (int i = 0; i < sg->k; i++)
+                finc_philox_normal(sg->job->seed, (uint64_t)(sg->i0 + i), FINC_STREAM_LATENT,
+                                   sg->job->temperature, bt->lat + (size_t)(sg->off + i) * D, D);
+        }
+        if (finc_decode(e, bt->B, bt->lat, bt->pix, bt->err, sizeof bt->err) != 0)
+            for (int s = 0; s < bt->nseg; s++) bt->seg[s].failed = 1;
+    } else {
+        int nmid = 0, Bmid = 0;
+        while (nmid < bt->nseg && bt->seg[nmid].job->samples <= 1) Bmid += bt->seg[nmid++].k;
+        if (Bmid > 0 && finc_score(e, Bmid, bt->pix, 1, 0, 0, bt->logp, bt->err, sizeof bt->err) != 0)
+            for (int s = 0; s < nmid; s++) bt->seg[s].failed = 1;
+        for (int s = nmid; s < bt->nseg; s++) {
+            batch_seg *sg = &bt->seg[s];
+            if (finc_score(e, sg->k, bt->pix + (size_t)sg->off * D, sg->job->samples, sg->job->seed,
+                           (uint64_t)sg->i0, bt->logp + sg->off, bt->err, sizeof bt->err) != 0)
+                sg->failed = 1;
+        }
+    }
+    if (b->metrics) finc_metrics_batch(b->metrics, bt->kind, bt->B, finc_mono_now() - t0);
+}
+
+/* Loop thread: results back to each job. */
+static void batch_finish(finc_batcher *b, batch *bt)
+{
+    const size_t D = (size_t)b->D;
+    for (int s = 0; s < bt->nseg; s++) {
+        batch_seg *sg = &bt->seg[s];
+        finc_job *j = sg->job;
+        j->inflight--;
+        if (j->status == FINC_JOB_PENDING) {
+            if (sg->failed) {
+                char msg[300];
+                snprintf(msg, sizeof msg, "engine: %s", bt->err[0] ? bt->err : "failed");
+                job_end(b, j, FINC_JOB_FAILED, msg);
+                continue;
+            }
+            if (bt->kind == FINC_JOB_SAMPLE)
+                memcpy(j->images + (size_t)sg->i0 * D, bt->pix + (size_t)sg->off * D, (size_t)sg->k * D);
+            else
+                memcpy(j->logp + sg->i0, bt->logp + sg->off, (size_t)sg->k * sizeof(double));
+            j->finished += sg->k;
+            if (j->finished == j->n) {
+                j->status = FINC_JOB_OK;
+                if (j->inflight == 0) job_complete(b, j);
+            }
+        } else if (j->inflight == 0) {
+            job_complete(b, j);  /* ended while this chunk ran */
+        }
+        sg->failed = 0;
+    }
+    bt->nseg = bt->B = 0;
+}
+
+/* ---- the loop ------------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t);
+
+static void close_cb(uv_handle_t *h) { (void)h; }
+
+static void process(finc_batcher *b)
+{
+    const double now = finc_mono_now();
+    pthread_mutex_lock(&b->mu);
+    finc_job *in = b->in_head;
+    b->in_head = b->in_tail = NULL;
+    batch *ret = b->returned;
+    b->returned = NULL;
+    const int flush = b->flush, closing = b->closing, stop = b->stop, state = b->state;
+    char load_err[600];
+    if (state < 0) snprintf(load_err, sizeof load_err, "model failed to load: %s", b->load_err);
+    pthread_mutex_unlock(&b->mu);
+
+    while (in) {
+        finc_job *next = in->link;
+        q_push(&b->q[in->kind], in);
+        in = next;
+    }
+    if (ret) {
+        batch_finish(b, ret);
+        b->busy = 0;
+    }
+    for (int k = 0; k < FINC_JOB_KINDS; k++) {
+        for (finc_job *j = b->q[k].head, *next; j; j = next) {
+            next = j->link;
+            if (closing) job_end(b, j, FINC_JOB_REJECTED, "the server is shutting down");
+            else if (state < 0) job_end(b, j, FINC_JOB_FAILED, load_err);
+            else if (j->deadline > 0 && now >= j->deadline)
+                job_end(b, j, FINC_JOB_EXPIRED, "the request's deadline passed while it was queued");
+        }
+    }
+
+    double wake_at = INFINITY;
+    if (!b->busy && state == 1) {
+        /* Oldest eligible head first: full, waited long enough, already
+         * partly run, or draining. */
+        int pick = -1;
+        for (int k = 0; k < FINC_JOB_KINDS; k++) {
+            const finc_job *h = b->q[k].head;
+            if (!h) continue;
+            const double due = h->t_submit + b->o.max_delay;
+            const int eligible = flush || b->q[k].images >= b->max_batch || h->next > 0 || now >= due - 1e-4;
+            if (!eligible) {
+                if (due < wake_at) wake_at = due;
+                continue;
+            }
+            if (pick < 0 || h->t_submit < b->q[pick].head->t_submit) pick = k;
+        }
+        if (pick >= 0 && batch_form(b, (finc_job_kind)pick, now) > 0) {
+            b->busy = 1;
+            pthread_mutex_lock(&b->mu);
+            b->to_engine = &b->batch;
+            pthread_cond_signal(&b->engine_cv);
+            pthread_mutex_unlock(&b->mu);
+        }
+        if (b->busy) wake_at = INFINITY;  /* the engine's return wakes us */
+    }
+    for (int k = 0; k < FINC_JOB_KINDS; k++)
+        for (const finc_job *j = b->q[k].head; j; j = j->link)
+            if (j->deadline > 0 && j->deadline < wake_at) wake_at = j->deadline;
+    if (isfinite(wake_at)) {
+        double ms = ceil((wake_at - finc_mono_now()) * 1000.0);
+        uv_update_time(&b->loop);
+        uv_timer_start(&b->timer, on_timer, ms < 1 ? 1 : (uint64_t)ms, 0);
+    } else {
+        uv_timer_stop(&b->timer);
+    }
+
+    if (stop && !b->busy && !b->q[0].head && !b->q[1].head) {
+        pthread_mutex_lock(&b->mu);
+        /* A job submitted since we looked keeps the loop open for one more pass. */
+        const int close_now = !b->closed && !b->in_head;
+        if (close_now) b->closed = 1;
+        else if (b->in_head) wake_locked(b);
+        pthread_mutex_unlock(&b->mu);
+        if (!close_now) return;
+        uv_close((uv_handle_t *)&b->wake, close_cb);
+        uv_close((uv_handle_t *)&b->timer, close_cb);
+        uv_close((uv_handle_t *)&b->sweep, close_cb);
+    }
+}
+
+static void on_wake(uv_async_t *a) { process(a->data); }
+static void on_timer(uv_timer_t *t) { process(t->data); }
+
+static void on_sweep(uv_timer_t *t)
+{
+    finc_batcher *b = t->data;
+    sweep_hangups(b);
+    process(b);
+}
+
+static void loop_main(void *arg)
+{
+    finc_batcher *b = arg;
+    uv_run(&b->loop, UV_RUN_DEFAULT);
+}
+
+/* ---- the engine thread ---------------------------------------------------- */
+
+static void engine_main(void *arg)
+{
+    finc_batcher *b = arg;
+    char err[512] = "";
+    finc_engine *e = finc_engine_open(b->weights, &b->o.engine, err, sizeof err);
+    batch *bt = &b->batch;
+    if (e) {
+        const size_t D = (size_t)finc_config_dim(&finc_engine_model(e)->cfg);
+        const size_t B = (size_t)b->max_batch;
+        bt->seg = calloc(B, sizeof *bt->seg);
+        bt->pix = malloc(B * D);
+        bt->logp = malloc(B * sizeof *bt->logp);
+        bt->lat = malloc(B * D * sizeof *bt->lat);
+        if (!bt->seg || !bt->pix || !bt->logp || !bt->lat) {
+            snprintf(err, sizeof err, "out of memory for batch buffers");
+            finc_engine_free(e);
+            e = NULL;
+        } else {
+            b->D = (int)D;
+        }
+    }
+    pthread_mutex_lock(&b->mu);
+    if (e) {
+        b->engine = e;
+        b->model = finc_engine_model(e);
+        b->backend = finc_engine_backend_name(e);
+        b->state = 1;
+    } else {
+        snprintf(b->load_err, sizeof b->load_err, "%s", err);
+        b->state = -1;
+    }
+    pthread_cond_broadcast(&b->ready_cv);
+    wake_locked(b);
+    pthread_mutex_unlock(&b->mu);
+    if (!e) return;
+
+    for (;;) {
+        pthread_mutex_lock(&b->mu);
+        while (!b->to_engine && !b->stop) pthread_cond_wait(&b->engine_cv, &b->mu);
+        batch *run = b->to_engine;
+        b->to_engine = NULL;
+        pthread_mutex_unlock(&b->mu);
+        if (!run) break;
+        batch_run(b, run);
+        pthread_mutex_lock(&b->mu);
+        b->returned = run;
+        wake_locked(b);
+        pthread_mutex_unlock(&b->mu);
+    }
+}
+
+/* ---- public --------------------------------------------------------------- */
+
+finc_batcher *finc_batcher_start(const finc_batcher_opts *opts, finc_metrics *metrics,
+                                 char *err, size_t errlen)
+{
+    finc_batcher *b = calloc(1, sizeof *b);
+    if (!b) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    b->o = *opts;
+    if (b->o.engine.max_batch <= 0) b->o.engine.max_batch = 64;
+    if (b->o.hangup_poll <= 0) b->o.hangup_poll = 0.1;
+    if (b->o.queue_size <= 0) b->o.queue_size = 1024;
+    b->max_batch = b->o.engine.max_batch;
+    b->metrics = metrics;
+    b->weights = strdup(opts->weights ? opts->weights : "");
+    b->pfd_cap = 2 * b->o.queue_size + 16;
+    b->pfd = calloc((size_t)b->pfd_cap, sizeof *b->pfd);
+    b->pjob = calloc((size_t)b->pfd_cap, sizeof *b->pjob);
+    if (!b->weights || !b->pfd || !b->pjob) {
+        snprintf(err, errlen, "out of memory");
+        free(b->weights);
+        free(b->pfd);
+        free(b->pjob);
+        free(b);
+        return NULL;
+    }
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->engine_cv, NULL);
+    pthread_cond_init(&b->ready_cv, NULL);
+    FINC_CHECK(uv_loop_init(&b->loop) == 0);
+    FINC_CHECK(uv_async_init(&b->loop, &b->wake, on_wake) == 0);
+    FINC_CHECK(uv_timer_init(&b->loop, &b->timer) == 0);
+    FINC_CHECK(uv_timer_init(&b->loop, &b->sweep) == 0);
+    b->wake.data = b->timer.data = b->sweep.data = b;
+    const uint64_t sweep_ms = (uint64_t)ceil(b->o.hangup_poll * 1000.0);
+    uv_timer_start(&b->sweep, on_sweep, sweep_ms, sweep_ms);
+    int rc = uv_thread_create(&b->engine_thread, engine_main, b);
+    if (rc == 0) {
+        rc = uv_thread_create(&b->loop_thread, loop_main, b);
+        if (rc != 0) {
+            pthread_mutex_lock(&b->mu);
+            b->stop = 1;
+            pthread_cond_signal(&b->engine_cv);
+            pthread_mutex_unlock(&b->mu);
+            uv_thread_join(&b->engine_thread);
+        }
+    }
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start batcher threads: %s", uv_strerror(rc));
+        uv_close((uv_handle_t *)&b->wake, NULL);
+        uv_close((uv_handle_t *)&b->timer, NULL);
+        uv_close((uv_handle_t *)&b->sweep, NULL);
+        uv_run(&b->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&b->loop);
+        if (b->engine) finc_engine_free(b->engine);
+        free(b->batch.seg);
+        free(b->batch.pix);
+        free(b->batch.logp);
+        free(b->batch.lat);
+        free(b->weights);
+        free(b->pfd);
+        free(b->pjob);
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+void finc_batcher_stop(finc_batcher *b)
+{
+    if (!b) return;
+    pthread_mutex_lock(&b->mu);
+    b->closing = 1;
+    b->stop = 1;
+    pthread_cond_signal(&b->engine_cv);
+    wake_locked(b);
+    pthread_mutex_unlock(&b->mu);
+    uv_thread_join(&b->loop_thread);
+    uv_thread_join(&b->engine_thread);
+    FINC_CHECK(uv_loop_close(&b->loop) == 0);
+    if (b->engine) finc_engine_free(b->engine);
+    pthread_mutex_destroy(&b->mu);
+    pthread_cond_destroy(&b->engine_cv);
+    pthread_cond_destroy(&b->ready_cv);
+    free(b->batch.seg);
+    free(b->batch.pix);
+    free(b->batch.logp);
+    free(b->batch.lat);
+    free(b->weights);
+    free(b->pfd);
+    free(b->pjob);
+    free(b);
+}
+
+int finc_batcher_state(finc_batcher *b, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&b->mu);
+    int st = b->state;
+    if (st < 0 && err) snprintf(err, errlen, "%s", b->load_err);
+    pthread_mutex_unlock(&b->mu);
+    return st;
+}
+
+int finc_batcher_wait_ready(finc_batcher *b, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&b->mu);
+    while (b->state == 0) pthread_cond_wait(&b->ready_cv, &b->mu);
+    int st = b->state;
+    if (st < 0 && err) snprintf(err, errlen, "%s", b->load_err);
+    pthread_mutex_unlock(&b->mu);
+    return st;
+}
+
+const finc_model *finc_batcher_model(finc_batcher *b) { return b->model; }
+const char *finc_batcher_backend(finc_batcher *b) { return b->backend; }
+int finc_batcher_max_batch(finc_batcher *b) { return b->max_batch; }
+
+int finc_batcher_reserve(finc_batcher *b, finc_job_kind kind, int n)
+{
+    int rc = -1;
+    pthread_mutex_lock(&b->mu);
+    if (b->reserved[kind] + n <= b->o.queue_size) {
+        b->reserved[kind] += n;
+        b->pending++;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
+void finc_batcher_unreserve(finc_batcher *b, finc_job_kind kind, int n)
+{
+    pthread_mutex_lock(&b->mu);
+    b->reserved[kind] -= n;
+    b->pending--;
+    pthread_mutex_unlock(&b->mu);
+}
+
+void finc_batcher_submit(finc_batcher *b, finc_job *j)
+{
+    FINC_CHECK(j->n > 0 && j->done != NULL);
+    j->status = FINC_JOB_PENDING;
+    j->error[0] = '\0';
+    j->queue_wait = 0;
+    j->batch_size = 0;
+    j->next = j->finished = j->inflight = j->queued = 0;
+    j->prev = j->link = NULL;
+    j->t_submit = finc_mono_now();
+    pthread_mutex_lock(&b->mu);
+    FINC_CHECK(!b->closed);
+    if (b->in_tail) b->in_tail->link = j;
+    else b->in_head = j;
+    b->in_tail = j;
+    wake_locked(b);
+    pthread_mutex_unlock(&b->mu);
+}
+
+void finc_batcher_flush(finc_batcher *b)
+{
+    pthread_mutex_lock(&b->mu);
+    b->flush = 1;
+    wake_locked(b);
+    pthread_mutex_unlock(&b->mu);
+}
+
+void finc_batcher_close(finc_batcher *b)
+{
+    pthread_mutex_lock(&b->mu);
+    b->closing = 1;
+    wake_locked(b);
+    pthread_mutex_unlock(&b->mu);
+}
+
+int finc_batcher_pending(finc_batcher *b)
+{
+    pthread_mutex_lock(&b->mu);
+    int n = b->pending;
+    pthread_mutex_unlock(&b->mu);
+    return n;
+}
+
+long finc_batcher_depth(finc_batcher *b, finc_job_kind kind)
+{
+    pthread_mutex_lock(&b->mu);
+    long n = b->reserved[kind];
+    pthread_mutex_unlock(&b->mu);
+    return n;
+}

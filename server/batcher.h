@@ -1,0 +1,109 @@
+/* The batcher: bounded queues of sample and score jobs, merged into batches
+ * of up to max_batch images (waiting at most max_delay), run one batch at a
+ * time by an engine thread that owns the finc_engine. A libuv loop thread
+ * owns the queues: it forms batches, splits large jobs across them, drops
+ * jobs whose deadline passed (never run) or whose client hung up, and hands
+ * each job's results back through its callback, which runs exactly once. */
+#ifndef FINC_BATCHER_H
+#define FINC_BATCHER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "engine/flow.h"
+#include "server/metrics.h"
+
+typedef enum { FINC_JOB_SAMPLE = 0, FINC_JOB_SCORE = 1 } finc_job_kind;
+#define FINC_JOB_KINDS 2
+
+typedef enum {
+    FINC_JOB_PENDING,
+    FINC_JOB_OK,
+    FINC_JOB_REJECTED,   /* the batcher shut down before the job ran */
+    FINC_JOB_EXPIRED,    /* the deadline passed before the job's last chunk started */
+    FINC_JOB_CANCELLED,  /* the client hung up */
+    FINC_JOB_FAILED,     /* the engine returned an error for the job's batch */
+} finc_job_status;
+
+typedef struct finc_job finc_job;
+/* Runs on the batcher's loop thread, once per job; the batcher never touches
+ * the job afterwards. Keep it short: hand the job back to its owner. */
+typedef void (*finc_job_done_fn)(finc_job *job, void *user);
+
+struct finc_job {
+    /* set by the submitter */
+    finc_job_kind kind;
+    int n;                    /* images */
+    float temperature;        /* sample */
+    int samples;              /* score: <= 1 midpoint, else importance-weighted draws */
+    uint64_t seed;            /* sample latents; score dequantization draws */
+    const uint8_t *pixels;    /* score input (n, C, H, W) */
+    uint8_t *images;          /* sample output (n, C, H, W) */
+    double *logp;             /* score output (n,) nats */
+    double deadline;          /* finc_mono_now() seconds; 0 for none */
+    int fd;                   /* client socket polled for hang-up, or -1 */
+    finc_job_done_fn done;
+    void *user;
+    /* results, valid in done */
+    finc_job_status status;
+    char error[256];
+    double queue_wait;        /* seconds from submit to its first batch */
+    int batch_size;           /* the largest batch it ran in */
+    /* private to the batcher */
+    double t_submit;
+    int next, finished, inflight, queued;
+    finc_job *prev, *link;
+};
+
+typedef struct {
+    const char *weights;
+    finc_engine_opts engine;  /* engine.max_batch is the batch limit */
+    double max_delay;         /* seconds a partial batch waits for company */
+    int queue_size;           /* images waiting per kind */
+    double hangup_poll;       /* seconds between sweeps for hung-up clients; 0: 0.1 */
+} finc_batcher_opts;
+
+typedef struct finc_batcher finc_batcher;
+
+static inline double finc_mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Starts the loop and engine threads; the engine thread loads the weights.
+ * metrics may be NULL. Returns NULL with err set when threads cannot start. */
+finc_batcher *finc_batcher_start(const finc_batcher_opts *opts, finc_metrics *metrics,
+                                 char *err, size_t errlen);
+/* Cancels what is queued, waits for the running batch, joins, frees. */
+void finc_batcher_stop(finc_batcher *b);
+
+/* 0 loading, 1 ready, -1 the weights failed to load (message in err when non-NULL). */
+int finc_batcher_state(finc_batcher *b, char *err, size_t errlen);
+/* Blocks until loaded (1) or failed (-1, message in err). */
+int finc_batcher_wait_ready(finc_batcher *b, char *err, size_t errlen);
+/* Valid once ready; never changes afterwards. */
+const finc_model *finc_batcher_model(finc_batcher *b);
+const char *finc_batcher_backend(finc_batcher *b);
+int finc_batcher_max_batch(finc_batcher *b);
+
+/* Claims room for n images of a kind: 0, or -1 when the queue is full.
+ * A claim is followed by exactly one finc_batcher_submit or _unreserve. */
+int finc_batcher_reserve(finc_batcher *b, finc_job_kind kind, int n);
+void finc_batcher_unreserve(finc_batcher *b, finc_job_kind kind, int n);
+/* Queues a job (its n images reserved). Its done callback runs later, on
+ * the loop thread, never inside this call. */
+void finc_batcher_submit(finc_batcher *b, finc_job *job);
+
+/* Dispatch partial batches at once from now on (draining). */
+void finc_batcher_flush(finc_batcher *b);
+/* From now on every queued or newly submitted job ends REJECTED. */
+void finc_batcher_close(finc_batcher *b);
+/* Jobs reserved or submitted whose callback has not returned. */
+int finc_batcher_pending(finc_batcher *b);
+/* Images waiting (reserved or queued, not yet in a batch) of a kind. */
+long finc_batcher_depth(finc_batcher *b, finc_job_kind kind);
+
+#endif

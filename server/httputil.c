@@ -1,0 +1,123 @@
+#include "server/httputil.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* How well does media range [r, r + n) match the type? 3 exact, 2 its type with
+ * any subtype, 1 any type at all, 0 not. */
+static int range_match(const char *r, size_t n, const char *type)
+{
+    const char *slash = strchr(type, '/');
+    if (n == strlen(type) && strncasecmp(r, type, n) == 0) return 3;
+    size_t tl = (size_t)(slash - type);
+    if (n == tl + 2 && strncasecmp(r, type, tl) == 0 && r[tl] == '/' && r[tl + 1] == '*') return 2;
+    if (n == 3 && strncmp(r, "*/*", 3) == 0) return 1;
+    return 0;
+}
+
+int finc_accept_png(const char *accept)
+{
+    if (!accept) return 0;
+    const char *types[2] = {"application/json", "image/png"};
+    int spec[2] = {0, 0}, order[2] = {0, 0};
+    double q[2] = {0, 0};
+    int pos = 0, any = 0;
+    for (const char *p = accept; *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',') p++;
+        if (!*p) break;
+        const char *start = p;
+        while (*p && *p != ';' && *p != ',' && *p != ' ' && *p != '\t') p++;
+        size_t n = (size_t)(p - start);
+        double qv = 1.0;
+        while (*p && *p != ',') {
+            /* parameters: look for q= */
+            if (*p == ';') {
+                p++;
+                while (*p == ' ' || *p == '\t') p++;
+                if ((p[0] == 'q' || p[0] == 'Q') && p[1] == '=') {
+                    char *end;
+                    double v = strtod(p + 2, &end);
+                    if (end != p + 2 && isfinite(v)) qv = v < 0 ? 0 : v > 1 ? 1 : v;
+                    p = end;
+                    continue;
+                }
+            }
+            p++;
+        }
+        any = 1;
+        pos++;
+        for (int t = 0; t < 2; t++) {
+            int m = range_match(start, n, types[t]);
+            if (m > spec[t]) {
+                spec[t] = m;
+                q[t] = qv;
+                order[t] = pos;
+            }
+        }
+    }
+    if (!any) return 0;
+    if (q[0] <= 0 && q[1] <= 0) return -1;
+    if (q[0] != q[1]) return q[1] > q[0];
+    if (spec[0] != spec[1]) return spec[1] > spec[0];
+    if (spec[1] == 3) return order[1] < order[0];
+    return 0;
+}
+
+int finc_bearer_ok(const char *authorization, const char *key)
+{
+    const size_t klen = strlen(key);
+    if (!authorization || klen == 0) return 0;
+    while (*authorization == ' ') authorization++;
+    if (strncasecmp(authorization, "Bearer ", 7) != 0) return 0;
+    const char *tok = authorization + 7;
+    while (*tok == ' ') tok++;
+    size_t tlen = strlen(tok);
+    while (tlen > 0 && tok[tlen - 1] == ' ') tlen--;
+    /* Every byte of the key is compared whatever the token, so the time
+     * says nothing about how much of it matched. */
+    volatile unsigned char diff = (unsigned char)(tlen != klen);
+    for (size_t i = 0; i < klen; i++) {
+        unsigned char t = tlen ? (unsigned char)tok[i % tlen] : 0;
+        diff |= (unsigned char)(t ^ (unsigned char)key[i]);
+    }
+    return diff == 0;
+}
+
+char *finc_json_escape(const char *s, char *out, size_t outlen)
+{
+    size_t n = 0;
+    if (outlen == 0) return out;
+    for (; s && *s && n + 7 < outlen; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            out[n++] = '\\';
+            out[n++] = (char)c;
+        } else if (c == '\n') {
+            out[n++] = '\\';
+            out[n++] = 'n';
+        } else if (c < 0x20 || c == 0x7f) {
+            n += (size_t)snprintf(out + n, outlen - n, "\\u%04x", c);
+        } else {
+            out[n++] = (char)c;
+        }
+    }
+    out[n] = '\0';
+    return out;
+}
+
+int finc_parse_positive(const char *s, double max, double *out)
+{
+    if (!s) return -1;
+    while (*s == ' ') s++;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    while (*end == ' ') end++;
+    if (errno || end == s || *end || !isfinite(v) || v <= 0 || v > max) return -1;
+    *out = v;
+    return 0;
+}

@@ -1,0 +1,128 @@
+#include "server/serve.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <uv.h>
+
+#include "server/batcher.h"
+#include "server/server.h"
+
+/* The main thread's loop: signals, and two polls (readiness while loading,
+ * in-flight requests while draining). The server's own threads do the work. */
+typedef struct {
+    finc_server *srv;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t poll;
+    double t_start, drain_timeout, drain_deadline;
+    int signals, draining, rc;
+} serve_ctx;
+
+static void stop_loop(serve_ctx *c)
+{
+    uv_signal_stop(&c->sigterm);
+    uv_signal_stop(&c->sigint);
+    uv_timer_stop(&c->poll);
+    uv_stop(c->poll.loop);
+}
+
+/* Every 10 ms while draining: done when nothing is in flight, or out of time. */
+static void on_drain_poll(uv_timer_t *t)
+{
+    serve_ctx *c = t->data;
+    const long busy = finc_server_inflight(c->srv);
+    if (busy == 0) {
+        fprintf(stderr, "finc serve: drained, exiting\n");
+        stop_loop(c);
+    } else if (finc_mono_now() >= c->drain_deadline) {
+        fprintf(stderr, "finc serve: drain timeout with %ld requests in flight; ending them\n", busy);
+        stop_loop(c);
+    }
+}
+
+/* Every 10 ms while the engine thread loads the weights. */
+static void on_load_poll(uv_timer_t *t)
+{
+    serve_ctx *c = t->data;
+    char err[1024];
+    int st = finc_server_wait_ready_poll(c->srv, err, sizeof err);
+    if (st == 0) return;
+    uv_timer_stop(&c->poll);
+    if (st < 0) {
+        fprintf(stderr, "finc serve: %s\n", err);
+        c->rc = 1;
+        stop_loop(c);
+        return;
+    }
+    fprintf(stderr, "finc serve: ready on port %d (model loaded in %.2f s)\n", finc_server_port(c->srv),
+            finc_mono_now() - c->t_start);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    serve_ctx *c = h->data;
+    if (++c->signals > 1) {
+        fprintf(stderr, "finc serve: second signal, stopping now\n");
+        stop_loop(c);
+        return;
+    }
+    fprintf(stderr, "finc serve: %s, draining (readiness 503; up to %g s for accepted work)\n",
+            signum == SIGTERM ? "SIGTERM" : "SIGINT", c->drain_timeout);
+    finc_server_drain(c->srv);
+    c->drain_deadline = finc_mono_now() + c->drain_timeout;
+    uv_timer_stop(&c->poll);
+    uv_timer_start(&c->poll, on_drain_poll, 0, 10);
+}
+
+int finc_serve_main(int argc, char **argv)
+{
+    finc_server_config cfg;
+    char err[1024];
+    finc_server_config_defaults(&cfg);
+    if (finc_server_config_env(&cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "finc serve: %s\n", err);
+        return 2;
+    }
+    int rc = finc_server_config_args(&cfg, argc, argv, err, sizeof err);
+    if (rc == 1) {
+        finc_server_usage(stdout);
+        return 0;
+    }
+    if (rc != 0 || finc_server_config_check(&cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "finc serve: %s\n", err);
+        return 2;
+    }
+    finc_server_config_print(&cfg, stderr);
+    signal(SIGPIPE, SIG_IGN);
+
+    /* The handlers exist before the server's threads, so a signal during
+     * start-up or loading is not lost: it drains what little there is. */
+    uv_loop_t loop;
+    serve_ctx c = {.drain_timeout = cfg.drain_timeout, .t_start = finc_mono_now()};
+    uv_loop_init(&loop);
+    uv_signal_init(&loop, &c.sigterm);
+    uv_signal_init(&loop, &c.sigint);
+    uv_timer_init(&loop, &c.poll);
+    c.sigterm.data = c.sigint.data = c.poll.data = &c;
+    uv_signal_start(&c.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&c.sigint, on_signal, SIGINT);
+
+    c.srv = finc_server_start(&cfg, err, sizeof err);
+    if (!c.srv) {
+        fprintf(stderr, "finc serve: %s\n", err);
+        c.rc = 1;
+    } else {
+        fprintf(stderr, "finc serve: listening on http://%s:%d, loading %s\n", cfg.host, finc_server_port(c.srv),
+                cfg.weights);
+        uv_timer_start(&c.poll, on_load_poll, 0, 10);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        finc_server_stop(c.srv);
+        if (c.rc == 0) fprintf(stderr, "finc serve: stopped\n");
+    }
+    uv_close((uv_handle_t *)&c.sigterm, NULL);
+    uv_close((uv_handle_t *)&c.sigint, NULL);
+    uv_close((uv_handle_t *)&c.poll, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    return c.rc;
+}

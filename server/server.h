@@ -1,0 +1,35 @@
+/* The HTTP service behind `finc serve`: libmicrohttpd owns the sockets
+ * (a thread pool on epoll), inference requests become batcher jobs while
+ * their connections are suspended, and answers are encoded on the HTTP
+ * threads when the batcher resumes them. Start, drain and stop are separate
+ * so the signal handling (server/serve.c) and the tests drive the same code. */
+#ifndef FINC_SERVER_H
+#define FINC_SERVER_H
+
+#include <stddef.h>
+
+#include "server/config.h"
+
+typedef struct finc_server finc_server;
+
+/* Binds host:port, starts the HTTP threads and the batcher, whose engine
+ * thread loads the weights in the background (readiness 503 until then).
+ * NULL with err set when the address cannot be bound or threads fail. */
+finc_server *finc_server_start(const finc_server_config *cfg, char *err, size_t errlen);
+/* Blocks until the model is loaded: 0, or -1 with the loader's message. */
+int finc_server_wait_ready(finc_server *s, char *err, size_t errlen);
+/* Without blocking: 1 loaded, 0 loading, -1 failed (message in err). */
+int finc_server_wait_ready_poll(finc_server *s, char *err, size_t errlen);
+/* The bound port (the chosen one when cfg->port was 0). */
+int finc_server_port(const finc_server *s);
+
+/* Readiness turns 503 and new inference requests are refused (503); queued
+ * work is dispatched without waiting for batch company. */
+void finc_server_drain(finc_server *s);
+/* Requests not yet fully answered, of any endpoint. */
+long finc_server_inflight(finc_server *s);
+/* Ends what is still queued (503), waits briefly for answers to go out,
+ * stops the HTTP threads and the batcher, frees s. */
+void finc_server_stop(finc_server *s);
+
+#endif

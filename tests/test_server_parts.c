@@ -1,0 +1,280 @@
+/* The server's parts that need no socket: base64, multipart, Accept
+ * negotiation, the bearer-token check, configuration parsing, and the
+ * metrics exposition. Inputs are the malformed ones a client can send. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/base64.h"
+#include "server/config.h"
+#include "server/httputil.h"
+#include "server/metrics.h"
+#include "server/multipart.h"
+#include "tests/check_main.h"
+
+START_TEST(base64_round_trip_and_rejects)
+{
+    uint8_t in[300], out[300 + 3];
+    char enc[420], err[128];
+    for (int i = 0; i < 300; i++) in[i] = (uint8_t)(i * 37 + 11);
+    for (size_t n = 0; n <= 300; n += (n < 10 ? 1 : 37)) {
+        finc_base64_encode(in, n, enc);
+        ck_assert_uint_eq(strlen(enc), finc_base64_encoded_len(n));
+        long m = finc_base64_decode(enc, strlen(enc), out, err, sizeof err);
+        ck_assert_int_eq(m, (long)n);
+        ck_assert(memcmp(in, out, n) == 0);
+        /* unpadded decodes the same */
+        size_t len = strlen(enc);
+        while (len && enc[len - 1] == '=') len--;
+        ck_assert_int_eq(finc_base64_decode(enc, len, out, err, sizeof err), (long)n);
+    }
+    finc_base64_encode((const uint8_t *)"foobar", 6, enc);
+    ck_assert_str_eq(enc, "Zm9vYmFy");
+    finc_base64_encode((const uint8_t *)"fo", 2, enc);
+    ck_assert_str_eq(enc, "Zm8=");
+    const char *bad[] = {"Zm9v YmFy", "Zm9vY", "Zm=9v", "Zm9vYmFy\n", "Zg===", "Z", "@@@@"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        ck_assert_msg(finc_base64_decode(bad[i], strlen(bad[i]), out, err, sizeof err) < 0, "'%s' accepted", bad[i]);
+    ck_assert_ptr_nonnull(strstr((finc_base64_decode("ab!d", 4, out, err, sizeof err), err), "'!' at offset 2"));
+}
+END_TEST
+
+START_TEST(multipart_parts_and_errors)
+{
+    char b[FINC_MULTIPART_BOUNDARY_MAX + 1], err[256];
+    ck_assert_int_eq(finc_multipart_boundary("multipart/form-data; boundary=abc", b, err, sizeof err), 0);
+    ck_assert_str_eq(b, "abc");
+    ck_assert_int_eq(finc_multipart_boundary("multipart/form-data; charset=x; boundary=\"a b;c\"", b, err, sizeof err), 0);
+    ck_assert_str_eq(b, "a b;c");
+    ck_assert_int_eq(finc_multipart_boundary("multipart/form-data", b, err, sizeof err), -1);
+    ck_assert_int_eq(finc_multipart_boundary("multipart/form-data; boundary=", b, err, sizeof err), -1);
+    char longb[200];
+    memset(longb, 'x', sizeof longb);
+    snprintf(longb, sizeof longb, "multipart/form-data; boundary=%0100d", 7);
+    ck_assert_int_eq(finc_multipart_boundary(longb, b, err, sizeof err), -1);
+
+    const char body[] = "preamble\r\n--XX\r\n"
+                        "Content-Disposition: form-data; name=\"f\"; filename=\"a.png\"\r\n"
+                        "Content-Type: image/png\r\n\r\n"
+                        "A\r\nB--X\r\n"
+                        "--XX\r\n"
+                        "Content-Disposition: form-data; name=\"samples\"\r\n\r\n"
+                        "4\r\n"
+                        "--XX--\r\nepilogue";
+    finc_part parts[4];
+    int n = finc_multipart_parse((const uint8_t *)body, sizeof body - 1, "XX", parts, 4, err, sizeof err);
+    ck_assert_msg(n == 2, "%d: %s", n, err);
+    ck_assert_str_eq(parts[0].name, "f");
+    ck_assert_str_eq(parts[0].filename, "a.png");
+    ck_assert_int_eq(parts[0].has_filename, 1);
+    ck_assert_str_eq(parts[0].content_type, "image/png");
+    ck_assert_uint_eq(parts[0].len, 7);
+    ck_assert(memcmp(parts[0].data, "A\r\nB--X", 7) == 0);
+    ck_assert_str_eq(parts[1].name, "samples");
+    ck_assert_int_eq(parts[1].has_filename, 0);
+    ck_assert_uint_eq(parts[1].len, 1);
+    /* too many parts */
+    ck_assert_int_eq(finc_multipart_parse((const uint8_t *)body, sizeof body - 1, "XX", parts, 1, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "too many parts"));
+
+    struct {
+        const char *body, *why;
+    } bad[] = {
+        {"", "no boundary"},
+        {"--XX", "ends"},
+        {"--XXjunk\r\n", "no CRLF"},
+        {"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\ndata", "no closing boundary"},
+        {"--XX\r\n\r\ndata\r\n--XX--", "no Content-Disposition"},
+        {"--XX\r\nContent-Type: image/png\r\n\r\ndata\r\n--XX--", "no Content-Disposition"},
+        {"--XX\r\nContent-Disposition: attachment\r\n\r\nd\r\n--XX--", "not form-data"},
+        {"--XX\r\nno colon here\r\n\r\nd\r\n--XX--", "without ':'"},
+        {"--XX\r\nContent-Disposition: form-data; name=\"unterminated\r\n\r\nd\r\n--XX--", "parameters"},
+        {"--XX\r\nContent-Disposition: form-data; name=a", "do not end"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        n = finc_multipart_parse((const uint8_t *)bad[i].body, strlen(bad[i].body), "XX", parts, 4, err, sizeof err);
+        ck_assert_msg(n == -1, "case %zu parsed (%d)", i, n);
+        ck_assert_msg(strstr(err, bad[i].why) != NULL, "case %zu: '%s' lacks '%s'", i, err, bad[i].why);
+    }
+    /* a header line longer than the cap, and headers that never end */
+    char *huge = malloc(20000);
+    int k = sprintf(huge, "--XX\r\nContent-Disposition: form-data; name=\"");
+    memset(huge + k, 'a', 15000);
+    strcpy(huge + k + 15000, "\"\r\n\r\nd\r\n--XX--");
+    ck_assert_int_eq(finc_multipart_parse((const uint8_t *)huge, strlen(huge), "XX", parts, 4, err, sizeof err), -1);
+    free(huge);
+
+    ck_assert(finc_media_is("Image/PNG", "image/png"));
+    ck_assert(finc_media_is(" image/png ; q=1", "image/png"));
+    ck_assert(!finc_media_is("image/pngx", "image/png"));
+    ck_assert(!finc_media_is(NULL, "image/png"));
+}
+END_TEST
+
+START_TEST(accept_negotiation)
+{
+    struct {
+        const char *accept;
+        int png;
+    } cases[] = {
+        {NULL, 0}, {"", 0}, {"*/*", 0}, {"application/json", 0}, {"image/png", 1}, {"image/*", 1},
+        {"image/png, application/json", 1}, {"application/json, image/png", 0},
+        {"image/png;q=0.5, application/json", 0}, {"application/json;q=0.1, image/png", 1},
+        {"text/html", -1}, {"image/png;q=0", -1}, {"text/html, */*;q=0.1", 0}, {"image/*, application/*", 0},
+        {"IMAGE/PNG", 1}, {"image/webp, image/png;q=0.9", 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        ck_assert_msg(finc_accept_png(cases[i].accept) == cases[i].png, "Accept '%s': %d", cases[i].accept,
+                      finc_accept_png(cases[i].accept));
+}
+END_TEST
+
+START_TEST(bearer_check)
+{
+    ck_assert(finc_bearer_ok("Bearer k3y", "k3y"));
+    ck_assert(finc_bearer_ok("bearer  k3y ", "k3y"));
+    ck_assert(!finc_bearer_ok("Bearer k3", "k3y"));
+    ck_assert(!finc_bearer_ok("Bearer k3yy", "k3y"));
+    ck_assert(!finc_bearer_ok("Bearer K3Y", "k3y"));
+    ck_assert(!finc_bearer_ok("Bearer ", "k3y"));
+    ck_assert(!finc_bearer_ok("Token k3y", "k3y"));
+    ck_assert(!finc_bearer_ok(NULL, "k3y"));
+    ck_assert(!finc_bearer_ok("Bearer ", ""));
+    /* a token that repeats the key's prefix cyclically must not pass */
+    ck_assert(!finc_bearer_ok("Bearer ab", "abab"));
+}
+END_TEST
+
+START_TEST(json_escape_and_numbers)
+{
+    char out[64];
+    ck_assert_str_eq(finc_json_escape("a\"b\\c\nd\x01", out, sizeof out), "a\\\"b\\\\c\\nd\\u0001");
+    ck_assert_uint_le(strlen(finc_json_escape("0123456789012345678901234567890123456789", out, 16)), 15);
+    double v;
+    ck_assert_int_eq(finc_parse_positive("250", 1000, &v), 0);
+    ck_assert(v == 250);
+    ck_assert_int_eq(finc_parse_positive(" 1.5 ", 1000, &v), 0);
+    const char *bad[] = {"0", "-1", "abc", "", "1e9", "nan", "inf", "5ms"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        ck_assert_msg(finc_parse_positive(bad[i], 1000, &v) == -1, "'%s'", bad[i]);
+}
+END_TEST
+
+START_TEST(config_env_flags_and_checks)
+{
+    finc_server_config c;
+    char err[512];
+    finc_server_config_defaults(&c);
+    ck_assert_int_eq(finc_server_config_check(&c, err, sizeof err), 0);
+    setenv("FINC_PORT", "9001", 1);
+    setenv("FINC_MAX_BODY", "2M", 1);
+    setenv("FINC_MAX_DELAY_MS", "2.5", 1);
+    setenv("FINC_API_KEY", "env-key", 1);
+    ck_assert_int_eq(finc_server_config_env(&c, err, sizeof err), 0);
+    ck_assert_int_eq(c.port, 9001);
+    ck_assert_int_eq(c.max_body, 2L << 20);
+    ck_assert(c.max_delay_ms == 2.5);
+    ck_assert_str_eq(c.api_key, "env-key");
+    setenv("FINC_PORT", "70000", 1);
+    ck_assert_int_eq(finc_server_config_env(&c, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "FINC_PORT"));
+    unsetenv("FINC_PORT");
+    unsetenv("FINC_MAX_BODY");
+    unsetenv("FINC_MAX_DELAY_MS");
+    unsetenv("FINC_API_KEY");
+
+    char *ok[] = {"serve", "--port", "0", "--max-batch=8", "--weights", "w.safetensors", "--log", "off", NULL};
+    ck_assert_int_eq(finc_server_config_args(&c, 8, ok, err, sizeof err), 0);
+    ck_assert_int_eq(c.port, 0);
+    ck_assert_int_eq(c.max_batch, 8);
+    ck_assert_str_eq(c.weights, "w.safetensors");
+    char *help[] = {"serve", "--help", NULL};
+    ck_assert_int_eq(finc_server_config_args(&c, 2, help, err, sizeof err), 1);
+    struct {
+        char *a, *b;
+        const char *why;
+    } bad[] = {
+        {"--port", "-1", "--port"}, {"--max-batch", "0", "--max-batch"}, {"--max-batch", "x", "--max-batch"},
+        {"--max-body", "12Q", "--max-body"}, {"--bogus", "1", "unknown option"}, {"--port", NULL, "needs a value"},
+        {"stray", NULL, "unexpected argument"}, {"--max-delay-ms", "nan", "--max-delay-ms"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *argv[] = {"serve", bad[i].a, bad[i].b, NULL};
+        ck_assert_int_eq(finc_server_config_args(&c, bad[i].b ? 3 : 2, argv, err, sizeof err), -1);
+        ck_assert_msg(strstr(err, bad[i].why) != NULL, "case %zu: '%s'", i, err);
+    }
+    finc_server_config_defaults(&c);
+    c.queue_size = 10;
+    ck_assert_int_eq(finc_server_config_check(&c, err, sizeof err), -1);
+    finc_server_config_defaults(&c);
+    snprintf(c.backend, sizeof c.backend, "tpu");
+    ck_assert_int_eq(finc_server_config_check(&c, err, sizeof err), -1);
+}
+END_TEST
+
+START_TEST(metrics_exposition)
+{
+    finc_metrics *m = finc_metrics_new(64);
+    ck_assert_ptr_nonnull(m);
+    finc_metrics_set_info(m, "1.2.3", "cpu", "we\"ird\\name");
+    finc_metrics_request(m, FINC_EP_SAMPLE, 200, 0.004, FINC_ERR_NONE);
+    finc_metrics_request(m, FINC_EP_SAMPLE, 200, 0.5, FINC_ERR_NONE);
+    finc_metrics_request(m, FINC_EP_SCORE, 400, 0.001, FINC_ERR_BAD_REQUEST);
+    finc_metrics_batch(m, 1, 5, 0.01);
+    finc_metrics_batch(m, 1, 64, 0.2);
+    finc_metrics_batch(m, 1, 1, 0.001);
+    finc_metrics_dropped(m, 0, FINC_DROP_EXPIRED, 3);
+    size_t len;
+    char *t = finc_metrics_render(m, &len);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_uint_eq(strlen(t), len);
+    const char *must[] = {
+        "finc_build_info{version=\"1.2.3\",backend=\"cpu\",model=\"we\\\"ird\\\\name\"} 1\n",
+        "finc_http_request_duration_seconds_bucket{endpoint=\"/sample\",code=\"200\",le=\"0.005\"} 1\n",
+        "finc_http_request_duration_seconds_bucket{endpoint=\"/sample\",code=\"200\",le=\"0.5\"} 2\n",
+        "finc_http_request_duration_seconds_bucket{endpoint=\"/sample\",code=\"200\",le=\"+Inf\"} 2\n",
+        "finc_http_request_duration_seconds_count{endpoint=\"/sample\",code=\"200\"} 2\n",
+        "finc_http_errors_total{endpoint=\"/log-likelihood\",reason=\"bad_request\"} 1\n",
+        "finc_batch_size_bucket{kind=\"score\",le=\"1\"} 1\n",
+        "finc_batch_size_bucket{kind=\"score\",le=\"6\"} 2\n",
+        "finc_batch_size_bucket{kind=\"score\",le=\"48\"} 2\n",
+        "finc_batch_size_bucket{kind=\"score\",le=\"64\"} 3\n",
+        "finc_batch_size_sum{kind=\"score\"} 70\n",
+        "finc_images_total{kind=\"score\"} 70\n",
+        "finc_images_dropped_total{kind=\"sample\",reason=\"expired\"} 3\n",
+        "# TYPE finc_batch_size histogram\n",
+        "# TYPE process_cpu_seconds_total counter\n",
+    };
+    for (size_t i = 0; i < sizeof must / sizeof must[0]; i++)
+        ck_assert_msg(strstr(t, must[i]) != NULL, "missing: %s", must[i]);
+    free(t);
+    finc_metrics_free(m);
+    /* batch-size buckets for an odd limit end at the limit */
+    m = finc_metrics_new(5);
+    t = finc_metrics_render(m, &len);
+    ck_assert_ptr_nonnull(strstr(t, "finc_batch_size_bucket{kind=\"sample\",le=\"4\"} 0\n"));
+    ck_assert_ptr_nonnull(strstr(t, "finc_batch_size_bucket{kind=\"sample\",le=\"5\"} 0\n"));
+    ck_assert_ptr_null(strstr(t, "le=\"6\"} 0\nfinc_batch_size"));
+    free(t);
+    finc_metrics_free(m);
+}
+END_TEST
+
+static Suite *parts_suite(void)
+{
+    Suite *s = suite_create("server_parts");
+    TCase *tc = tcase_create("parts");
+    tcase_add_test(tc, base64_round_trip_and_rejects);
+    tcase_add_test(tc, multipart_parts_and_errors);
+    tcase_add_test(tc, accept_negotiation);
+    tcase_add_test(tc, bearer_check);
+    tcase_add_test(tc, json_escape_and_numbers);
+    tcase_add_test(tc, config_env_flags_and_checks);
+    tcase_add_test(tc, metrics_exposition);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+FINC_CHECK_MAIN(parts_suite)
