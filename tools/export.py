@@ -47,6 +47,8 @@ def main(argv=None):
     p.add_argument("--checkpoint", default=None, help="default: the best copy, else the checkpoint")
     p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "weights", "fashion-mnist.safetensors"))
     p.add_argument("--test-bpd", type=float, help="test bits/dim measured by the C engine")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more metadata string (figures measured by the C engine)")
     p.add_argument("--no-eval", action="store_true", help="do not score the validation set now")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -75,6 +77,11 @@ def main(argv=None):
         meta.setdefault("val_bpd", "%.4f" % unif)
     if args.test_bpd is not None:
         meta["test_bpd"] = "%.4f" % args.test_bpd
+    for kv in args.meta:
+        key, sep, value = kv.partition("=")
+        if not sep or not key:
+            p.error("--meta wants KEY=VALUE, got %r" % kv)
+        meta[key] = value
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
