@@ -4,6 +4,7 @@
 #   make run      serve the shipped model
 #   make asan     the test suites under AddressSanitizer + UBSan
 #   make bench    benchmarks (docs/benchmarks.md)
+#   make test-deploy  deploy/ validated, and three replicas behind nginx under faults
 
 CC       ?= gcc
 ARCH     ?= -march=native
@@ -29,6 +30,30 @@ CLI_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(CLI_SRC))
 SERVER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(SERVER_SRC))
 UTIL_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(TEST_UTIL))
 TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+
+# The CUDA engine (kernels/*.cu) goes into libfinc.a when nvcc is found (on PATH
+# or in /usr/local/cuda); CUDA=0 leaves it out. The same build runs where no GPU
+# is: --backend auto then falls back to the CPU. Switching CUDA on or off needs
+# make clean (or another BUILD directory).
+NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+ifeq ($(CUDA),0)
+NVCC :=
+else ifeq ($(NVCC),)
+ifneq ($(CUDA),)
+$(error CUDA=$(CUDA) but nvcc was not found: put it on PATH or set NVCC=/path/to/nvcc)
+endif
+endif
+ifneq ($(NVCC),)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(realpath $(NVCC)))
+# sm_90 (H100/H200) code plus compute_90 PTX that newer GPUs JIT-compile.
+CUDA_ARCH ?= -gencode arch=compute_90,code=[sm_90,compute_90]
+NVCCFLAGS := -O3 -std=c++17 $(CUDA_ARCH) -lineinfo -DFINC_HAVE_CUDA -I. -Werror all-warnings \
+             -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter
+LIB_OBJ   += $(patsubst %.cu,$(BUILD)/%.o,$(wildcard kernels/*.cu))
+CFLAGS    += -DFINC_HAVE_CUDA
+LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+CUDA_CHECK_BIN := $(BUILD)/bench/cuda_check
+endif
 
 WEIGHTS ?= weights/fashion-mnist.safetensors
 PORT    ?= 8080
@@ -67,7 +92,7 @@ deps:
 
 # The verdict is the exit status; tests/run_suites.sh prints one closing line.
 test: deps
-	@$(MAKE) --no-print-directory finc $(TEST_BIN) $(BUILD)/loadgen
+	@$(MAKE) --no-print-directory finc $(TEST_BIN) $(BUILD)/loadgen $(CUDA_CHECK_BIN)
 	@PYTHON=$(PYTHON) bash tests/run_suites.sh $(TEST_BIN)
 
 asan:
@@ -92,6 +117,34 @@ run: deps finc
 clean:
 	rm -rf build build-asan finc
 
+# make test-deploy: deploy/ and the Dockerfile validated (tests/deploy/validate.sh),
+# then the compose topology without containers: three replicas behind Debian's
+# nginx, one killed and one drained under load, Prometheus scraping them all
+# (tests/deploy/run.sh).
+.PHONY: test-deploy
+test-deploy: deps finc
+	@bash tests/deploy/validate.sh
+	@bash tests/deploy/run.sh
+
 BENCH_BIN := $(BUILD)/bench/bench_engine
 $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(BUILD)/libfinc.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# make cuda-check: the CUDA engine against the CPU engine, then timed
+# (tools/cuda_check.sh; needs a GPU). CI only compiles the check program.
+# make cuda-emu-check: the same checks on the small shapes, with the CUDA
+# code run on the CPU by an emulated runtime (kernels/emu; no GPU needed).
+.PHONY: cuda-check cuda-emu-check
+cuda-check:
+	@bash tools/cuda_check.sh
+cuda-emu-check:
+	@bash kernels/emu/check.sh
+
+ifneq ($(NVCC),)
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/bench/cuda_check: $(BUILD)/bench/cuda_check.o $(UTIL_OBJ) $(BUILD)/libfinc.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+endif

@@ -88,4 +88,15 @@ struct finc_backend {
 finc_backend *finc_backend_cpu_new(const finc_model *m, int max_batch, int threads,
                                    char *err, size_t errlen);
 
+#ifdef FINC_HAVE_CUDA
+/* The CUDA backend (kernels/), built when the Makefile finds nvcc. device < 0
+ * takes $FINC_CUDA_DEVICE or 0. Weights are uploaded once and activations
+ * sized for max_batch. Returns NULL with a message on failure (no driver or
+ * device, out of device memory). */
+finc_backend *finc_backend_cuda_new(const finc_model *m, int max_batch, int device,
+                                    char *err, size_t errlen);
+/* Usable CUDA devices; 0 when there is no driver or device. */
+int finc_cuda_device_count(void);
+#endif
+
 #endif

@@ -42,14 +42,32 @@ static void engine_release(finc_engine *e)
     free(e);
 }
 
+#ifdef FINC_HAVE_CUDA
+#define FINC_BUILT_CUDA 1
+#else
+#define FINC_BUILT_CUDA 0
+#endif
+
+/* "auto" takes CUDA when it is built and a device answers, else the CPU. */
+static finc_backend *open_backend(const finc_model *m, const finc_engine_opts *o, char *err, size_t errlen)
+{
+#ifdef FINC_HAVE_CUDA
+    if (strcmp(o->backend, "cuda") == 0 || (strcmp(o->backend, "auto") == 0 && finc_cuda_device_count() > 0))
+        return finc_backend_cuda_new(m, o->max_batch, -1, err, errlen);
+#endif
+    return finc_backend_cpu_new(m, o->max_batch, o->threads, err, errlen);
+}
+
 finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *opts,
                               char *err, size_t errlen)
 {
     finc_engine_opts o = opts ? *opts : (finc_engine_opts){0};
     if (!o.backend) o.backend = "cpu";
     if (o.max_batch <= 0) o.max_batch = 64;
-    if (strcmp(o.backend, "cpu") != 0 && strcmp(o.backend, "auto") != 0) {
-        snprintf(err, errlen, "backend '%s' is not available in this build (have: cpu)", o.backend);
+    if (strcmp(o.backend, "cpu") != 0 && strcmp(o.backend, "auto") != 0 &&
+        (strcmp(o.backend, "cuda") != 0 || !FINC_BUILT_CUDA)) {
+        snprintf(err, errlen, "backend '%s' is not available in this build (have: cpu%s)", o.backend,
+                 FINC_BUILT_CUDA ? ", cuda" : "; built without CUDA");
         return NULL;
     }
     finc_engine *e = calloc(1, sizeof *e);
@@ -64,7 +82,7 @@ finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *
     const int B = o.max_batch;
     e->max_batch = B;
     e->D = finc_config_dim(&e->model.cfg);
-    e->be = finc_backend_cpu_new(&e->model, B, o.threads, err, errlen);
+    e->be = open_backend(&e->model, &o, err, errlen);
     if (!e->be) {
         engine_release(e);
         return NULL;
@@ -277,6 +295,12 @@ int finc_decode(finc_engine *e, int n, const float *latents, uint8_t *pixels,
     return 0;
 }
 
+void finc_draw_latents(const finc_engine *e, uint64_t seed, uint64_t index, float temperature,
+                       float *latents)
+{
+    finc_philox_normal(seed, index, FINC_STREAM_LATENT, temperature, latents, (size_t)e->D);
+}
+
 int finc_sample(finc_engine *e, int n, float temperature, uint64_t seed, uint64_t first_index,
                 uint8_t *pixels, char *err, size_t errlen)
 {
@@ -288,9 +312,7 @@ int finc_sample(finc_engine *e, int n, float temperature, uint64_t seed, uint64_
     const size_t D = (size_t)e->D;
     for (int i0 = 0; i0 < n; i0 += e->max_batch) {
         const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
-        for (int b = 0; b < B; b++)
-            finc_philox_normal(seed, first_index + i0 + b, FINC_STREAM_LATENT, temperature,
-                               e->h_lat + b * D, D);
+        for (int b = 0; b < B; b++) finc_draw_latents(e, seed, first_index + i0 + b, temperature, e->h_lat + b * D);
         if (finc_decode(e, B, e->h_lat, pixels + (size_t)i0 * D, err, errlen)) return -1;
     }
     return 0;

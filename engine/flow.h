@@ -49,6 +49,13 @@ int finc_decode(finc_engine *e, int n, const float *latents, uint8_t *pixels,
 int finc_sample(finc_engine *e, int n, float temperature, uint64_t seed, uint64_t first_index,
                 uint8_t *pixels, char *err, size_t errlen);
 
+/* The latent row (D,) of image `index` of a sample with this seed: N(0, T^2 I)
+ * from Philox keyed by (seed, index). finc_sample decodes exactly these; a
+ * caller that batches images of many requests into one finc_decode draws
+ * each row with this. */
+void finc_draw_latents(const finc_engine *e, uint64_t seed, uint64_t index, float temperature,
+                       float *latents);
+
 /* bits/dim from log p. */
 double finc_bits_per_dim(const finc_config *cfg, double logp);
 

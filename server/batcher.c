@@ -9,7 +9,6 @@
 #include <uv.h>
 
 #include "engine/check.h"
-#include "engine/philox.h"
 
 /* A run of images [i0, i0 + k) of one job, at offset off in the batch. */
 typedef struct {
@@ -242,8 +241,8 @@ static void batch_run(finc_batcher *b, batch *bt)
         for (int s = 0; s < bt->nseg; s++) {
             const batch_seg *sg = &bt->seg[s];
             for (int i = 0; i < sg->k; i++)
-                finc_philox_normal(sg->job->seed, (uint64_t)(sg->i0 + i), FINC_STREAM_LATENT,
-                                   sg->job->temperature, bt->lat + (size_t)(sg->off + i) * D, D);
+                finc_draw_latents(e, sg->job->seed, (uint64_t)(sg->i0 + i), sg->job->temperature,
+                                  bt->lat + (size_t)(sg->off + i) * D);
         }
         if (finc_decode(e, bt->B, bt->lat, bt->pix, bt->err, sizeof bt->err) != 0)
             for (int s = 0; s < bt->nseg; s++) bt->seg[s].failed = 1;

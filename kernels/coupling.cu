@@ -1,0 +1,207 @@
+/* The affine coupling on the GPU (model.md section 2), mirroring
+ * engine/cpu_coupling.c: the net's three convolutions are cuBLAS GEMMs over all
+ * B*H*W pixels of the batch,
+ *   conv1 3x3:  im2col of x1 (cin*9, N), then W1 (F, cin*9) . col
+ *   conv2 1x1:  W2 (F, F) . h1
+ *   conv3 3x3:  W3 with taps outermost (cout*9, F) . h2, then a shift-add over
+ *               the nine taps, fused with the affine transform and the log-det.
+ * The taps-outermost copy of W3 is derived on the device at init. */
+#include <stdlib.h>
+
+#include "kernels/cuda.h"
+
+#define GRID_STRIDE(i, n) \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+/* taps[(co*9 + t)*F + f] = w3[(co*F + f)*9 + t] */
+__global__ void w3_taps_kernel(float *taps, const float *w3, int cout, int F)
+{
+    GRID_STRIDE(i, (size_t)cout * 9 * F) {
+        const int f = (int)(i % F), t = (int)(i / F % 9), co = (int)(i / ((size_t)9 * F));
+        taps[i] = w3[((size_t)co * F + f) * 9 + t];
+    }
+}
+
+static const finc_coupling *coupling_at(const finc_model *m, int l, int s)
+{
+    const finc_level *lv = &m->levels[l];
+    return s < lv->nsteps ? &lv->steps[s].coupling : lv->has_split ? &lv->split : NULL;
+}
+
+int finc_cuda_coupling_init(finc_cuda_ctx *c)
+{
+    const finc_model *m = c->m;
+    int n = 0;
+    size_t floats = 0;
+    for (int l = 0; l < m->cfg.levels; l++)
+        for (int s = 0; s <= m->levels[l].nsteps; s++) {
+            const finc_coupling *cp = coupling_at(m, l, s);
+            if (!cp) continue;
+            n++;
+            floats += (size_t)cp->cout * 9 * cp->width;
+        }
+    c->preps = (finc_cuda_coupling_prep *)calloc(n ? n : 1, sizeof *c->preps);
+    if (!c->preps) {
+        finc_cuda_fail(c, __FILE__, __LINE__, "out of host memory for coupling tables");
+        return -1;
+    }
+    const cudaError_t e = cudaMalloc((void **)&c->prep_block, (floats ? floats : 1) * sizeof(float));
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        c->prep_block = NULL;
+        finc_cuda_fail(c, __FILE__, __LINE__, "cudaMalloc of %.1f MiB for conv3 tap weights: %s",
+                       floats * sizeof(float) / 1048576.0, cudaGetErrorString(e));
+        return -1;
+    }
+    float *p = c->prep_block;
+    for (int l = 0; l < m->cfg.levels; l++)
+        for (int s = 0; s <= m->levels[l].nsteps; s++) {
+            const finc_coupling *cp = coupling_at(m, l, s);
+            if (!cp) continue;
+            finc_cuda_coupling_prep *pr = &c->preps[c->n_preps++];
+            pr->cp = cp;
+            pr->w3_taps = p;
+            const size_t count = (size_t)cp->cout * 9 * cp->width;
+            w3_taps_kernel<<<finc_cuda_blocks(count), FINC_CUDA_THREADS, 0, c->stream>>>(
+                p, finc_cuda_weight(c, cp->w3), cp->cout, cp->width);
+            if (FINC_CUDA_LAUNCHED(c, "w3_taps_kernel")) return -1;
+            p += count;
+        }
+    return 0;
+}
+
+void finc_cuda_coupling_free(finc_cuda_ctx *c)
+{
+    if (c->prep_block) FINC_CUDA_TRY(c, cudaFree(c->prep_block));
+    free(c->preps);
+    c->preps = NULL;
+    c->prep_block = NULL;
+    c->n_preps = 0;
+}
+
+static const float *w3_taps_of(const finc_cuda_ctx *c, const finc_coupling *cp)
+{
+    for (int i = 0; i < c->n_preps; i++)
+        if (c->preps[i].cp == cp) return c->preps[i].w3_taps;
+    FINC_CHECK(!"coupling not prepared by this backend");
+    return NULL;
+}
+
+/* col (cin*9, B*H*W) from x (cin, B, H, W), zero padding 1. */
+__global__ void im2col3x3_kernel(float *col, const float *x, int cin, int B, int H, int W)
+{
+    const size_t HW = (size_t)H * W, N = (size_t)B * HW;
+    GRID_STRIDE(i, (size_t)cin * 9 * N) {
+        const int r = (int)(i / N), ci = r / 9, dy = (r % 9) / 3 - 1, dx = r % 3 - 1;
+        const size_t n = i % N;
+        const int b = (int)(n / HW), p = (int)(n % HW), sh = p / W + dy, sw = p % W + dx;
+        col[i] = (sh >= 0 && sh < H && sw >= 0 && sw < W) ? x[((size_t)ci * B + b) * HW + (size_t)sh * W + sw]
+                                                          : 0.0f;
+    }
+}
+
+__global__ void bias_relu_kernel(float *h, const float *bias, int F, size_t N)
+{
+    GRID_STRIDE(i, (size_t)F * N) {
+        const float v = h[i] + bias[i / N];
+        h[i] = v > 0.0f ? v : 0.0f;
+    }
+}
+
+/* The net: fills c->taps (cout*9, N) for the shift-add. */
+static void coupling_net(finc_cuda_ctx *c, const float *x1, const finc_coupling *cp, int B, int H, int W)
+{
+    const int N = B * H * W, F = cp->width, K1 = cp->cin * 9;
+    im2col3x3_kernel<<<finc_cuda_blocks((size_t)K1 * N), FINC_CUDA_THREADS, 0, c->stream>>>(c->col, x1, cp->cin,
+                                                                                            B, H, W);
+    FINC_CUDA_LAUNCHED(c, "im2col3x3_kernel");
+    finc_cuda_sgemm(c, F, N, K1, finc_cuda_weight(c, cp->w1), K1, c->col, N, c->h1, N);
+    bias_relu_kernel<<<finc_cuda_blocks((size_t)F * N), FINC_CUDA_THREADS, 0, c->stream>>>(
+        c->h1, finc_cuda_weight(c, cp->b1), F, (size_t)N);
+    FINC_CUDA_LAUNCHED(c, "bias_relu_kernel");
+    finc_cuda_sgemm(c, F, N, F, finc_cuda_weight(c, cp->w2), F, c->h1, N, c->h2, N);
+    bias_relu_kernel<<<finc_cuda_blocks((size_t)F * N), FINC_CUDA_THREADS, 0, c->stream>>>(
+        c->h2, finc_cuda_weight(c, cp->b2), F, (size_t)N);
+    FINC_CUDA_LAUNCHED(c, "bias_relu_kernel");
+    finc_cuda_sgemm(c, cp->cout * 9, N, F, w3_taps_of(c, cp), F, c->h2, N, c->taps, N);
+}
+
+/* Net output channel co at pixel (h, w) of image b: shift-add of the taps,
+ * bias and the exp(3 logs) scale; the sum runs in the CPU's order. */
+struct net_out_args {
+    const float *taps;            /* (cout*9, N) */
+    const float *b3, *scale3;     /* (cout,) */
+    int B, H, W;
+};
+
+__device__ __forceinline__ float net_out(const net_out_args &a, int co, int b, int h, int w)
+{
+    const size_t HW = (size_t)a.H * a.W, N = (size_t)a.B * HW;
+    float acc = 0.0f;
+    for (int dy = -1; dy <= 1; dy++) {
+        const int sh = h + dy;
+        if (sh < 0 || sh >= a.H) continue;
+        for (int dx = -1; dx <= 1; dx++) {
+            const int sw = w + dx;
+            if (sw < 0 || sw >= a.W) continue;
+            const int t = (dy + 1) * 3 + (dx + 1);
+            acc += a.taps[((size_t)co * 9 + t) * N + (size_t)b * HW + (size_t)sh * a.W + sw];
+        }
+    }
+    return __fmul_rn(acc + a.b3[co], a.scale3[co]);
+}
+
+__device__ __forceinline__ float log_scale_of(float hs) { return 2.0f * tanhf(0.5f * hs); }
+
+/* x2 <- x2 * exp(log_s) + t for element i = (j, h, w) of image b; returns log_s. */
+struct affine_forward_op {
+    net_out_args a;
+    float *x2;                    /* (half, B, H, W) */
+    __device__ double operator()(int b, int i) const
+    {
+        const int HW = a.H * a.W, j = i / HW, p = i % HW, h = p / a.W, w = p % a.W;
+        const float ls = log_scale_of(net_out(a, 2 * j, b, h, w));
+        const float t = net_out(a, 2 * j + 1, b, h, w);
+        float *v = x2 + (size_t)j * a.B * HW + (size_t)b * HW + p;
+        *v = __fadd_rn(__fmul_rn(*v, expf(ls)), t);
+        return ls;
+    }
+};
+
+__global__ void affine_inverse_kernel(net_out_args a, float *x2, int half)
+{
+    const size_t HW = (size_t)a.H * a.W, N = (size_t)a.B * HW;
+    GRID_STRIDE(i, (size_t)half * N) {
+        const int j = (int)(i / N), b = (int)(i % N / HW), p = (int)(i % HW), h = p / a.W, w = p % a.W;
+        const float ls = log_scale_of(net_out(a, 2 * j, b, h, w));
+        const float t = net_out(a, 2 * j + 1, b, h, w);
+        x2[i] = __fmul_rn(__fsub_rn(x2[i], t), expf(-ls));
+    }
+}
+
+static net_out_args net_args(const finc_cuda_ctx *c, const finc_coupling *cp, int B, int H, int W)
+{
+    const net_out_args a = {c->taps, finc_cuda_weight(c, cp->b3), finc_cuda_weight(c, cp->scale3), B, H, W};
+    return a;
+}
+
+void finc_cuda_coupling_forward(finc_cuda_ctx *c, float *x, double *logdet, const finc_coupling *cp,
+                                int B, int H, int W)
+{
+    if (B == 0) return;
+    const size_t N = (size_t)B * H * W;
+    coupling_net(c, x, cp, B, H, W);
+    /* Per image, so each image's log-det sums in the same order at any batch. */
+    const affine_forward_op f = {net_args(c, cp, B, H, W), x + (size_t)cp->cin * N};
+    finc_cuda_reduce(c, logdet, B, cp->cin * H * W, f);
+}
+
+void finc_cuda_coupling_inverse(finc_cuda_ctx *c, float *x, const finc_coupling *cp, int B, int H, int W)
+{
+    if (B == 0) return;
+    const size_t N = (size_t)B * H * W, n = (size_t)cp->cin * N;
+    coupling_net(c, x, cp, B, H, W);
+    affine_inverse_kernel<<<finc_cuda_blocks(n), FINC_CUDA_THREADS, 0, c->stream>>>(net_args(c, cp, B, H, W),
+                                                                                    x + (size_t)cp->cin * N, cp->cin);
+    FINC_CUDA_LAUNCHED(c, "affine_inverse_kernel");
+}

@@ -1,0 +1,46 @@
+/* What the CUDA check and benchmark (bench/cuda_check.c) use beyond the backend
+ * table: the device description, the per-(diagonal, channel) FInC inverse the
+ * paper's public code uses (the baseline), and a switch that forces where the
+ * FInC inverse keeps its data, so every placement is tested. C-callable. */
+#ifndef FINC_CUDA_BENCH_H
+#define FINC_CUDA_BENCH_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "engine/backend.h"
+
+/* Where the FInC inverse kernel keeps the quarter image and its kernel. */
+enum finc_cuda_finc_mode {
+    FINC_CUDA_FINC_AUTO = 0,      /* the most that fits in shared memory */
+    FINC_CUDA_FINC_SMEM_BOTH,     /* image and weights in shared memory */
+    FINC_CUDA_FINC_SMEM_IMAGE,    /* image in shared memory, weights from global */
+    FINC_CUDA_FINC_SMEM_WEIGHTS,  /* image solved in place in global memory */
+    FINC_CUDA_FINC_GLOBAL,        /* nothing in shared memory */
+    FINC_CUDA_FINC_NMODES
+};
+
+/* One line: name, SMs, memory, compute capability, driver and runtime versions.
+ * Returns 0, or -1 with the CUDA error in buf. */
+int finc_cuda_describe(int device, char *buf, size_t n);
+
+/* Forces a placement on a CUDA backend (a placement that does not fit falls
+ * back to the next smaller one). For tests and benchmarks. */
+void finc_cuda_set_finc_mode(finc_backend *be, int mode);
+
+/* The FInC inverse as the public code schedules it: one launch per
+ * (anti-diagonal, channel), all images and quarters in each launch, and, when
+ * sync_each, a device-wide synchronise after every launch. x and y are device
+ * tensors (C, B, H, W) of be. Returns 0, or -1 with a message. */
+int finc_cuda_finc_inverse_baseline(finc_backend *be, float *x, const float *y, const finc_step *st,
+                                    int C, int B, int H, int W, int k, int sync_each,
+                                    char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs the CUDA backend's own code (kernels/*.cu) on the CPU through the
+# emulated runtime in kernels/emu, against the CPU engine, with the checks of
+# bench/cuda_check.c on the small shapes. Catches indexing, barrier, launch
+# configuration and graph-replay mistakes where no GPU is; says nothing about
+# speed or about the GPU's memory model. Builds into build/emu.
+#   kernels/emu/check.sh [cuda_check arguments]   (default: --small)
+#   EMU_SAN=1 adds AddressSanitizer (out-of-bounds kernel accesses).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=build/emu
+mkdir -p "$out/kernels" "$out/obj"
+jobs=$(nproc)
+san=""
+[ "${EMU_SAN:-0}" = 1 ] && san="-fsanitize=address -fno-omit-frame-pointer"
+pkgs="libcjson libpng zlib"
+cflags="-std=c11 -D_GNU_SOURCE -O1 -g -fopenmp -DFINC_HAVE_CUDA -I. $(pkg-config --cflags $pkgs) $san"
+cxxflags="-std=c++17 -O1 -g -ffp-contract=off -DFINC_HAVE_CUDA -DFINC_CUDA_EMU -Wall -Wextra -Wno-unused-parameter \
+  -I$out -Ikernels/emu/include -I. $san"
+
+# k<<<cfg>>>(args); becomes EMU_LAUNCH((cfg), k, args); and the dynamic
+# shared memory array a pointer to the emulator's.
+rewrite() {
+    perl -0pe 's/extern __shared__ float smem\[\];/float *smem = (float *)emu_dynamic_smem();/g;
+               s/(\w+\[[^\]]*\])<<<(.*?)>>>\((.*?)\);/EMU_LAUNCH_PTR((\2), \1, \3);/gs;
+               s/(\w+)<<<(.*?)>>>\((.*?)\);/EMU_LAUNCH((\2), \1, \3);/gs' "$1"
+}
+rewrite kernels/cuda.h > "$out/kernels/cuda.h"
+objs=()
+for f in kernels/*.cu; do
+    b=$(basename "$f" .cu)
+    rewrite "$f" > "$out/kernels/$b.cpp"
+    if grep -n '<<<' "$out/kernels/$b.cpp"; then echo "emu: a launch was not rewritten in $f" >&2; exit 2; fi
+    objs+=("$out/kernels/$b.cpp")
+done
+objs+=(kernels/emu/emu.cpp)
+printf '%s\n' "${objs[@]}" | xargs -P "$jobs" -I{} sh -c \
+    'g++ '"$cxxflags"' -c -o '"$out"'/obj/$(basename {} | sed "s/\.cpp$/.o/") {}'
+csrc=(engine/*.c io/*.c tests/testmodel.c bench/cuda_check.c)
+printf '%s\n' "${csrc[@]}" | xargs -P "$jobs" -I{} sh -c \
+    'gcc '"$cflags"' -c -o '"$out"'/obj/c_$(echo {} | tr / _ | sed "s/\.c$/.o/") {}'
+g++ -fopenmp $san -o "$out/cuda_check" "$out"/obj/*.o $(pkg-config --libs $pkgs) -ldnnl -lopenblas -lm -lpthread
+
+args=("$@")
+[ ${#args[@]} -eq 0 ] && args=(--small)
+echo "== $out/cuda_check ${args[*]} (CUDA emulated on the CPU)"
+ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0} "$out/cuda_check" "${args[@]}"

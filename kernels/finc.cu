@@ -1,0 +1,207 @@
+/* The FInC unit on the GPU (model.md section 2), mirroring engine/cpu_finc.c:
+ * every quarter is handled in "TL space", its image flipped so that its kernel
+ * (finc_tl) looks up and to the left.
+ *
+ * Forward: one thread per output element.
+ *
+ * Inverse: one launch per FInC unit. Block (quarter, image) owns one quarter
+ * image and steps through its H + W - 1 anti-diagonals with block barriers;
+ * pixels of a diagonal depend only on earlier diagonals (and lower channels of
+ * the same pixel), so within a diagonal
+ *   phase 1: threads over (channel, pixel) subtract the taps on earlier
+ *            diagonals from y, all channels at once;
+ *   phase 2: threads over pixels finish the forward substitution over the
+ *            unit lower-triangular current-pixel tap, channel by channel.
+ * The quarter image (and the kernel) sit in shared memory when they fit; the
+ * image is then stored in TL-space order and written back coalesced at the
+ * end. Otherwise the block solves in place in global memory, where
+ * __syncthreads also orders the global writes within the block. */
+#include "kernels/cuda.h"
+
+struct finc_quarters {
+    const float *w[4];            /* device TL-form kernels (Cq, Cq, k, k) of TL, TR, BL, BR */
+};
+
+__device__ __forceinline__ int flip(int v, int n, int f) { return f ? n - 1 - v : v; }
+
+static finc_quarters quarters_of(const finc_cuda_ctx *c, const finc_step *st)
+{
+    finc_quarters q;
+    for (int i = 0; i < 4; i++) q.w[i] = finc_cuda_weight(c, st->finc_tl[i]);
+    return q;
+}
+
+/* y (C, B, H, W) = conv(pad(x)) per quarter; one thread per element of y. */
+__global__ void finc_forward_kernel(float *__restrict__ y, const float *__restrict__ x, finc_quarters wq,
+                                    int Cq, int B, int H, int W, int k)
+{
+    const size_t HW = (size_t)H * W, cs = (size_t)B * HW, n = 4 * (size_t)Cq * cs;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const int ch = (int)(i / cs), b = (int)(i % cs / HW), p = (int)(i % HW);
+        const int q = ch / Cq, co = ch % Cq, fy = q >> 1, fx = q & 1;
+        const int hp = flip(p / W, H, fy), wp = flip(p % W, W, fx);
+        const float *xq = x + ((size_t)q * Cq * B + b) * HW;
+        const float *wk = wq.w[q] + (size_t)co * Cq * k * k;
+        float acc = 0.0f;
+        for (int ci = 0; ci < Cq; ci++)
+            for (int a = 0; a < k; a++) {
+                const int sh = hp - (k - 1) + a;
+                if (sh < 0) continue;
+                const float *row = xq + ci * cs + (size_t)flip(sh, H, fy) * W;
+                const float *wr = wk + ((size_t)ci * k + a) * k;
+                for (int j = 0; j < k; j++) {
+                    const int sw = wp - (k - 1) + j;
+                    if (sw >= 0) acc += wr[j] * row[flip(sw, W, fx)];
+                }
+            }
+        y[i] = acc;
+    }
+}
+
+void finc_cuda_finc_forward(finc_cuda_ctx *c, float *y, const float *x, const finc_step *st,
+                            int C, int B, int H, int W, int k)
+{
+    const size_t n = (size_t)C * B * H * W;
+    if (n == 0) return;
+    finc_forward_kernel<<<finc_cuda_blocks(n), FINC_CUDA_THREADS, 0, c->stream>>>(y, x, quarters_of(c, st),
+                                                                                  C / 4, B, H, W, k);
+    FINC_CUDA_LAUNCHED(c, "finc_forward_kernel");
+}
+
+#define FINC_INV_MAX_THREADS 512
+
+/* XS: the quarter image lives in shared memory; WS: its kernel does. */
+template <bool XS, bool WS>
+__global__ void __launch_bounds__(FINC_INV_MAX_THREADS)
+finc_inverse_kernel(float *x, const float *y, finc_quarters wq, int Cq, int B, int H, int W, int k)
+{
+    extern __shared__ float smem[];
+    const int q = blockIdx.x & 3, b = blockIdx.x >> 2, fy = q >> 1, fx = q & 1;
+    const int tid = threadIdx.x, nt = blockDim.x, kk = k * k, HW = H * W;
+    const size_t cs = (size_t)B * HW, base = ((size_t)q * Cq * B + b) * HW;
+
+    const float *w = wq.w[q];
+    if (WS) {
+        float *ws = smem + (XS ? (size_t)Cq * HW : 0);
+        for (int i = tid; i < Cq * Cq * kk; i += nt) ws[i] = w[i];
+        w = ws;
+    }
+    /* X(ci, hp, wp) = X[ci * xcs + flip(hp, H, xfy) * W + flip(wp, W, xfx)] */
+    float *X;
+    size_t xcs;
+    int xfy, xfx;
+    if (XS) {
+        X = smem, xcs = HW, xfy = 0, xfx = 0;
+        for (int e = tid; e < Cq * HW; e += nt) {
+            const int ci = e / HW, p = e % HW;
+            X[(size_t)ci * HW + flip(p / W, H, fy) * W + flip(p % W, W, fx)] = y[base + ci * cs + p];
+        }
+    } else {
+        X = x + base, xcs = cs, xfy = fy, xfx = fx;
+        for (int e = tid; e < Cq * HW; e += nt) {
+            const size_t o = (size_t)(e / HW) * cs + e % HW;
+            X[o] = y[base + o];
+        }
+    }
+    __syncthreads();
+
+    for (int d = 0; d <= H + W - 2; d++) {
+        const int h0 = d - (W - 1) > 0 ? d - (W - 1) : 0, h1 = d < H - 1 ? d : H - 1, n = h1 - h0 + 1;
+        /* Phase 1: X(co, pixel) = y - taps on earlier diagonals. */
+        for (int it = tid; it < n * Cq; it += nt) {
+            const int co = it / n, hp = h0 + it % n, wp = d - hp;
+            const float *wk = w + (size_t)co * Cq * kk;
+            float acc = 0.0f;
+            for (int ci = 0; ci < Cq; ci++) {
+                const float *xc = X + ci * xcs;
+                for (int a = 0; a < k; a++) {
+                    const int sh = hp - (k - 1) + a;
+                    if (sh < 0) continue;
+                    const float *row = xc + (size_t)flip(sh, H, xfy) * W;
+                    const float *wr = wk + ((size_t)ci * k + a) * k;
+                    const int jend = a == k - 1 ? k - 1 : k;  /* the current pixel is phase 2's */
+                    for (int j = 0; j < jend; j++) {
+                        const int sw = wp - (k - 1) + j;
+                        if (sw >= 0) acc += wr[j] * row[flip(sw, W, xfx)];
+                    }
+                }
+            }
+            X[co * xcs + (size_t)flip(hp, H, xfy) * W + flip(wp, W, xfx)] -= acc;
+        }
+        if (Cq > 1) {
+            __syncthreads();
+            /* Phase 2: forward substitution over the current-pixel tap. */
+            for (int p = tid; p < n; p += nt) {
+                const int hp = h0 + p, wp = d - hp;
+                float *xp = X + (size_t)flip(hp, H, xfy) * W + flip(wp, W, xfx);
+                for (int co = 1; co < Cq; co++) {
+                    float acc = xp[co * xcs];
+                    for (int ci = 0; ci < co; ci++) acc -= w[((size_t)co * Cq + ci) * kk + kk - 1] * xp[ci * xcs];
+                    xp[co * xcs] = acc;
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    if (XS)
+        for (int e = tid; e < Cq * HW; e += nt) {
+            const int ci = e / HW, p = e % HW;
+            x[base + ci * cs + p] = X[(size_t)ci * HW + flip(p / W, H, fy) * W + flip(p % W, W, fx)];
+        }
+}
+
+typedef void (*finc_inverse_fn)(float *, const float *, finc_quarters, int, int, int, int, int);
+
+/* Indexed by mode - 1: FINC_CUDA_FINC_SMEM_BOTH .. FINC_CUDA_FINC_GLOBAL. */
+static const finc_inverse_fn inverse_kernels[4] = {
+    finc_inverse_kernel<true, true>, finc_inverse_kernel<true, false>,
+    finc_inverse_kernel<false, true>, finc_inverse_kernel<false, false>};
+
+int finc_cuda_finc_init(finc_cuda_ctx *c)
+{
+    int optin = 0;
+    if (FINC_CUDA_TRY(c, cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->device)))
+        return -1;
+    /* Past 48 KiB a kernel must opt in; without it the default limit holds. */
+    c->smem_limit = 48 * 1024;
+    if ((size_t)optin > c->smem_limit) {
+        int ok = 1;
+        for (int i = 0; i < 4; i++)
+            if (cudaFuncSetAttribute((const void *)inverse_kernels[i], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     optin) != cudaSuccess) {
+                (void)cudaGetLastError();
+                ok = 0;
+            }
+        if (ok) c->smem_limit = (size_t)optin;
+    }
+    return 0;
+}
+
+/* The placement for a shape: the forced mode if it fits, else the next smaller. */
+static int inverse_mode(const finc_cuda_ctx *c, size_t xbytes, size_t wbytes)
+{
+    const size_t lim = c->smem_limit;
+    int m = c->finc_mode == FINC_CUDA_FINC_AUTO ? FINC_CUDA_FINC_SMEM_BOTH : c->finc_mode;
+    if (m == FINC_CUDA_FINC_SMEM_BOTH && xbytes + wbytes > lim) m = FINC_CUDA_FINC_SMEM_IMAGE;
+    if (m == FINC_CUDA_FINC_SMEM_IMAGE && xbytes > lim) m = FINC_CUDA_FINC_SMEM_WEIGHTS;
+    if (m == FINC_CUDA_FINC_SMEM_WEIGHTS && wbytes > lim) m = FINC_CUDA_FINC_GLOBAL;
+    return m;
+}
+
+void finc_cuda_finc_inverse(finc_cuda_ctx *c, float *x, const float *y, const finc_step *st,
+                            int C, int B, int H, int W, int k)
+{
+    if (B == 0 || C == 0) return;
+    const int Cq = C / 4;
+    const size_t xbytes = (size_t)Cq * H * W * sizeof(float), wbytes = (size_t)Cq * Cq * k * k * sizeof(float);
+    const int mode = inverse_mode(c, xbytes, wbytes);
+    const size_t smem = (mode == FINC_CUDA_FINC_SMEM_BOTH || mode == FINC_CUDA_FINC_SMEM_IMAGE ? xbytes : 0) +
+                        (mode == FINC_CUDA_FINC_SMEM_BOTH || mode == FINC_CUDA_FINC_SMEM_WEIGHTS ? wbytes : 0);
+    /* Enough threads for every (channel, pixel) of the longest diagonal. */
+    const int diag = H < W ? H : W;
+    int threads = (diag * Cq + 31) / 32 * 32;
+    threads = threads < 64 ? 64 : threads > FINC_INV_MAX_THREADS ? FINC_INV_MAX_THREADS : threads;
+    inverse_kernels[mode - 1]<<<4 * B, threads, smem, c->stream>>>(x, y, quarters_of(c, st), Cq, B, H, W, k);
+    FINC_CUDA_LAUNCHED(c, "finc_inverse_kernel");
+}
