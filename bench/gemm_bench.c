@@ -99,50 +99,56 @@ static void sgemm_lib(int lib, int M, int N, int K, const float *A, int lda, con
         dnnl_sgemm('N', 'N', M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, ldc);
 }
 
-/* X (C, B, H, W) -> col (C*9, B*H*W), zero padding 1. */
+/* X (C, B, H, W) -> col (C*9, B*H*W), zero padding 1. Each (row, image) plane is
+ * one shifted copy (a shift by dy*W + dx within the plane) plus zeroed border rows
+ * and column; OpenMP over planes when there is enough work. */
 static void im2col3(float *col, const float *X, int C, int B, int H, int W) {
     size_t HW = (size_t)H * W, N = (size_t)B * HW;
-    for (int c = 0; c < C; c++)
-        for (int k = 0; k < 9; k++) {
-            int dy = k / 3 - 1, dx = k % 3 - 1;
-            float *dst = col + ((size_t)c * 9 + k) * N;
-            const float *src = X + (size_t)c * N;
-            for (int b = 0; b < B; b++)
-                for (int y = 0; y < H; y++) {
-                    float *d = dst + b * HW + (size_t)y * W;
-                    int sy = y + dy;
-                    if (sy < 0 || sy >= H) {
-                        memset(d, 0, (size_t)W * sizeof(float));
-                        continue;
-                    }
-                    const float *s = src + b * HW + (size_t)sy * W;
-                    for (int x = 0; x < W; x++) {
-                        int sx = x + dx;
-                        d[x] = (sx >= 0 && sx < W) ? s[sx] : 0.0f;
-                    }
-                }
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)C * 9 * N >= 32768)
+    for (int ck = 0; ck < C * 9; ck++)
+        for (int b = 0; b < B; b++) {
+            int c = ck / 9, k = ck % 9, dy = k / 3 - 1, dx = k % 3 - 1;
+            float *d = col + (size_t)ck * N + (size_t)b * HW;
+            const float *s = X + (size_t)c * N + (size_t)b * HW;
+            int y0 = dy < 0 ? 1 : 0, y1 = dy > 0 ? H - 1 : H;
+            if (y0 > 0) memset(d, 0, (size_t)W * sizeof(float));
+            if (y1 < H) memset(d + (size_t)(H - 1) * W, 0, (size_t)W * sizeof(float));
+            /* p in [p0, p1): d[p] = s[p + dy*W + dx]; the column that has no source
+             * (x = 0 for dx = -1, x = W-1 for dx = +1) is zeroed afterwards. */
+            long p0 = (long)y0 * W + (dx < 0 ? 1 : 0), p1 = (long)y1 * W - (dx > 0 ? 1 : 0);
+            if (p1 > p0)
+                memcpy(d + p0, s + p0 + (long)dy * W + dx, (size_t)(p1 - p0) * sizeof(float));
+            if (dx != 0)
+                for (int y = y0; y < y1; y++) d[(size_t)y * W + (dx < 0 ? 0 : W - 1)] = 0.0f;
         }
 }
 
-/* T (Co*9, B*H*W) -> Y (Co, B, H, W): Y[o, p] = sum_k T[(o, k), p + off(k)]. */
+/* T (Co*9, B*H*W) -> Y (Co, B, H, W), H <= 64: Y[o, p] = sum_k T[(o, k), p + off(k)], k in
+ * order 0..8 for every pixel. Each k is one contiguous shifted add over the plane;
+ * the column the shift wraps into is saved before and restored after, so it is as
+ * if it were skipped. OpenMP over (o, image) planes. */
 static void col2im3(float *Y, const float *T, int Co, int B, int H, int W) {
     size_t HW = (size_t)H * W, N = (size_t)B * HW;
-    for (int o = 0; o < Co; o++) {
-        float *yo = Y + (size_t)o * N;
-        memset(yo, 0, N * sizeof(float));
-        for (int k = 0; k < 9; k++) {
-            int dy = k / 3 - 1, dx = k % 3 - 1;
-            const float *t = T + ((size_t)o * 9 + k) * N;
-            int y0 = dy < 0 ? -dy : 0, y1 = dy > 0 ? H - dy : H;
-            int x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? W - dx : W;
-            for (int b = 0; b < B; b++)
-                for (int y = y0; y < y1; y++) {
-                    float *d = yo + b * HW + (size_t)y * W;
-                    const float *s = t + b * HW + (size_t)(y + dy) * W + dx;
-                    for (int x = x0; x < x1; x++) d[x] += s[x];
-                }
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)Co * 9 * N >= 32768)
+    for (int o = 0; o < Co; o++)
+        for (int b = 0; b < B; b++) {
+            float *yo = Y + (size_t)o * N + (size_t)b * HW;
+            float save[64];
+            memset(yo, 0, HW * sizeof(float));
+            for (int k = 0; k < 9; k++) {
+                int dy = k / 3 - 1, dx = k % 3 - 1;
+                const float *t = T + ((size_t)o * 9 + k) * N + (size_t)b * HW;
+                int y0 = dy < 0 ? 1 : 0, y1 = dy > 0 ? H - 1 : H;
+                int xe = dx < 0 ? 0 : W - 1; /* column with no source when dx != 0 */
+                long p0 = (long)y0 * W + (dx < 0 ? 1 : 0), p1 = (long)y1 * W - (dx > 0 ? 1 : 0);
+                if (dx != 0)
+                    for (int y = y0; y < y1; y++) save[y] = yo[(size_t)y * W + xe];
+                long off = (long)dy * W + dx;
+                for (long p = p0; p < p1; p++) yo[p] += t[p + off];
+                if (dx != 0)
+                    for (int y = y0; y < y1; y++) yo[(size_t)y * W + xe] = save[y];
+            }
         }
-    }
 }
 
 static void set_threads(int n) {
