@@ -12,7 +12,7 @@
 
 static void *cpu_alloc(finc_backend *be, size_t bytes)
 {
-    return aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+    return aligned_alloc(64, (bytes + 63) / 64 * 64);
 }
 static void cpu_release(finc_backend *be, void *p) { free(p); }
 static void cpu_copy(finc_backend *be, void *dst, const void *src, size_t bytes)
