@@ -14,6 +14,7 @@
 
 #include "engine/check.h"
 #include "engine/safetensors.h"
+#include "error.h"
 
 #define FORMAT_NAME "finc-flow"
 #define FORMAT_VERSION "1"
@@ -28,17 +29,6 @@
 #define MAX_LOG_SCALE 80.0
 #define ALIGN_FLOATS 16   /* 64 bytes */
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 static size_t align_up(size_t n) { return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS; }
 
 /* ---- config ------------------------------------------------------------ */
@@ -47,12 +37,12 @@ static size_t align_up(size_t n) { return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS 
 static int get_int(const cJSON *v, const char *what, long lo, long hi, int *out, char *err, size_t errlen)
 {
     if (!v)
-        return fail(err, errlen, "config: '%s' missing", what);
+        return finc_errorf(err, errlen, "config: '%s' missing", what);
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
-        return fail(err, errlen, "config: '%s' is not an integer", what);
+        return finc_errorf(err, errlen, "config: '%s' is not an integer", what);
     double d = v->valuedouble;
     if (d < (double)lo || d > (double)hi)
-        return fail(err, errlen, "config: '%s' is %.0f, must be in %ld..%ld", what, d, lo, hi);
+        return finc_errorf(err, errlen, "config: '%s' is %.0f, must be in %ld..%ld", what, d, lo, hi);
     *out = (int)d;
     return 0;
 }
@@ -66,22 +56,22 @@ static int parse_fields(finc_config *cfg, const cJSON *o, char *err, size_t errl
 
     const cJSON *img = cJSON_GetObjectItemCaseSensitive(o, "image");
     if (!img)
-        return fail(err, errlen, "config: 'image' missing");
+        return finc_errorf(err, errlen, "config: 'image' missing");
     if (!cJSON_IsArray(img) || cJSON_GetArraySize(img) != 3)
-        return fail(err, errlen, "config: 'image' must be an array [C, H, W]");
+        return finc_errorf(err, errlen, "config: 'image' must be an array [C, H, W]");
     if (get_int(img->child, "image C", 1, MAX_CHANNELS, &cfg->c, err, errlen) ||
         get_int(img->child->next, "image H", 1, MAX_SIDE, &cfg->h, err, errlen) ||
         get_int(img->child->next->next, "image W", 1, MAX_SIDE, &cfg->w, err, errlen))
         return -1;
     if (cfg->h % (1 << L) || cfg->w % (1 << L))
-        return fail(err, errlen, "config: image H x W = %d x %d is not divisible by 2^levels = %d",
+        return finc_errorf(err, errlen, "config: image H x W = %d x %d is not divisible by 2^levels = %d",
                     cfg->h, cfg->w, 1 << L);
 
     const cJSON *steps = cJSON_GetObjectItemCaseSensitive(o, "steps");
     if (!steps)
-        return fail(err, errlen, "config: 'steps' missing");
+        return finc_errorf(err, errlen, "config: 'steps' missing");
     if (!cJSON_IsArray(steps) || cJSON_GetArraySize(steps) != L)
-        return fail(err, errlen, "config: 'steps' must be an array of %d step counts, one per level", L);
+        return finc_errorf(err, errlen, "config: 'steps' must be an array of %d step counts, one per level", L);
     int l = 0;
     for (const cJSON *s = steps->child; s; s = s->next, l++) {
         char what[32];
@@ -98,19 +88,19 @@ static int parse_fields(finc_config *cfg, const cJSON *o, char *err, size_t errl
 
     const cJSON *an = cJSON_GetObjectItemCaseSensitive(o, "actnorm");
     if (!an)
-        return fail(err, errlen, "config: 'actnorm' missing");
+        return finc_errorf(err, errlen, "config: 'actnorm' missing");
     if (!cJSON_IsBool(an))
-        return fail(err, errlen, "config: 'actnorm' is not a boolean");
+        return finc_errorf(err, errlen, "config: 'actnorm' is not a boolean");
     cfg->actnorm = cJSON_IsTrue(an);
 
     cfg->alpha = 1e-6;
     const cJSON *al = cJSON_GetObjectItemCaseSensitive(o, "alpha");
     if (al) {
         if (!cJSON_IsNumber(al))
-            return fail(err, errlen, "config: 'alpha' is not a number");
+            return finc_errorf(err, errlen, "config: 'alpha' is not a number");
         /* alpha > 0 keeps the logit finite for every u in [0, 1); < 0.5 keeps 1 - 2a > 0. */
         if (!(al->valuedouble > 0 && al->valuedouble < 0.5))
-            return fail(err, errlen, "config: 'alpha' is %g, must be in (0, 0.5)", al->valuedouble);
+            return finc_errorf(err, errlen, "config: 'alpha' is %g, must be in (0, 0.5)", al->valuedouble);
         cfg->alpha = al->valuedouble;
     }
 
@@ -124,7 +114,7 @@ static int parse_fields(finc_config *cfg, const cJSON *o, char *err, size_t errl
             params += coupling;
     }
     if (params > 4294967296.0)
-        return fail(err, errlen, "config: the model would hold %.3g parameters, more than 2^32", params);
+        return finc_errorf(err, errlen, "config: the model would hold %.3g parameters, more than 2^32", params);
     return 0;
 }
 
@@ -133,18 +123,18 @@ int finc_config_parse(finc_config *cfg, const char *json, char *err, size_t errl
     memset(cfg, 0, sizeof *cfg);
     cfg->test_bpd = NAN;
     if (!json)
-        return fail(err, errlen, "config: missing");
+        return finc_errorf(err, errlen, "config: missing");
     cJSON *root = cJSON_Parse(json);
     int rc;
     if (!root)
-        rc = fail(err, errlen, "config is not valid JSON");
+        rc = finc_errorf(err, errlen, "config is not valid JSON");
     else if (!cJSON_IsObject(root))
-        rc = fail(err, errlen, "config is not a JSON object");
+        rc = finc_errorf(err, errlen, "config is not a JSON object");
     else
         rc = parse_fields(cfg, root, err, errlen);
     cJSON_Delete(root);
     if (rc == 0 && !(cfg->json = strdup(json)))
-        rc = fail(err, errlen, "out of memory");
+        rc = finc_errorf(err, errlen, "out of memory");
     if (rc) {
         memset(cfg, 0, sizeof *cfg);
         cfg->test_bpd = NAN;
@@ -271,24 +261,24 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
 static int load_metadata(finc_config *cfg, const finc_st *st, char *err, size_t errlen)
 {
     if (!st->metadata_json)
-        return fail(err, errlen, "file has no __metadata__ (expected format '" FORMAT_NAME "')");
+        return finc_errorf(err, errlen, "file has no __metadata__ (expected format '" FORMAT_NAME "')");
     const char *fmt = finc_st_meta(st, "format");
     if (!fmt)
-        return fail(err, errlen, "metadata 'format' missing (expected '" FORMAT_NAME "')");
+        return finc_errorf(err, errlen, "metadata 'format' missing (expected '" FORMAT_NAME "')");
     if (strcmp(fmt, FORMAT_NAME) != 0)
-        return fail(err, errlen, "metadata format is '%s', expected '" FORMAT_NAME "'", fmt);
+        return finc_errorf(err, errlen, "metadata format is '%s', expected '" FORMAT_NAME "'", fmt);
     const char *ver = finc_st_meta(st, "format_version");
     if (!ver)
-        return fail(err, errlen, "metadata 'format_version' missing (expected '" FORMAT_VERSION "')");
+        return finc_errorf(err, errlen, "metadata 'format_version' missing (expected '" FORMAT_VERSION "')");
     if (strcmp(ver, FORMAT_VERSION) != 0)
-        return fail(err, errlen, "metadata format_version is '%s', this loader reads '" FORMAT_VERSION "'", ver);
+        return finc_errorf(err, errlen, "metadata format_version is '%s', this loader reads '" FORMAT_VERSION "'", ver);
     const char *conf = finc_st_meta(st, "config");
     if (!conf)
-        return fail(err, errlen, "metadata 'config' missing");
+        return finc_errorf(err, errlen, "metadata 'config' missing");
     if (finc_config_parse(cfg, conf, err, errlen))
         return -1;
     if (!(cfg->metadata_json = strdup(st->metadata_json)))
-        return fail(err, errlen, "out of memory");
+        return finc_errorf(err, errlen, "out of memory");
     const char *bpd = finc_st_meta(st, "test_bpd");
     if (bpd) {
         char *end;
@@ -305,7 +295,7 @@ static int match_tensors(want_list *wl, const finc_st *st, size_t *n_params, cha
 {
     unsigned char *seen = calloc((size_t)st->n + 1, 1);
     if (!seen)
-        return fail(err, errlen, "out of memory");
+        return finc_errorf(err, errlen, "out of memory");
     int rc = 0;
     *n_params = 0;
     for (int i = 0; i < wl->n && rc == 0; i++) {
@@ -314,11 +304,11 @@ static int match_tensors(want_list *wl, const finc_st *st, size_t *n_params, cha
         char want_s[96], have_s[160];
         shape_str(want_s, sizeof want_s, w->ndim, w->shape);
         if (!t) {
-            rc = fail(err, errlen, "tensor '%s' missing (expected shape %s)", w->name, want_s);
+            rc = finc_errorf(err, errlen, "tensor '%s' missing (expected shape %s)", w->name, want_s);
             break;
         }
         if (t->dtype != FINC_ST_F32 && t->dtype != FINC_ST_F16 && t->dtype != FINC_ST_BF16) {
-            rc = fail(err, errlen, "tensor '%s': dtype %s, expected F32 (or F16, BF16)", w->name,
+            rc = finc_errorf(err, errlen, "tensor '%s': dtype %s, expected F32 (or F16, BF16)", w->name,
                       finc_st_dtype_name(t->dtype));
             break;
         }
@@ -327,7 +317,7 @@ static int match_tensors(want_list *wl, const finc_st *st, size_t *n_params, cha
             same = t->shape[d] == w->shape[d];
         if (!same) {
             shape_str(have_s, sizeof have_s, t->ndim, t->shape);
-            rc = fail(err, errlen, "tensor '%s': shape %s, expected %s", w->name, have_s, want_s);
+            rc = finc_errorf(err, errlen, "tensor '%s': shape %s, expected %s", w->name, have_s, want_s);
             break;
         }
         w->src = t;
@@ -336,7 +326,7 @@ static int match_tensors(want_list *wl, const finc_st *st, size_t *n_params, cha
     }
     for (int i = 0; i < st->n && rc == 0; i++)
         if (!seen[i])
-            rc = fail(err, errlen, "unknown tensor '%s' (not part of the model the config describes)",
+            rc = finc_errorf(err, errlen, "unknown tensor '%s' (not part of the model the config describes)",
                       st->tensors[i].name);
     free(seen);
     return rc;
@@ -373,7 +363,7 @@ static int copy_tensor(want *w, char *err, size_t errlen)
     FINC_CHECK(finc_st_to_f32(w->src, w->dst) == 0);
     for (size_t i = 0; i < w->numel; i++)
         if (!isfinite(w->dst[i]))
-            return fail(err, errlen, "tensor '%s': non-finite value (%s) at index %zu", w->name,
+            return finc_errorf(err, errlen, "tensor '%s': non-finite value (%s) at index %zu", w->name,
                         isnan(w->dst[i]) ? "NaN" : "Inf", i);
     return 0;
 }
@@ -408,12 +398,12 @@ static int derive_finc(float *tl, const float *w, int q, int cq, int k, const ch
         for (int i = o; i < cq; i++) {
             float v = tl[(((size_t)o * cq + i) * k + k - 1) * k + k - 1];
             if (i == o && v != 1.0f)
-                return fail(err, errlen,
+                return finc_errorf(err, errlen,
                             "tensor '%s': current-pixel tap [%d][%d][%d][%d] is %.9g, must be 1 "
                             "(the tap is unit lower-triangular over channels)",
                             name, o, i, ra, rb, (double)v);
             if (i > o && v != 0.0f)
-                return fail(err, errlen,
+                return finc_errorf(err, errlen,
                             "tensor '%s': current-pixel tap [%d][%d][%d][%d] is %.9g, must be 0 "
                             "(the tap is unit lower-triangular over channels)",
                             name, o, i, ra, rb, (double)v);
@@ -428,7 +418,7 @@ static int invert_1x1(const float *w, float *inv, int C, double *logdet, const c
     size_t n = (size_t)C;
     double *a = malloc(2 * n * n * sizeof *a);
     if (!a)
-        return fail(err, errlen, "out of memory inverting '%s'", name);
+        return finc_errorf(err, errlen, "out of memory inverting '%s'", name);
     double *b = a + n * n;
     double norm_w = 0;
     for (size_t c = 0; c < n; c++) {
@@ -448,7 +438,7 @@ static int invert_1x1(const float *w, float *inv, int C, double *logdet, const c
             if (fabs(a[r * n + c]) > fabs(a[p * n + c]))
                 p = r;
         if (a[p * n + c] == 0) {
-            rc = fail(err, errlen, "tensor '%s' is singular (det = 0); the 1x1 convolution must be invertible", name);
+            rc = finc_errorf(err, errlen, "tensor '%s' is singular (det = 0); the 1x1 convolution must be invertible", name);
             break;
         }
         if (p != c)
@@ -491,7 +481,7 @@ static int invert_1x1(const float *w, float *inv, int C, double *logdet, const c
         }
         double cond = norm_w * norm_inv;
         if (!finite || !(cond <= MAX_COND_1X1))
-            rc = fail(err, errlen, "tensor '%s' is singular or badly conditioned (condition number %.3g)", name,
+            rc = finc_errorf(err, errlen, "tensor '%s' is singular or badly conditioned (condition number %.3g)", name,
                       cond);
     }
     *logdet = ld;
@@ -517,7 +507,7 @@ static int assign_coupling(finc_coupling *cp, want_list *wl, int *ci, bump *b, i
     for (int i = 0; i < C; i++) {
         double v = exp(3.0 * logs[i]);
         if (!(v <= FLT_MAX))
-            return fail(err, errlen, "tensor '%s': exp(3*logs) overflows float at index %d (logs = %g)",
+            return finc_errorf(err, errlen, "tensor '%s': exp(3*logs) overflows float at index %d (logs = %g)",
                         logs_name, i, (double)logs[i]);
         scale3[i] = (float)v;
     }
@@ -539,7 +529,7 @@ static int assign(finc_model *m, want_list *wl, bump *b, char *err, size_t errle
         lv->nsteps = cfg->steps[l];
         lv->steps = calloc((size_t)lv->nsteps, sizeof *lv->steps);
         if (!lv->steps)
-            return fail(err, errlen, "out of memory");
+            return finc_errorf(err, errlen, "out of memory");
         int cq = C / 4;
         for (int s = 0; s < lv->nsteps; s++) {
             finc_step *st = &lv->steps[s];
@@ -557,7 +547,7 @@ static int assign(finc_model *m, want_list *wl, bump *b, char *err, size_t errle
                 st->an_s = next(wl, &ci, ".actnorm.log_scale", &name);
                 for (int c = 0; c < C; c++) {
                     if (fabs(st->an_s[c]) > MAX_LOG_SCALE)
-                        return fail(err, errlen, "tensor '%s': value %g at index %d is out of range (|log_scale| <= %g)",
+                        return finc_errorf(err, errlen, "tensor '%s': value %g at index %d is out of range (|log_scale| <= %g)",
                                     name, (double)st->an_s[c], c, MAX_LOG_SCALE);
                     st->an_logscale_sum += st->an_s[c];
                 }
@@ -587,7 +577,7 @@ static int build(finc_model *m, want_list *wl, char *err, size_t errlen)
     size_t total = stored + derived_floats(&m->cfg);
     void *p = NULL;
     if (posix_memalign(&p, 64, total * sizeof(float)) != 0)
-        return fail(err, errlen, "out of memory allocating %zu bytes of weights", total * sizeof(float));
+        return finc_errorf(err, errlen, "out of memory allocating %zu bytes of weights", total * sizeof(float));
     /* Zero the alignment padding too: the block is copied whole to devices. */
     memset(p, 0, total * sizeof(float));
     m->block = p;
@@ -613,7 +603,7 @@ int finc_model_load(finc_model *m, const char *path, char *err, size_t errlen)
     if (rc == 0) {
         finc_config_each_tensor(&m->cfg, collect, &wl);
         if (wl.oom)
-            rc = fail(err, errlen, "out of memory");
+            rc = finc_errorf(err, errlen, "out of memory");
     }
     if (rc == 0)
         rc = match_tensors(&wl, &st, &m->n_params, err, errlen);

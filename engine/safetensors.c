@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "error.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; this reader assumes a little-endian host"
@@ -48,17 +49,6 @@ int finc_st_dtype_parse(const char *name)
     for (int i = 0; i < FINC_ST_NDTYPES; i++)
         if (strcmp(name, dtypes[i].name) == 0)
             return i;
-    return -1;
-}
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
     return -1;
 }
 
@@ -195,33 +185,33 @@ static int parse_entry(finc_st_tensor *t, const cJSON *e, size_t data_len, char 
 {
     const char *nm = t->name;
     if (!cJSON_IsObject(e))
-        return fail(err, errlen, "tensor '%s': header entry is not an object", nm);
+        return finc_errorf(err, errlen, "tensor '%s': header entry is not an object", nm);
     for (const cJSON *k = e->child; k; k = k->next)
         if (strcmp(k->string, "dtype") && strcmp(k->string, "shape") && strcmp(k->string, "data_offsets"))
-            return fail(err, errlen, "tensor '%s': unexpected key '%s' in header entry", nm, k->string);
+            return finc_errorf(err, errlen, "tensor '%s': unexpected key '%s' in header entry", nm, k->string);
 
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
     if (!cJSON_IsString(dt))
-        return fail(err, errlen, "tensor '%s': dtype missing or not a string", nm);
+        return finc_errorf(err, errlen, "tensor '%s': dtype missing or not a string", nm);
     int d = finc_st_dtype_parse(dt->valuestring);
     if (d < 0)
-        return fail(err, errlen, "tensor '%s': unknown dtype '%s'", nm, dt->valuestring);
+        return finc_errorf(err, errlen, "tensor '%s': unknown dtype '%s'", nm, dt->valuestring);
     t->dtype = (finc_st_dtype)d;
     size_t es = dtypes[d].size;
 
     const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
     if (!cJSON_IsArray(sh))
-        return fail(err, errlen, "tensor '%s': shape missing or not an array", nm);
+        return finc_errorf(err, errlen, "tensor '%s': shape missing or not an array", nm);
     int ndim = cJSON_GetArraySize(sh);
     if (ndim > FINC_ST_MAX_DIMS)
-        return fail(err, errlen, "tensor '%s': shape has %d dims, at most %d supported", nm, ndim,
+        return finc_errorf(err, errlen, "tensor '%s': shape has %d dims, at most %d supported", nm, ndim,
                     FINC_ST_MAX_DIMS);
     t->ndim = ndim;
     int i = 0, zero = 0;
     for (const cJSON *v = sh->child; v; v = v->next, i++) {
         uint64_t u;
         if (json_uint(v, &u) < 0)
-            return fail(err, errlen, "tensor '%s': shape[%d] is not a non-negative integer", nm, i);
+            return finc_errorf(err, errlen, "tensor '%s': shape[%d] is not a non-negative integer", nm, i);
         t->shape[i] = (int64_t)u;
         zero |= u == 0;
     }
@@ -234,7 +224,7 @@ static int parse_entry(finc_st_tensor *t, const cJSON *e, size_t data_len, char 
             if (numel > (uint64_t)JSON_INT_MAX / es / s) {
                 char sb[256];
                 shape_str(sb, sizeof sb, ndim, t->shape);
-                return fail(err, errlen, "tensor '%s': shape %s has too many elements", nm, sb);
+                return finc_errorf(err, errlen, "tensor '%s': shape %s has too many elements", nm, sb);
             }
             numel *= s;
         }
@@ -246,21 +236,21 @@ static int parse_entry(finc_st_tensor *t, const cJSON *e, size_t data_len, char 
     uint64_t b, en;
     if (!cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2 || json_uint(off->child, &b) < 0 ||
         json_uint(off->child->next, &en) < 0)
-        return fail(err, errlen, "tensor '%s': data_offsets must be [begin, end] of non-negative integers", nm);
+        return finc_errorf(err, errlen, "tensor '%s': data_offsets must be [begin, end] of non-negative integers", nm);
     t->begin = b;
     t->end = en;
     if (en < b)
-        return fail(err, errlen, "tensor '%s': data_offsets [%llu, %llu] end before they begin", nm,
+        return finc_errorf(err, errlen, "tensor '%s': data_offsets [%llu, %llu] end before they begin", nm,
                     (unsigned long long)b, (unsigned long long)en);
     if (en - b != t->nbytes) {
         char sb[256];
         shape_str(sb, sizeof sb, ndim, t->shape);
-        return fail(err, errlen, "tensor '%s': data_offsets [%llu, %llu] span %llu bytes, dtype %s shape %s needs %zu",
+        return finc_errorf(err, errlen, "tensor '%s': data_offsets [%llu, %llu] span %llu bytes, dtype %s shape %s needs %zu",
                     nm, (unsigned long long)b, (unsigned long long)en, (unsigned long long)(en - b),
                     dtypes[d].name, sb, t->nbytes);
     }
     if (en > data_len)
-        return fail(err, errlen, "tensor '%s': data_offsets [%llu, %llu] out of bounds of the %zu-byte data section",
+        return finc_errorf(err, errlen, "tensor '%s': data_offsets [%llu, %llu] out of bounds of the %zu-byte data section",
                     nm, (unsigned long long)b, (unsigned long long)en, data_len);
     return 0;
 }
@@ -290,14 +280,14 @@ static int check_layout(finc_st *f, size_t data_len, char *err, size_t errlen)
     f->by_name = malloc(((size_t)n + 1) * sizeof *f->by_name);
     if (!v || !f->by_name) {
         free(v);
-        return fail(err, errlen, "out of memory indexing %d tensors", n);
+        return finc_errorf(err, errlen, "out of memory indexing %d tensors", n);
     }
     for (int i = 0; i < n; i++)
         v[i] = &f->tensors[i];
     qsort(v, (size_t)n, sizeof *v, cmp_names);
     for (int i = 0; i < n; i++) {
         if (i > 0 && strcmp(v[i]->name, v[i - 1]->name) == 0) {
-            fail(err, errlen, "tensor '%s' appears twice in the header", v[i]->name);
+            finc_errorf(err, errlen, "tensor '%s' appears twice in the header", v[i]->name);
             free(v);
             return -1;
         }
@@ -311,15 +301,15 @@ static int check_layout(finc_st *f, size_t data_len, char *err, size_t errlen)
     for (int i = 0; i < n && rc == 0; i++) {
         const finc_st_tensor *t = v[i];
         if (t->begin < pos)
-            rc = fail(err, errlen, "tensor '%s': data_offsets [%llu, %llu] overlap tensor '%s' [%llu, %llu]",
+            rc = finc_errorf(err, errlen, "tensor '%s': data_offsets [%llu, %llu] overlap tensor '%s' [%llu, %llu]",
                       t->name, (unsigned long long)t->begin, (unsigned long long)t->end, prev->name,
                       (unsigned long long)prev->begin, (unsigned long long)prev->end);
         else if (t->begin > pos && prev)
-            rc = fail(err, errlen, "tensor '%s': data_offsets [%llu, %llu] leave a gap of %llu bytes after tensor '%s'",
+            rc = finc_errorf(err, errlen, "tensor '%s': data_offsets [%llu, %llu] leave a gap of %llu bytes after tensor '%s'",
                       t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
                       (unsigned long long)(t->begin - pos), prev->name);
         else if (t->begin > pos)
-            rc = fail(err, errlen, "tensor '%s': data_offsets [%llu, %llu] leave a gap of %llu bytes at the start of the data section",
+            rc = finc_errorf(err, errlen, "tensor '%s': data_offsets [%llu, %llu] leave a gap of %llu bytes at the start of the data section",
                       t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
                       (unsigned long long)t->begin);
         if (t->end > pos) {
@@ -330,7 +320,7 @@ static int check_layout(finc_st *f, size_t data_len, char *err, size_t errlen)
         }
     }
     if (rc == 0 && pos < data_len)
-        rc = fail(err, errlen, "%llu trailing bytes after the last tensor (data section is %zu bytes, tensors end at %llu)",
+        rc = finc_errorf(err, errlen, "%llu trailing bytes after the last tensor (data section is %zu bytes, tensors end at %llu)",
                   (unsigned long long)(data_len - pos), data_len, (unsigned long long)pos);
     free(v);
     return rc;
@@ -339,51 +329,51 @@ static int check_layout(finc_st *f, size_t data_len, char *err, size_t errlen)
 static int parse_metadata(finc_st *f, const cJSON *m, char *err, size_t errlen)
 {
     if (!cJSON_IsObject(m))
-        return fail(err, errlen, "__metadata__ is not an object");
+        return finc_errorf(err, errlen, "__metadata__ is not an object");
     int n = cJSON_GetArraySize(m);
     f->meta_keys = calloc((size_t)n + 1, sizeof *f->meta_keys);
     f->meta_vals = calloc((size_t)n + 1, sizeof *f->meta_vals);
     if (!f->meta_keys || !f->meta_vals)
-        return fail(err, errlen, "out of memory reading __metadata__");
+        return finc_errorf(err, errlen, "out of memory reading __metadata__");
     for (const cJSON *e = m->child; e; e = e->next) {
         if (!cJSON_IsString(e))
-            return fail(err, errlen, "__metadata__ value '%s' is not a string", e->string);
+            return finc_errorf(err, errlen, "__metadata__ value '%s' is not a string", e->string);
         for (int i = 0; i < f->nmeta; i++)
             if (strcmp(f->meta_keys[i], e->string) == 0)
-                return fail(err, errlen, "__metadata__ key '%s' appears twice", e->string);
+                return finc_errorf(err, errlen, "__metadata__ key '%s' appears twice", e->string);
         f->meta_keys[f->nmeta] = strdup(e->string);
         f->meta_vals[f->nmeta] = strdup(e->valuestring);
         f->nmeta++;
         if (!f->meta_keys[f->nmeta - 1] || !f->meta_vals[f->nmeta - 1])
-            return fail(err, errlen, "out of memory reading __metadata__");
+            return finc_errorf(err, errlen, "out of memory reading __metadata__");
     }
     f->metadata_json = cJSON_PrintUnformatted(m);
     if (!f->metadata_json)
-        return fail(err, errlen, "out of memory reading __metadata__");
+        return finc_errorf(err, errlen, "out of memory reading __metadata__");
     return 0;
 }
 
 static int parse_header(finc_st *f, const char *hdr, size_t hlen, size_t data_len, char *err, size_t errlen)
 {
     if (hlen == 0)
-        return fail(err, errlen, "header is empty (length 0)");
+        return finc_errorf(err, errlen, "header is empty (length 0)");
     if (memchr(hdr, 0, hlen))
-        return fail(err, errlen, "header is not valid JSON (contains a NUL byte)");
+        return finc_errorf(err, errlen, "header is not valid JSON (contains a NUL byte)");
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(hdr, hlen, &end, 0);
     if (!root) {
         size_t at = end && end >= hdr && end <= hdr + hlen ? (size_t)(end - hdr) : 0;
-        return fail(err, errlen, "header is not valid JSON (error near byte %zu of %zu)", at, hlen);
+        return finc_errorf(err, errlen, "header is not valid JSON (error near byte %zu of %zu)", at, hlen);
     }
     int rc = 0;
     for (const char *p = end; p < hdr + hlen; p++)
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            rc = fail(err, errlen, "header has non-space bytes after its JSON value (at byte %zu of %zu)",
+            rc = finc_errorf(err, errlen, "header has non-space bytes after its JSON value (at byte %zu of %zu)",
                       (size_t)(p - hdr), hlen);
             break;
         }
     if (rc == 0 && !cJSON_IsObject(root))
-        rc = fail(err, errlen, "header is not a JSON object");
+        rc = finc_errorf(err, errlen, "header is not a JSON object");
     if (rc) {
         cJSON_Delete(root);
         return rc;
@@ -393,26 +383,26 @@ static int parse_header(finc_st *f, const char *hdr, size_t hlen, size_t data_le
     f->tensors = calloc((size_t)nent + 1, sizeof *f->tensors);
     if (!f->tensors) {
         cJSON_Delete(root);
-        return fail(err, errlen, "out of memory reading a header of %d entries", nent);
+        return finc_errorf(err, errlen, "out of memory reading a header of %d entries", nent);
     }
     const unsigned char *data = (const unsigned char *)hdr + hlen;
     int seen_meta = 0;
     for (const cJSON *e = root->child; e && rc == 0; e = e->next) {
         if (strcmp(e->string, "__metadata__") == 0) {
             if (seen_meta++)
-                rc = fail(err, errlen, "__metadata__ appears twice in the header");
+                rc = finc_errorf(err, errlen, "__metadata__ appears twice in the header");
             else
                 rc = parse_metadata(f, e, err, errlen);
             continue;
         }
         if (e->string[0] == 0) {
-            rc = fail(err, errlen, "header has a tensor with an empty name");
+            rc = finc_errorf(err, errlen, "header has a tensor with an empty name");
             break;
         }
         finc_st_tensor *t = &f->tensors[f->n];
         t->name = strdup(e->string);
         if (!t->name) {
-            rc = fail(err, errlen, "out of memory reading the header");
+            rc = finc_errorf(err, errlen, "out of memory reading the header");
             break;
         }
         f->n++;
@@ -431,32 +421,32 @@ int finc_st_open(finc_st *f, const char *path, char *err, size_t errlen)
     memset(f, 0, sizeof *f);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return fail(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+        return finc_errorf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) < 0) {
         int e = errno;
         close(fd);
-        return fail(err, errlen, "cannot stat '%s': %s", path, strerror(e));
+        return finc_errorf(err, errlen, "cannot stat '%s': %s", path, strerror(e));
     }
     if (!S_ISREG(sb.st_mode)) {
         close(fd);
-        return fail(err, errlen, "'%s' is not a regular file", path);
+        return finc_errorf(err, errlen, "'%s' is not a regular file", path);
     }
     if (sb.st_size < 8) {
         close(fd);
-        return fail(err, errlen, "file is %lld bytes, too short for the 8-byte header length",
+        return finc_errorf(err, errlen, "file is %lld bytes, too short for the 8-byte header length",
                     (long long)sb.st_size);
     }
     if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX) {
         close(fd);
-        return fail(err, errlen, "file is too large to map (%lld bytes)", (long long)sb.st_size);
+        return finc_errorf(err, errlen, "file is too large to map (%lld bytes)", (long long)sb.st_size);
     }
     size_t size = (size_t)sb.st_size;
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);
     if (map == MAP_FAILED)
-        return fail(err, errlen, "cannot map '%s': %s", path, strerror(e));
+        return finc_errorf(err, errlen, "cannot map '%s': %s", path, strerror(e));
     f->map = map;
     f->map_len = size;
 
@@ -466,10 +456,10 @@ int finc_st_open(finc_st *f, const char *path, char *err, size_t errlen)
         hlen = (hlen << 8) | p[i];
     int rc;
     if (hlen > size - 8)
-        rc = fail(err, errlen, "header length %llu runs past the end of the file (%zu bytes follow the length field)",
+        rc = finc_errorf(err, errlen, "header length %llu runs past the end of the file (%zu bytes follow the length field)",
                   (unsigned long long)hlen, size - 8);
     else if (hlen > FINC_ST_MAX_HEADER)
-        rc = fail(err, errlen, "header length %llu exceeds the %u-byte limit", (unsigned long long)hlen,
+        rc = finc_errorf(err, errlen, "header length %llu exceeds the %u-byte limit", (unsigned long long)hlen,
                   FINC_ST_MAX_HEADER);
     else
         rc = parse_header(f, (const char *)p + 8, (size_t)hlen, size - 8 - (size_t)hlen, err, errlen);
@@ -532,7 +522,7 @@ static char *build_header(const char *meta_json, int n, const finc_st_write_tens
 {
     cJSON *root = cJSON_CreateObject();
     if (!root) {
-        fail(err, errlen, "out of memory building the header");
+        finc_errorf(err, errlen, "out of memory building the header");
         return NULL;
     }
     if (meta_json) {
@@ -540,12 +530,12 @@ static char *build_header(const char *meta_json, int n, const finc_st_write_tens
         if (!cJSON_IsObject(m)) {
             cJSON_Delete(m);
             cJSON_Delete(root);
-            fail(err, errlen, "metadata is not a JSON object");
+            finc_errorf(err, errlen, "metadata is not a JSON object");
             return NULL;
         }
         for (const cJSON *e = m->child; e; e = e->next)
             if (!cJSON_IsString(e)) {
-                fail(err, errlen, "metadata value '%s' is not a string", e->string);
+                finc_errorf(err, errlen, "metadata value '%s' is not a string", e->string);
                 cJSON_Delete(m);
                 cJSON_Delete(root);
                 return NULL;
@@ -563,7 +553,7 @@ static char *build_header(const char *meta_json, int n, const finc_st_write_tens
             cJSON_Delete(sh);
             cJSON_Delete(of);
             cJSON_Delete(root);
-            fail(err, errlen, "out of memory building the header");
+            finc_errorf(err, errlen, "out of memory building the header");
             return NULL;
         }
         cJSON_AddItemToObject(root, t->name, e);
@@ -583,7 +573,7 @@ static char *build_header(const char *meta_json, int n, const finc_st_write_tens
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     if (!s)
-        fail(err, errlen, "out of memory building the header");
+        finc_errorf(err, errlen, "out of memory building the header");
     return s;
 }
 
@@ -591,29 +581,29 @@ int finc_st_write(const char *path, const char *metadata_json_object, int n,
                   const finc_st_write_tensor *tensors, char *err, size_t errlen)
 {
     if (n < 0)
-        return fail(err, errlen, "negative tensor count");
+        return finc_errorf(err, errlen, "negative tensor count");
     for (int i = 0; i < n; i++) {
         const finc_st_write_tensor *t = &tensors[i];
         if (!t->name || !t->name[0] || strcmp(t->name, "__metadata__") == 0)
-            return fail(err, errlen, "tensor %d: missing or reserved name", i);
+            return finc_errorf(err, errlen, "tensor %d: missing or reserved name", i);
         if ((unsigned)t->dtype >= FINC_ST_NDTYPES)
-            return fail(err, errlen, "tensor '%s': invalid dtype %d", t->name, (int)t->dtype);
+            return finc_errorf(err, errlen, "tensor '%s': invalid dtype %d", t->name, (int)t->dtype);
         if (t->ndim < 0 || t->ndim > FINC_ST_MAX_DIMS || (t->ndim && !t->shape))
-            return fail(err, errlen, "tensor '%s': invalid ndim %d", t->name, t->ndim);
+            return finc_errorf(err, errlen, "tensor '%s': invalid ndim %d", t->name, t->ndim);
         for (int d = 0; d < t->ndim; d++)
             if (t->shape[d] < 0 || (double)t->shape[d] > JSON_INT_MAX)
-                return fail(err, errlen, "tensor '%s': invalid shape[%d] = %lld", t->name, d,
+                return finc_errorf(err, errlen, "tensor '%s': invalid shape[%d] = %lld", t->name, d,
                             (long long)t->shape[d]);
     }
     const char **names = malloc(((size_t)n + 1) * sizeof *names);
     if (!names)
-        return fail(err, errlen, "out of memory");
+        return finc_errorf(err, errlen, "out of memory");
     for (int i = 0; i < n; i++)
         names[i] = tensors[i].name;
     qsort(names, (size_t)n, sizeof *names, cmp_cstr);
     for (int i = 1; i < n; i++)
         if (strcmp(names[i], names[i - 1]) == 0) {
-            fail(err, errlen, "tensor '%s' given twice", names[i]);
+            finc_errorf(err, errlen, "tensor '%s' given twice", names[i]);
             free(names);
             return -1;
         }
@@ -629,7 +619,7 @@ int finc_st_write(const char *path, const char *metadata_json_object, int n,
     FILE *fp = fopen(path, "wb");
     if (!fp) {
         free(hdr);
-        return fail(err, errlen, "cannot create '%s': %s", path, strerror(errno));
+        return finc_errorf(err, errlen, "cannot create '%s': %s", path, strerror(errno));
     }
     unsigned char len8[8];
     for (int i = 0; i < 8; i++)
@@ -646,7 +636,7 @@ int finc_st_write(const char *path, const char *metadata_json_object, int n,
         if (nb && !t->data) {
             fclose(fp);
             unlink(path);
-            return fail(err, errlen, "tensor '%s': no data", t->name);
+            return finc_errorf(err, errlen, "tensor '%s': no data", t->name);
         }
         ok = nb == 0 || fwrite(t->data, 1, nb, fp) == nb;
     }
@@ -654,7 +644,7 @@ int finc_st_write(const char *path, const char *metadata_json_object, int n,
         ok = 0;
     if (!ok) {
         unlink(path);
-        return fail(err, errlen, "cannot write '%s': %s", path, strerror(errno));
+        return finc_errorf(err, errlen, "cannot write '%s': %s", path, strerror(errno));
     }
     return 0;
 }

@@ -10,19 +10,10 @@
 #include <string.h>
 #include <unistd.h>
 #include <zlib.h>
+#include "engine/error.h"
 
 #define FIRST_ALLOC ((size_t)1 << 20)
 #define READ_CHUNK  ((size_t)1 << 24)   /* gzread takes an unsigned, returns an int */
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Reads up to n bytes, *got of them read. Returns 0 (a short count is the end
  * of the file), or -1 when zlib reports an error, its text in msg; zlib flags
@@ -73,37 +64,37 @@ static int read_gz(gzFile gz, finc_idx *a, char *err, size_t errlen)
     uint8_t head[4];
     size_t got;
     if (read_some(gz, head, 4, &got, zmsg, sizeof zmsg) != 0) {
-        set_err(err, errlen, "truncated or corrupt IDX file (%s)", zmsg);
+        finc_errorf(err, errlen, "truncated or corrupt IDX file (%s)", zmsg);
         return -1;
     }
     if (got < 4) {
-        set_err(err, errlen, "not an IDX file: %zu bytes, too short for the magic", got);
+        finc_errorf(err, errlen, "not an IDX file: %zu bytes, too short for the magic", got);
         return -1;
     }
     if (head[0] != 0 || head[1] != 0) {
-        set_err(err, errlen, "not an IDX file (bad magic %02x %02x %02x %02x)", head[0], head[1],
+        finc_errorf(err, errlen, "not an IDX file (bad magic %02x %02x %02x %02x)", head[0], head[1],
                 head[2], head[3]);
         return -1;
     }
     if (head[2] != 0x08) {
-        set_err(err, errlen,
+        finc_errorf(err, errlen,
                 "IDX element type 0x%02X (%s) is not supported; only 0x08 (unsigned byte)",
                 head[2], type_name(head[2]));
         return -1;
     }
     int ndim = head[3];
     if (ndim < 1 || ndim > FINC_IDX_MAX_NDIM) {
-        set_err(err, errlen, "IDX file has %d dimensions (1 to %d are read)", ndim,
+        finc_errorf(err, errlen, "IDX file has %d dimensions (1 to %d are read)", ndim,
                 FINC_IDX_MAX_NDIM);
         return -1;
     }
     uint8_t raw[4 * FINC_IDX_MAX_NDIM];
     if (read_some(gz, raw, 4 * (size_t)ndim, &got, zmsg, sizeof zmsg) != 0) {
-        set_err(err, errlen, "truncated or corrupt IDX file (%s)", zmsg);
+        finc_errorf(err, errlen, "truncated or corrupt IDX file (%s)", zmsg);
         return -1;
     }
     if (got < 4 * (size_t)ndim) {
-        set_err(err, errlen, "truncated IDX file: header cut short in its %d dimensions", ndim);
+        finc_errorf(err, errlen, "truncated IDX file: header cut short in its %d dimensions", ndim);
         return -1;
     }
     uint64_t size = 1;
@@ -111,12 +102,12 @@ static int read_gz(gzFile gz, finc_idx *a, char *err, size_t errlen)
         const uint8_t *p = raw + 4 * i;
         a->dims[i] = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
         if (a->dims[i] == 0) {
-            set_err(err, errlen, "IDX dimension %d is 0 (an empty array)", i);
+            finc_errorf(err, errlen, "IDX dimension %d is 0 (an empty array)", i);
             return -1;
         }
         size *= a->dims[i];   /* each factor < 2^32 and size <= 2^30 before it: no overflow */
         if (size > FINC_IDX_MAX_BYTES) {
-            set_err(err, errlen, "IDX array exceeds the limit of %zu bytes", FINC_IDX_MAX_BYTES);
+            finc_errorf(err, errlen, "IDX array exceeds the limit of %zu bytes", FINC_IDX_MAX_BYTES);
             return -1;
         }
     }
@@ -129,7 +120,7 @@ static int read_gz(gzFile gz, finc_idx *a, char *err, size_t errlen)
         uint8_t *p = realloc(buf, cap);
         if (p == NULL) {
             free(buf);
-            set_err(err, errlen, "out of memory for an IDX array of %zu bytes", a->size);
+            finc_errorf(err, errlen, "out of memory for an IDX array of %zu bytes", a->size);
             return -1;
         }
         buf = p;
@@ -137,11 +128,11 @@ static int read_gz(gzFile gz, finc_idx *a, char *err, size_t errlen)
         have += got;
         if (rc != 0 || have < cap) {
             if (rc != 0)
-                set_err(err, errlen,
+                finc_errorf(err, errlen,
                         "truncated or corrupt IDX file after %zu of %zu data bytes (%s)", have,
                         a->size, zmsg);
             else
-                set_err(err, errlen, "truncated IDX file: %zu of %zu data bytes", have, a->size);
+                finc_errorf(err, errlen, "truncated IDX file: %zu of %zu data bytes", have, a->size);
             free(buf);
             return -1;
         }
@@ -154,9 +145,9 @@ static int read_gz(gzFile gz, finc_idx *a, char *err, size_t errlen)
     int rc = read_some(gz, &extra, 1, &got, zmsg, sizeof zmsg);
     if (rc != 0 || got != 0) {
         if (rc != 0)
-            set_err(err, errlen, "truncated or corrupt IDX file (%s)", zmsg);
+            finc_errorf(err, errlen, "truncated or corrupt IDX file (%s)", zmsg);
         else
-            set_err(err, errlen, "trailing bytes in IDX file after %zu data bytes", a->size);
+            finc_errorf(err, errlen, "trailing bytes in IDX file after %zu data bytes", a->size);
         free(buf);
         return -1;
     }
@@ -167,19 +158,19 @@ static int read_gz(gzFile gz, finc_idx *a, char *err, size_t errlen)
 int finc_idx_read(const char *path, finc_idx *out, char *err, size_t errlen)
 {
     if (out == NULL) {
-        set_err(err, errlen, "no output array");
+        finc_errorf(err, errlen, "no output array");
         return -1;
     }
     *out = (finc_idx){0};
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
-        set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        finc_errorf(err, errlen, "cannot open %s: %s", path, strerror(errno));
         return -1;
     }
     gzFile gz = gzdopen(fd, "rb");
     if (gz == NULL) {
         close(fd);
-        set_err(err, errlen, "%s: out of memory opening the file", path);
+        finc_errorf(err, errlen, "%s: out of memory opening the file", path);
         return -1;
     }
     gzbuffer(gz, 1u << 17);
@@ -188,7 +179,7 @@ int finc_idx_read(const char *path, finc_idx *out, char *err, size_t errlen)
     gzclose(gz);
     if (rc != 0) {
         *out = (finc_idx){0};
-        set_err(err, errlen, "%s: %s", path, msg);
+        finc_errorf(err, errlen, "%s: %s", path, msg);
     }
     return rc;
 }
@@ -207,14 +198,14 @@ static int read_ndim(const char *path, int ndim, const char *what, finc_idx *a,
     if (finc_idx_read(path, a, err, errlen) != 0)
         return -1;
     if (a->ndim != ndim) {
-        set_err(err, errlen, "%s: IDX file has %d dimensions; %s need %d", path, a->ndim, what,
+        finc_errorf(err, errlen, "%s: IDX file has %d dimensions; %s need %d", path, a->ndim, what,
                 ndim);
         finc_idx_free(a);
         return -1;
     }
     for (int i = 0; i < ndim; i++) {
         if (a->dims[i] > INT_MAX) {
-            set_err(err, errlen, "%s: IDX dimension %d is too large", path, i);
+            finc_errorf(err, errlen, "%s: IDX dimension %d is too large", path, i);
             finc_idx_free(a);
             return -1;
         }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include "engine/error.h"
 
 #define MAGIC        "\x93NUMPY"
 #define MAGIC_LEN    6
@@ -24,16 +25,6 @@ typedef struct npy_info {
     int elsize;         /* 4: '<f4', 8: '<f8' */
     size_t data_off;    /* bytes before the data */
 } npy_info;
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- values ---------------------------------------------------------------- */
 
@@ -91,29 +82,29 @@ static int parse_prelude(const uint8_t *p, size_t avail, size_t *hdr_off, size_t
                          char *err, size_t errlen)
 {
     if (avail < MAGIC_LEN || memcmp(p, MAGIC, MAGIC_LEN) != 0) {
-        set_err(err, errlen, "not a .npy file (bad magic)");
+        finc_errorf(err, errlen, "not a .npy file (bad magic)");
         return -1;
     }
     if (avail < MAGIC_LEN + 2) {
-        set_err(err, errlen, "truncated .npy file: %zu bytes, no version", avail);
+        finc_errorf(err, errlen, "truncated .npy file: %zu bytes, no version", avail);
         return -1;
     }
     int major = p[6], minor = p[7];
     if (major < 1 || major > 3 || minor != 0) {
-        set_err(err, errlen, "unsupported .npy format version %d.%d (1.0, 2.0 and 3.0 are read)",
+        finc_errorf(err, errlen, "unsupported .npy format version %d.%d (1.0, 2.0 and 3.0 are read)",
                 major, minor);
         return -1;
     }
     size_t off = major == 1 ? 10 : 12;
     if (avail < off) {
-        set_err(err, errlen, "truncated .npy file: %zu bytes, no header length", avail);
+        finc_errorf(err, errlen, "truncated .npy file: %zu bytes, no header length", avail);
         return -1;
     }
     size_t len = (size_t)p[8] | (size_t)p[9] << 8;
     if (major > 1)
         len |= (size_t)p[10] << 16 | (size_t)p[11] << 24;
     if (len > FINC_NPY_MAX_HEADER) {
-        set_err(err, errlen, "header length %zu exceeds the limit of %d", len, FINC_NPY_MAX_HEADER);
+        finc_errorf(err, errlen, "header length %zu exceeds the limit of %d", len, FINC_NPY_MAX_HEADER);
         return -1;
     }
     *hdr_off = off;
@@ -130,7 +121,7 @@ typedef struct lexer {
 
 static int lex_fail(lexer *lx, const char *what)
 {
-    set_err(lx->err, lx->errlen, "malformed .npy header at byte %zu: %s", lx->pos, what);
+    finc_errorf(lx->err, lx->errlen, "malformed .npy header at byte %zu: %s", lx->pos, what);
     return -1;
 }
 
@@ -206,7 +197,7 @@ static int lex_dim(lexer *lx, uint64_t *v)
     while (lx->pos < lx->len && lx->s[lx->pos] >= '0' && lx->s[lx->pos] <= '9') {
         x = x * 10 + (uint64_t)(lx->s[lx->pos] - '0');
         if (x > FINC_NPY_MAX_ELEMS) {
-            set_err(lx->err, lx->errlen, "shape has a dimension over the limit of %zu elements",
+            finc_errorf(lx->err, lx->errlen, "shape has a dimension over the limit of %zu elements",
                     FINC_NPY_MAX_ELEMS);
             return -1;
         }
@@ -275,13 +266,13 @@ static int parse_dict(const char *s, size_t len, npy_info *info, char *err, size
             seen = &have_shape;
             rc = lex_shape(&lx, dims, &ndim);
         } else {
-            set_err(err, errlen, "unexpected key '%s' in the .npy header", key);
+            finc_errorf(err, errlen, "unexpected key '%s' in the .npy header", key);
             return -1;
         }
         if (rc != 0)
             return -1;
         if (*seen) {
-            set_err(err, errlen, "duplicate key '%s' in the .npy header", key);
+            finc_errorf(err, errlen, "duplicate key '%s' in the .npy header", key);
             return -1;
         }
         *seen = 1;
@@ -295,7 +286,7 @@ static int parse_dict(const char *s, size_t len, npy_info *info, char *err, size
     if (peek(&lx) != -1)
         return lex_fail(&lx, "unexpected characters after the header dict");
     if (!have_descr || !have_fortran || !have_shape) {
-        set_err(err, errlen, "the .npy header lacks '%s'",
+        finc_errorf(err, errlen, "the .npy header lacks '%s'",
                 !have_descr ? "descr" : !have_fortran ? "fortran_order" : "shape");
         return -1;
     }
@@ -305,12 +296,12 @@ static int parse_dict(const char *s, size_t len, npy_info *info, char *err, size
     } else if (strcmp(descr, "<f8") == 0) {
         info->elsize = 8;
     } else {
-        set_err(err, errlen, "dtype '%s' is not supported (expected '<f4' or '<f8'%s)", descr,
+        finc_errorf(err, errlen, "dtype '%s' is not supported (expected '<f4' or '<f8'%s)", descr,
                 descr[0] == '>' ? "; this one is big-endian" : "");
         return -1;
     }
     if (fortran) {
-        set_err(err, errlen, "Fortran-order arrays are not supported (save a C-order array)");
+        finc_errorf(err, errlen, "Fortran-order arrays are not supported (save a C-order array)");
         return -1;
     }
     if (ndim == 1) {
@@ -320,15 +311,15 @@ static int parse_dict(const char *s, size_t len, npy_info *info, char *err, size
         info->n = (size_t)dims[0];
         info->d = (size_t)dims[1];
     } else {
-        set_err(err, errlen, "shape has %d dimensions; expected (N, D) or (D,)", ndim);
+        finc_errorf(err, errlen, "shape has %d dimensions; expected (N, D) or (D,)", ndim);
         return -1;
     }
     if (info->n == 0 || info->d == 0) {
-        set_err(err, errlen, "shape (%zu, %zu) has no elements", info->n, info->d);
+        finc_errorf(err, errlen, "shape (%zu, %zu) has no elements", info->n, info->d);
         return -1;
     }
     if ((uint64_t)info->n * info->d > FINC_NPY_MAX_ELEMS) {
-        set_err(err, errlen, "shape (%zu, %zu) exceeds the limit of %zu elements", info->n,
+        finc_errorf(err, errlen, "shape (%zu, %zu) exceeds the limit of %zu elements", info->n,
                 info->d, FINC_NPY_MAX_ELEMS);
         return -1;
     }
@@ -340,7 +331,7 @@ static int data_size_err(const npy_info *info, size_t have, char *err, size_t er
     size_t want = info->n * info->d * (size_t)info->elsize;
     if (have == want)
         return 0;
-    set_err(err, errlen, "%s: %zu data bytes, shape (%zu, %zu) of '<f%d' needs %zu",
+    finc_errorf(err, errlen, "%s: %zu data bytes, shape (%zu, %zu) of '<f%d' needs %zu",
             have < want ? "truncated .npy file" : "trailing bytes in .npy file", have, info->n,
             info->d, info->elsize, want);
     return -1;
@@ -352,7 +343,7 @@ int finc_npy_decode_f32(const void *buf, size_t len, float **data, size_t *n, si
                         char *err, size_t errlen)
 {
     if (data == NULL || n == NULL || d == NULL) {
-        set_err(err, errlen, "no output array");
+        finc_errorf(err, errlen, "no output array");
         return -1;
     }
     *data = NULL;
@@ -364,7 +355,7 @@ int finc_npy_decode_f32(const void *buf, size_t len, float **data, size_t *n, si
     if (parse_prelude(p, len, &off, &hlen, err, errlen) != 0)
         return -1;
     if (hlen > len - off) {
-        set_err(err, errlen, "truncated .npy file: header of %zu bytes, %zu present", hlen,
+        finc_errorf(err, errlen, "truncated .npy file: header of %zu bytes, %zu present", hlen,
                 len - off);
         return -1;
     }
@@ -376,7 +367,7 @@ int finc_npy_decode_f32(const void *buf, size_t len, float **data, size_t *n, si
         return -1;
     float *out = malloc(info.n * info.d * sizeof *out);
     if (out == NULL) {
-        set_err(err, errlen, "out of memory for a (%zu, %zu) array", info.n, info.d);
+        finc_errorf(err, errlen, "out of memory for a (%zu, %zu) array", info.n, info.d);
         return -1;
     }
     convert(out, p + info.data_off, info.n * info.d, info.elsize);
@@ -395,7 +386,7 @@ static int read_file(FILE *fp, float **data, npy_info *info, char *err, size_t e
         return -1;
     char *hdr = malloc(hlen ? hlen : 1);
     if (hdr == NULL) {
-        set_err(err, errlen, "out of memory for the header");
+        finc_errorf(err, errlen, "out of memory for the header");
         return -1;
     }
     /* pre holds the first got - off header bytes already */
@@ -403,7 +394,7 @@ static int read_file(FILE *fp, float **data, npy_info *info, char *err, size_t e
     memcpy(hdr, pre + off, have);
     size_t more = hlen - have;
     if (more > 0 && fread(hdr + have, 1, more, fp) != more) {
-        set_err(err, errlen, "truncated .npy file: header of %zu bytes cut short", hlen);
+        finc_errorf(err, errlen, "truncated .npy file: header of %zu bytes cut short", hlen);
         free(hdr);
         return -1;
     }
@@ -430,7 +421,7 @@ static int read_file(FILE *fp, float **data, npy_info *info, char *err, size_t e
     if (out == NULL || tmp == NULL) {
         free(out);
         free(tmp);
-        set_err(err, errlen, "out of memory for a (%zu, %zu) array", info->n, info->d);
+        finc_errorf(err, errlen, "out of memory for a (%zu, %zu) array", info->n, info->d);
         return -1;
     }
     size_t done = 0;   /* values */
@@ -445,7 +436,7 @@ static int read_file(FILE *fp, float **data, npy_info *info, char *err, size_t e
         size_t r = fread(tmp + pre_bytes, 1, bytes - pre_bytes, fp);
         if (r != bytes - pre_bytes) {
             if (ferror(fp))
-                set_err(err, errlen, "read error: %s", strerror(errno));
+                finc_errorf(err, errlen, "read error: %s", strerror(errno));
             else
                 data_size_err(info, done * (size_t)info->elsize + pre_bytes + r, err, errlen);
             free(out);
@@ -457,7 +448,7 @@ static int read_file(FILE *fp, float **data, npy_info *info, char *err, size_t e
     }
     free(tmp);
     if (fgetc(fp) != EOF || early > 0) {
-        set_err(err, errlen, "trailing bytes in .npy file after %zu data bytes", want);
+        finc_errorf(err, errlen, "trailing bytes in .npy file after %zu data bytes", want);
         free(out);
         return -1;
     }
@@ -469,14 +460,14 @@ int finc_npy_read_f32(const char *path, float **data, size_t *n, size_t *d,
                       char *err, size_t errlen)
 {
     if (data == NULL || n == NULL || d == NULL) {
-        set_err(err, errlen, "no output array");
+        finc_errorf(err, errlen, "no output array");
         return -1;
     }
     *data = NULL;
     *n = *d = 0;
     FILE *fp = fopen(path, "rb");
     if (fp == NULL) {
-        set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        finc_errorf(err, errlen, "cannot open %s: %s", path, strerror(errno));
         return -1;
     }
     char msg[256];
@@ -484,7 +475,7 @@ int finc_npy_read_f32(const char *path, float **data, size_t *n, size_t *d,
     int rc = read_file(fp, data, &info, msg, sizeof msg);
     fclose(fp);
     if (rc != 0) {
-        set_err(err, errlen, "%s: %s", path, msg);
+        finc_errorf(err, errlen, "%s: %s", path, msg);
         return -1;
     }
     *n = info.n;
@@ -524,12 +515,12 @@ static size_t make_header(char *hdr, size_t cap, size_t n, size_t d)
 static int check_write(const float *data, size_t n, size_t d, char *err, size_t errlen)
 {
     if (data == NULL) {
-        set_err(err, errlen, "no data to write");
+        finc_errorf(err, errlen, "no data to write");
         return -1;
     }
     if (n == 0 || d == 0 || n > FINC_NPY_MAX_ELEMS || d > FINC_NPY_MAX_ELEMS
         || (uint64_t)n * d > FINC_NPY_MAX_ELEMS) {
-        set_err(err, errlen, "cannot write shape (%zu, %zu): 1 to %zu elements", n, d,
+        finc_errorf(err, errlen, "cannot write shape (%zu, %zu): 1 to %zu elements", n, d,
                 FINC_NPY_MAX_ELEMS);
         return -1;
     }
@@ -540,7 +531,7 @@ int finc_npy_encode_f32(const float *data, size_t n, size_t d, uint8_t **out, si
                         char *err, size_t errlen)
 {
     if (out == NULL || out_len == NULL) {
-        set_err(err, errlen, "no output buffer");
+        finc_errorf(err, errlen, "no output buffer");
         return -1;
     }
     *out = NULL;
@@ -552,7 +543,7 @@ int finc_npy_encode_f32(const float *data, size_t n, size_t d, uint8_t **out, si
     size_t count = n * d, total = hlen + 4 * count;
     uint8_t *buf = malloc(total);
     if (buf == NULL) {
-        set_err(err, errlen, "out of memory for a %zu-byte .npy file", total);
+        finc_errorf(err, errlen, "out of memory for a %zu-byte .npy file", total);
         return -1;
     }
     memcpy(buf, hdr, hlen);
@@ -570,7 +561,7 @@ int finc_npy_write_f32(const char *path, const float *data, size_t n, size_t d,
         return -1;
     FILE *fp = fopen(path, "wb");
     if (fp == NULL) {
-        set_err(err, errlen, "cannot create %s: %s", path, strerror(errno));
+        finc_errorf(err, errlen, "cannot create %s: %s", path, strerror(errno));
         return -1;
     }
     char hdr[HEADER_CAP];
@@ -591,7 +582,7 @@ int finc_npy_write_f32(const char *path, const float *data, size_t n, size_t d,
         saved = errno;
     }
     if (!ok) {
-        set_err(err, errlen, "cannot write %s: %s", path, strerror(saved));
+        finc_errorf(err, errlen, "cannot write %s: %s", path, strerror(saved));
         return -1;
     }
     return 0;

@@ -14,19 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "engine/error.h"
 
 #define PNG_SIG_LEN 8
 #define MSG_LEN 256   /* decoder/encoder msg, written by on_*_error */
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* libpng error callbacks: keep the first message, unwind to the setjmp. */
 static void on_read_error(png_structp png, png_const_charp msg)
@@ -229,7 +220,7 @@ static int decode_common(decoder *d, char *err, size_t errlen)
     if (rc != 0) {
         free(d->owned);
         d->owned = NULL;
-        set_err(err, errlen, "%s", d->msg[0] ? d->msg : "invalid PNG");
+        finc_errorf(err, errlen, "%s", d->msg[0] ? d->msg : "invalid PNG");
     }
     return rc;
 }
@@ -238,18 +229,18 @@ static int check_channels(int channels, char *err, size_t errlen)
 {
     if (channels == 1 || channels == 3)
         return 0;
-    set_err(err, errlen, "channel count %d is not supported (1 or 3)", channels);
+    finc_errorf(err, errlen, "channel count %d is not supported (1 or 3)", channels);
     return -1;
 }
 
 static int check_signature(const uint8_t *sig, size_t n, char *err, size_t errlen)
 {
     if (n < PNG_SIG_LEN) {
-        set_err(err, errlen, "not a PNG: %zu bytes, too short for the signature", n);
+        finc_errorf(err, errlen, "not a PNG: %zu bytes, too short for the signature", n);
         return -1;
     }
     if (png_sig_cmp(sig, 0, PNG_SIG_LEN) != 0) {
-        set_err(err, errlen, "not a PNG (bad signature)");
+        finc_errorf(err, errlen, "not a PNG (bad signature)");
         return -1;
     }
     return 0;
@@ -261,7 +252,7 @@ static int decode_mem(const void *buf, size_t len, int channels, int want_h, int
     if (check_channels(channels, err, errlen) != 0)
         return -1;
     if (buf == NULL && len > 0) {
-        set_err(err, errlen, "no PNG data");
+        finc_errorf(err, errlen, "no PNG data");
         return -1;
     }
     if (check_signature(buf, len, err, errlen) != 0)
@@ -279,7 +270,7 @@ int finc_png_decode(const void *buf, size_t len, int channels, finc_png_image *o
                     char *err, size_t errlen)
 {
     if (out == NULL) {
-        set_err(err, errlen, "no output image");
+        finc_errorf(err, errlen, "no output image");
         return -1;
     }
     *out = (finc_png_image){0};
@@ -290,7 +281,7 @@ int finc_png_decode_into(const void *buf, size_t len, int channels, int height, 
                          uint8_t *dst, char *err, size_t errlen)
 {
     if (dst == NULL || height <= 0 || width <= 0) {
-        set_err(err, errlen, "invalid destination %dx%d", width, height);
+        finc_errorf(err, errlen, "invalid destination %dx%d", width, height);
         return -1;
     }
     return decode_mem(buf, len, channels, height, width, dst, NULL, err, errlen);
@@ -300,7 +291,7 @@ int finc_png_read_file(const char *path, int channels, finc_png_image *out,
                        char *err, size_t errlen)
 {
     if (out == NULL) {
-        set_err(err, errlen, "no output image");
+        finc_errorf(err, errlen, "no output image");
         return -1;
     }
     *out = (finc_png_image){0};
@@ -308,7 +299,7 @@ int finc_png_read_file(const char *path, int channels, finc_png_image *out,
         return -1;
     FILE *fp = fopen(path, "rb");
     if (fp == NULL) {
-        set_err(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        finc_errorf(err, errlen, "cannot open %s: %s", path, strerror(errno));
         return -1;
     }
     uint8_t sig[PNG_SIG_LEN];
@@ -323,7 +314,7 @@ int finc_png_read_file(const char *path, int channels, finc_png_image *out,
     }
     fclose(fp);
     if (rc != 0)
-        set_err(err, errlen, "%s: %s", path, msg);
+        finc_errorf(err, errlen, "%s: %s", path, msg);
     return rc;
 }
 
@@ -340,7 +331,7 @@ int finc_png_check_size(const finc_png_image *img, int want_h, int want_w,
 {
     if (img->height == want_h && img->width == want_w)
         return 0;
-    set_err(err, errlen, "image is %dx%d, model expects %dx%d (%d channel%s)", img->width,
+    finc_errorf(err, errlen, "image is %dx%d, model expects %dx%d (%d channel%s)", img->width,
             img->height, want_w, want_h, img->channels, img->channels == 1 ? "" : "s");
     return -1;
 }
@@ -414,14 +405,14 @@ static int encode_run(encoder *e)
 static int check_shape(const void *p, int C, int H, int W, char *err, size_t errlen)
 {
     if (p == NULL) {
-        set_err(err, errlen, "no pixels");
+        finc_errorf(err, errlen, "no pixels");
         return -1;
     }
     if (check_channels(C, err, errlen) != 0)
         return -1;
     if (H <= 0 || W <= 0 || H > FINC_PNG_MAX_DIM || W > FINC_PNG_MAX_DIM
         || (uint64_t)H * (uint64_t)W > FINC_PNG_MAX_PIXELS) {
-        set_err(err, errlen, "image size %dx%d out of range (limit %d per side, %u pixels)",
+        finc_errorf(err, errlen, "image size %dx%d out of range (limit %d per side, %u pixels)",
                 W, H, FINC_PNG_MAX_DIM, FINC_PNG_MAX_PIXELS);
         return -1;
     }
@@ -432,7 +423,7 @@ int finc_png_encode(const uint8_t *pixels, int C, int H, int W, uint8_t **out,
                     size_t *out_len, char *err, size_t errlen)
 {
     if (out == NULL || out_len == NULL) {
-        set_err(err, errlen, "no output buffer");
+        finc_errorf(err, errlen, "no output buffer");
         return -1;
     }
     *out = NULL;
@@ -453,7 +444,7 @@ int finc_png_encode(const uint8_t *pixels, int C, int H, int W, uint8_t **out,
     free(e.row);
     if (rc != 0) {
         free(e.buf);
-        set_err(err, errlen, "PNG encode failed: %s", e.msg[0] ? e.msg : "unknown error");
+        finc_errorf(err, errlen, "PNG encode failed: %s", e.msg[0] ? e.msg : "unknown error");
         return -1;
     }
     *out = e.buf;
@@ -470,7 +461,7 @@ int finc_png_write_file(const char *path, const uint8_t *pixels, int C, int H, i
         return -1;
     FILE *fp = fopen(path, "wb");
     if (fp == NULL) {
-        set_err(err, errlen, "cannot create %s: %s", path, strerror(errno));
+        finc_errorf(err, errlen, "cannot create %s: %s", path, strerror(errno));
         free(buf);
         return -1;
     }
@@ -481,7 +472,7 @@ int finc_png_write_file(const char *path, const uint8_t *pixels, int C, int H, i
         saved = errno;
     free(buf);
     if (!ok) {
-        set_err(err, errlen, "cannot write %s: %s", path, strerror(saved));
+        finc_errorf(err, errlen, "cannot write %s: %s", path, strerror(saved));
         return -1;
     }
     return 0;
@@ -494,17 +485,17 @@ int finc_png_grid(const uint8_t *images, int n, int C, int H, int W, int cols, i
                   char *err, size_t errlen)
 {
     if (out == NULL || out_h == NULL || out_w == NULL) {
-        set_err(err, errlen, "no output buffer");
+        finc_errorf(err, errlen, "no output buffer");
         return -1;
     }
     *out = NULL;
     *out_h = *out_w = 0;
     if (n <= 0) {
-        set_err(err, errlen, "grid needs at least one image (got %d)", n);
+        finc_errorf(err, errlen, "grid needs at least one image (got %d)", n);
         return -1;
     }
     if (pad < 0 || pad > 16) {
-        set_err(err, errlen, "grid padding %d out of range (0..16)", pad);
+        finc_errorf(err, errlen, "grid padding %d out of range (0..16)", pad);
         return -1;
     }
     if (check_shape(images, C, H, W, err, errlen) != 0)
@@ -520,14 +511,14 @@ int finc_png_grid(const uint8_t *images, int n, int C, int H, int W, int cols, i
     int64_t hg = (int64_t)rows * (H + pad) + pad;
     int64_t wg = (int64_t)cols * (W + pad) + pad;
     if (hg > FINC_PNG_MAX_DIM || wg > FINC_PNG_MAX_DIM || hg * wg > FINC_PNG_MAX_PIXELS) {
-        set_err(err, errlen, "grid of %d images would be %lldx%lld (limit %d per side, %u pixels)",
+        finc_errorf(err, errlen, "grid of %d images would be %lldx%lld (limit %d per side, %u pixels)",
                 n, (long long)wg, (long long)hg, FINC_PNG_MAX_DIM, FINC_PNG_MAX_PIXELS);
         return -1;
     }
     size_t gplane = (size_t)hg * (size_t)wg;
     uint8_t *g = malloc(gplane * (size_t)C);
     if (g == NULL) {
-        set_err(err, errlen, "out of memory for a %lldx%lld grid", (long long)wg, (long long)hg);
+        finc_errorf(err, errlen, "out of memory for a %lldx%lld grid", (long long)wg, (long long)hg);
         return -1;
     }
     memset(g, pad_value, gplane * (size_t)C);
