@@ -14,7 +14,7 @@
 
 #include "engine/check.h"
 #include "engine/safetensors.h"
-#include "error.h"
+#include "engine/error.h"
 
 #define FORMAT_NAME "finc-flow"
 #define FORMAT_VERSION "1"

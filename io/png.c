@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
 #include "engine/error.h"
 
 #define PNG_SIG_LEN 8
