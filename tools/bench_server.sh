@@ -10,7 +10,19 @@
 #   env: PORT (18181), DURATION (10 s per rate), WARMUP (2), MAX_BATCH (64),
 #        MAX_DELAY_MS (2), THREADS (engine threads, 0 = all), SCORE_RATES and
 #        SAMPLE_RATES (comma lists; default: fractions of the offline rate),
-#        WRK_CONNS (32), SAMPLE_N (images per /sample request, 1)
+#        WRK_CONNS (32), SAMPLE_N (images per /sample request, 1),
+#        QUEUE_SIZE (server --queue-size, 1024: about a second of work, so the
+#        excess past the peak gets fast 503s instead of seconds of queueing),
+#        MAX_OUTSTANDING (loadgen's in-flight cap, 2048), GOMP_SPINCOUNT
+#        (10000 unless set, the count finc sets for itself (cli/main.c), so the
+#        offline bench_engine figure runs as the server does: with libgomp's
+#        default spinning, workers collapse to a few percent of their speed
+#        when the load generator or anything else wants a core)
+#
+# The server's --max-connections is set above loadgen's in-flight cap: past
+# the limit libmicrohttpd stops accepting, so the extra connections sit in the
+# kernel's accept backlog and their requests hang until loadgen's 30 s client
+# timeout, which collapses goodput past the peak (a stall, not a 503).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +35,9 @@ MAX_DELAY_MS=${MAX_DELAY_MS:-2}
 THREADS=${THREADS:-0}
 WRK_CONNS=${WRK_CONNS:-32}
 SAMPLE_N=${SAMPLE_N:-1}
+QUEUE_SIZE=${QUEUE_SIZE:-1024}
+MAX_OUTSTANDING=${MAX_OUTSTANDING:-2048}
+export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-10000}
 BUILD=${BUILD:-build}
 URL="http://127.0.0.1:$PORT"
 
@@ -70,7 +85,8 @@ SCORE_RATES=${SCORE_RATES:-$(rates_from "$offline_score" 25,50,100,200)}
 SAMPLE_RATES=${SAMPLE_RATES:-$(rates_from "$offline_sample" 5,10,20,40)}
 
 ./finc serve --weights "$WEIGHTS" --host 127.0.0.1 --port "$PORT" --log off --max-batch "$MAX_BATCH" \
-    --max-delay-ms "$MAX_DELAY_MS" --threads "$THREADS" --queue-size 4096 --timeout-ms 60000 \
+    --max-delay-ms "$MAX_DELAY_MS" --threads "$THREADS" --queue-size "$QUEUE_SIZE" --timeout-ms 60000 \
+    --max-connections $((2 * MAX_OUTSTANDING + 2 * WRK_CONNS + 64)) \
     2>"$tmp/server.log" &
 server_pid=$!
 for _ in $(seq 1 600); do
@@ -82,9 +98,9 @@ done
 echo "### Open loop"
 echo
 "$BUILD/loadgen" --url "$URL" --endpoint score --png "$tmp/img.png" --rates "$SCORE_RATES" \
-    --duration "$DURATION" --warmup "$WARMUP" --json >"$tmp/score.jsonl"
+    --duration "$DURATION" --warmup "$WARMUP" --max-outstanding "$MAX_OUTSTANDING" --json >"$tmp/score.jsonl"
 "$BUILD/loadgen" --url "$URL" --endpoint sample --n "$SAMPLE_N" --rates "$SAMPLE_RATES" \
-    --duration "$DURATION" --warmup "$WARMUP" --json >"$tmp/sample.jsonl"
+    --duration "$DURATION" --warmup "$WARMUP" --max-outstanding "$MAX_OUTSTANDING" --json >"$tmp/sample.jsonl"
 echo "| endpoint | offered req/s | achieved req/s | images/s | p50 ms | p90 ms | p99 ms | non-200 | mean batch |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 cat "$tmp/score.jsonl" "$tmp/sample.jsonl" | python3 -c '
