@@ -13,7 +13,7 @@ PKGS     := libcjson libpng zlib libmicrohttpd libuv
 SAN      ?=
 CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -g -fopenmp $(SAN) -Wall -Wextra -Werror \
             -Wshadow -Wno-unused-parameter $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I.
-LDLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -lopenblas -lm -lpthread
+LDLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -lm -lpthread
 LDFLAGS  := -fopenmp $(SAN)
 BUILD    ?= build
 PYTHON   ?= /usr/bin/python3
