@@ -452,6 +452,19 @@ static void engine_main(void *arg)
 
 /* ---- public --------------------------------------------------------------- */
 
+/* The batcher's own allocations, once its threads and handles are gone. */
+static void free_memory(finc_batcher *b)
+{
+    free(b->batch.seg);
+    free(b->batch.pix);
+    free(b->batch.logp);
+    free(b->batch.lat);
+    free(b->weights);
+    free(b->pfd);
+    free(b->pjob);
+    free(b);
+}
+
 finc_batcher *finc_batcher_start(const finc_batcher_opts *opts, finc_metrics *metrics,
                                  char *err, size_t errlen)
 {
@@ -472,10 +485,7 @@ finc_batcher *finc_batcher_start(const finc_batcher_opts *opts, finc_metrics *me
     b->pjob = calloc((size_t)b->pfd_cap, sizeof *b->pjob);
     if (!b->weights || !b->pfd || !b->pjob) {
         snprintf(err, errlen, "out of memory");
-        free(b->weights);
-        free(b->pfd);
-        free(b->pjob);
-        free(b);
+        free_memory(b);
         return NULL;
     }
     pthread_mutex_init(&b->mu, NULL);
@@ -507,14 +517,7 @@ finc_batcher *finc_batcher_start(const finc_batcher_opts *opts, finc_metrics *me
         uv_run(&b->loop, UV_RUN_DEFAULT);
         uv_loop_close(&b->loop);
         if (b->engine) finc_engine_free(b->engine);
-        free(b->batch.seg);
-        free(b->batch.pix);
-        free(b->batch.logp);
-        free(b->batch.lat);
-        free(b->weights);
-        free(b->pfd);
-        free(b->pjob);
-        free(b);
+        free_memory(b);
         return NULL;
     }
     return b;
@@ -536,14 +539,7 @@ void finc_batcher_stop(finc_batcher *b)
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->engine_cv);
     pthread_cond_destroy(&b->ready_cv);
-    free(b->batch.seg);
-    free(b->batch.pix);
-    free(b->batch.logp);
-    free(b->batch.lat);
-    free(b->weights);
-    free(b->pfd);
-    free(b->pjob);
-    free(b);
+    free_memory(b);
 }
 
 int finc_batcher_state(finc_batcher *b, char *err, size_t errlen)
