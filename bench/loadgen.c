@@ -2,7 +2,11 @@
  * schedule (constant rate, or Poisson arrivals) whatever the server does,
  * and each latency is measured from the request's intended send time, so a
  * stalled server cannot hide its stall by slowing the client down
- * (coordinated omission). One libcurl multi handle drives every request.
+ * (coordinated omission). Requests go over a pool of keep-alive HTTP/1.1
+ * connections driven by one epoll loop, a connection per request in flight,
+ * so the generator's own cost per request stays a few microseconds however
+ * many requests the server holds: it shares the machine with the server in
+ * tools/bench_server.sh, and CPU it spends is CPU the engine loses.
  *
  *   loadgen --url http://127.0.0.1:8080 --endpoint score --png img.png \
  *           --rates 50,100,200 --duration 10
@@ -13,12 +17,19 @@
  * difference of two /metrics scrapes). */
 #include <curl/curl.h>
 #include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct {
     const char *url, *endpoint, *png_path, *accept, *token;
@@ -29,13 +40,6 @@ typedef struct {
     int images;               /* /log-likelihood images per request (JSON body) */
     int poisson, json, max_outstanding;
 } opts;
-
-typedef struct {
-    CURL *h;
-    double intended;
-    long index;
-    int busy;
-} slot;
 
 typedef struct {
     double *lat;              /* latencies of 200 answers, seconds */
@@ -51,12 +55,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static size_t sink(char *p, size_t sz, size_t n, void *u)
-{
-    (void)p, (void)u;
-    return sz * n;
 }
 
 typedef struct {
@@ -183,108 +181,282 @@ static double next_gap(const opts *o, double rate, uint64_t *s)
     return -log(u) / rate;
 }
 
-static void run_rate(const opts *o, double rate, const char *body, size_t body_len, const char *ctype,
-                     run_stats *st)
+/* One keep-alive HTTP/1.1 connection of the pool. A request is sent whole,
+ * the answer read to the end of its Content-Length; nothing is pipelined. */
+typedef struct {
+    int fd;                   /* -1: closed (opened again when next used) */
+    int busy;                 /* a request is in flight on it */
+    int reused;               /* the request went out on a kept-alive connection */
+    int want_out;             /* registered for EPOLLOUT (connecting or a partial write) */
+    size_t woff;              /* bytes of the request written */
+    char head[4096];          /* the answer's status line and headers */
+    size_t hlen;
+    long status, body_left;   /* body_left: -1 until the headers are in */
+    int close_after;          /* the answer said Connection: close */
+    double intended, sent_at;
+} conn;
+
+typedef struct {
+    const opts *o;
+    int ep;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    const char *req;          /* the whole request, headers and body */
+    size_t req_len;
+    conn *c;
+    int *free_list, nfree;    /* idle connections, most recently used on top */
+    double t_warm;
+    run_stats *st;
+} pool;
+
+static void conn_close(pool *p, conn *c)
 {
-    char url[1024];
-    snprintf(url, sizeof url, "%s/%s", o->url, !strcmp(o->endpoint, "sample") ? "sample" : "log-likelihood");
-    CURLM *m = curl_multi_init();
-    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)o->max_outstanding);
-    struct curl_slist *hs = NULL;
-    char line[600];
-    snprintf(line, sizeof line, "Content-Type: %s", ctype);
-    hs = curl_slist_append(hs, line);
-    snprintf(line, sizeof line, "Accept: %s", o->accept);
-    hs = curl_slist_append(hs, line);
-    hs = curl_slist_append(hs, "Expect:");
-    if (o->token) {
-        snprintf(line, sizeof line, "Authorization: Bearer %s", o->token);
-        hs = curl_slist_append(hs, line);
+    if (c->fd >= 0) {
+        epoll_ctl(p->ep, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
     }
-    slot *slots = calloc((size_t)o->max_outstanding, sizeof *slots);
-    int *free_list = malloc(sizeof(int) * (size_t)o->max_outstanding), nfree = o->max_outstanding;
-    for (int i = 0; i < o->max_outstanding; i++) free_list[i] = o->max_outstanding - 1 - i;
+    c->fd = -1;
+    c->want_out = 0;
+}
+
+static void conn_watch(pool *p, conn *c, int want_out)
+{
+    if (want_out == c->want_out) return;
+    struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0), .data.u32 = (uint32_t)(c - p->c)};
+    epoll_ctl(p->ep, EPOLL_CTL_MOD, c->fd, &ev);
+    c->want_out = want_out;
+}
+
+static int conn_open(pool *p, conn *c)
+{
+    c->fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) return -1;
+    const int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(c->fd, (struct sockaddr *)&p->addr, p->addrlen) < 0 && errno != EINPROGRESS) {
+        close(c->fd);
+        c->fd = -1;
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)(c - p->c)};
+    epoll_ctl(p->ep, EPOLL_CTL_ADD, c->fd, &ev);
+    c->want_out = 1;          /* writable once connected */
+    return 0;
+}
+
+/* Write what the socket takes; 0 when the request is out or waits for room, -1 on error. */
+static int conn_write(pool *p, conn *c)
+{
+    while (c->woff < p->req_len) {
+        const ssize_t n = send(c->fd, p->req + c->woff, p->req_len - c->woff, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) break;
+            return -1;
+        }
+        c->woff += (size_t)n;
+    }
+    conn_watch(p, c, c->woff < p->req_len);
+    return 0;
+}
+
+static void conn_finish(pool *p, conn *c, int ok)
+{
+    run_stats *st = p->st;
+    if (c->intended >= p->t_warm) {
+        st->done++;
+        if (!ok) st->transport_errors++;
+        else if (c->status >= 0 && c->status < 600) st->codes[c->status]++;
+        if (ok && c->status == 200) {
+            const double done = now_s();
+            st->ok++;
+            if (st->nlat < st->cap) st->lat[st->nlat++] = done - c->intended;
+            if (done > st->last_done) st->last_done = done;
+        }
+    }
+    if (!ok || c->close_after) conn_close(p, c);
+    c->busy = 0;
+    p->free_list[p->nfree++] = (int)(c - p->c);
+}
+
+static void conn_start(pool *p, conn *c)
+{
+    c->busy = 1;
+    c->woff = c->hlen = 0;
+    c->body_left = -1;
+    c->status = 0;
+    c->close_after = 0;
+    c->sent_at = now_s();
+    c->reused = c->fd >= 0;
+    if (c->fd < 0 && conn_open(p, c) < 0) {
+        conn_finish(p, c, 0);
+        return;
+    }
+    if (!c->want_out && conn_write(p, c) < 0) conn_finish(p, c, 0);
+}
+
+/* A request that failed before any answer on a kept-alive connection (the
+ * server closed it while idle) goes again on a new one, as browsers and
+ * libcurl do; anything else is a transport error. */
+static void conn_fail(pool *p, conn *c)
+{
+    const int retry = c->reused && c->hlen == 0;
+    conn_close(p, c);
+    if (!retry) {
+        conn_finish(p, c, 0);
+        return;
+    }
+    conn_start(p, c);
+}
+
+/* Headers complete: status, Content-Length, Connection. 0, or -1 when the
+ * answer cannot be framed (no Content-Length: the server always sends one). */
+static int parse_head(conn *c, size_t end)
+{
+    c->head[end] = '\0';
+    if (strncmp(c->head, "HTTP/1.", 7) || strlen(c->head) < 12) return -1;
+    c->status = strtol(c->head + 9, NULL, 10);
+    c->body_left = -1;
+    for (char *line = strstr(c->head, "\r\n"); line && line[2]; line = strstr(line + 2, "\r\n")) {
+        const char *h = line + 2;
+        if (!strncasecmp(h, "Content-Length:", 15)) c->body_left = strtol(h + 15, NULL, 10);
+        else if (!strncasecmp(h, "Connection:", 11) && strcasestr(h, "close")) c->close_after = 1;
+    }
+    return c->body_left < 0 ? -1 : 0;
+}
+
+static void conn_read(pool *p, conn *c)
+{
+    char buf[65536];
+    for (;;) {
+        const ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+        if (n <= 0) {         /* closed or reset */
+            if (c->busy) conn_fail(p, c);
+            else conn_close(p, c);
+            return;
+        }
+        if (!c->busy) {       /* bytes nobody asked for */
+            conn_close(p, c);
+            return;
+        }
+        size_t used = 0;
+        if (c->body_left < 0) {
+            const size_t take = (size_t)n < sizeof c->head - 1 - c->hlen ? (size_t)n : sizeof c->head - 1 - c->hlen;
+            memcpy(c->head + c->hlen, buf, take);
+            c->hlen += take;
+            c->head[c->hlen] = '\0';
+            char *end = strstr(c->head, "\r\n\r\n");
+            if (!end) {
+                if (c->hlen < sizeof c->head - 1) continue;
+                conn_fail(p, c);      /* headers past 4 KiB: not our server */
+                return;
+            }
+            const size_t hend = (size_t)(end - c->head) + 4;
+            used = take - (c->hlen - hend);
+            if (parse_head(c, hend) < 0) {
+                conn_finish(p, c, 0);
+                return;
+            }
+        }
+        c->body_left -= (long)((size_t)n - used);
+        if (c->body_left <= 0) {
+            conn_finish(p, c, c->body_left == 0);
+            return;
+        }
+    }
+}
+
+static void run_rate(const opts *o, const struct sockaddr_storage *addr, socklen_t addrlen, double rate,
+                     const char *req, size_t req_len, run_stats *st)
+{
     memset(st, 0, sizeof *st);
     st->cap = (long)(rate * (o->duration + o->warmup) * 1.2) + 16;
     st->lat = malloc(sizeof(double) * (size_t)st->cap);
+    pool p = {.o = o, .addr = *addr, .addrlen = addrlen, .req = req, .req_len = req_len, .st = st,
+              .ep = epoll_create1(EPOLL_CLOEXEC), .c = calloc((size_t)o->max_outstanding, sizeof(conn)),
+              .free_list = malloc(sizeof(int) * (size_t)o->max_outstanding), .nfree = o->max_outstanding};
+    if (p.ep < 0 || !p.c || !p.free_list || !st->lat) {
+        fprintf(stderr, "loadgen: out of memory or file descriptors\n");
+        exit(1);
+    }
+    for (int i = 0; i < o->max_outstanding; i++) {
+        p.c[i].fd = -1;
+        p.free_list[i] = o->max_outstanding - 1 - i;
+    }
 
     uint64_t rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)(rate * 1000);
-    const double t0 = now_s() + 0.05, t_warm = t0 + o->warmup, t_end = t_warm + o->duration;
-    double next = t0;
-    long index = 0;
-    int running = 0;
-    st->first_intended = t_warm;
+    const double t0 = now_s() + 0.05, t_end = t0 + o->warmup + o->duration;
+    p.t_warm = t0 + o->warmup;
+    st->first_intended = p.t_warm;
+    double next = t0, next_sweep = t0;
+    struct epoll_event evs[256];
     for (;;) {
         double now = now_s();
         /* every request whose time has come leaves now; late ones keep their intended time */
         while (next <= now && next < t_end) {
-            if (nfree == 0) {
-                st->dropped++;
+            if (p.nfree == 0) {
+                if (next >= p.t_warm) st->dropped++;
             } else {
-                int k = free_list[--nfree];
-                slot *sl = &slots[k];
-                if (!sl->h) {
-                    sl->h = curl_easy_init();
-                    curl_easy_setopt(sl->h, CURLOPT_URL, url);
-                    curl_easy_setopt(sl->h, CURLOPT_WRITEFUNCTION, sink);
-                    curl_easy_setopt(sl->h, CURLOPT_HTTPHEADER, hs);
-                    curl_easy_setopt(sl->h, CURLOPT_POSTFIELDS, body);
-                    curl_easy_setopt(sl->h, CURLOPT_POSTFIELDSIZE, (long)body_len);
-                    curl_easy_setopt(sl->h, CURLOPT_TIMEOUT_MS, (long)(o->timeout * 1000));
-                    curl_easy_setopt(sl->h, CURLOPT_NOSIGNAL, 1L);
-                    curl_easy_setopt(sl->h, CURLOPT_PRIVATE, sl);
-                }
-                sl->intended = next;
-                sl->index = index;
-                sl->busy = 1;
-                curl_multi_add_handle(m, sl->h);
-                if (next >= t_warm) st->sent++;
+                conn *c = &p.c[p.free_list[--p.nfree]];
+                c->intended = next;
+                if (next >= p.t_warm) st->sent++;
+                conn_start(&p, c);
             }
-            index++;
             next += next_gap(o, rate, &rng);
         }
-        curl_multi_perform(m, &running);
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(m, &left))) {
-            if (msg->msg != CURLMSG_DONE) continue;
-            slot *sl;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&sl);
-            const double done = now_s();
-            if (sl->intended >= t_warm) {
-                st->done++;
-                long code = 0;
-                curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
-                if (msg->data.result != CURLE_OK) st->transport_errors++;
-                else if (code >= 0 && code < 600) st->codes[code]++;
-                if (msg->data.result == CURLE_OK && code == 200) {
-                    st->ok++;
-                    if (st->nlat < st->cap) st->lat[st->nlat++] = done - sl->intended;
-                    if (done > st->last_done) st->last_done = done;
+        if (now >= next_sweep) {      /* requests past the client timeout */
+            for (int i = 0; i < o->max_outstanding; i++)
+                if (p.c[i].busy && now - p.c[i].sent_at > o->timeout) conn_finish(&p, &p.c[i], 0);
+            next_sweep = now + 0.1;
+        }
+        if (now >= t_end && p.nfree == o->max_outstanding) break;
+        if (now >= t_end + o->timeout + 1) break;
+        double wait = next < t_end ? next - now : 0.05;
+        wait = wait < 0 ? 0 : wait > 0.05 ? 0.05 : wait;
+        const struct timespec ts = {0, (long)(wait * 1e9)};
+        const int n = epoll_pwait2(p.ep, evs, 256, &ts, NULL);
+        for (int k = 0; k < n; k++) {
+            conn *c = &p.c[evs[k].data.u32];
+            const uint32_t e = evs[k].events;
+            if (c->fd < 0) continue;
+            if (c->want_out && (e & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
+                int err = 0;
+                socklen_t len = sizeof err;
+                getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                if (err || conn_write(&p, c) < 0) {
+                    conn_fail(&p, c);
+                    continue;
                 }
             }
-            curl_multi_remove_handle(m, msg->easy_handle);
-            sl->busy = 0;
-            free_list[nfree++] = (int)(sl - slots);
+            if (e & (EPOLLIN | EPOLLHUP | EPOLLERR)) conn_read(&p, c);
         }
-        now = now_s();
-        if (now >= t_end && running == 0 && nfree == o->max_outstanding) break;
-        if (now >= t_end + o->timeout + 1) break;
-        const double wait = next < t_end ? next - now : 0.05;
-        int ms = wait <= 0 ? 0 : (int)ceil(wait * 1000);
-        if (ms > 50) ms = 50;
-        curl_multi_poll(m, NULL, 0, ms, NULL);
     }
     for (int i = 0; i < o->max_outstanding; i++)
-        if (slots[i].h) {
-            if (slots[i].busy) curl_multi_remove_handle(m, slots[i].h);
-            curl_easy_cleanup(slots[i].h);
-        }
-    free(slots);
-    free(free_list);
-    curl_slist_free_all(hs);
-    curl_multi_cleanup(m);
+        if (p.c[i].fd >= 0) close(p.c[i].fd);
+    close(p.ep);
+    free(p.c);
+    free(p.free_list);
     qsort(st->lat, (size_t)st->nlat, sizeof *st->lat, cmp_double);
+}
+
+/* http://HOST[:PORT] → a socket address and the Host header's value. */
+static int resolve(const char *url, struct sockaddr_storage *addr, socklen_t *addrlen, char *host_header, size_t hcap)
+{
+    if (strncmp(url, "http://", 7)) return -1;
+    char host[256], port[16] = "80";
+    const char *h = url + 7, *end = h + strcspn(h, "/");
+    snprintf(host_header, hcap, "%.*s", (int)(end - h), h);
+    const char *colon = memchr(h, ':', (size_t)(end - h));
+    const size_t hl = (size_t)((colon ? colon : end) - h);
+    if (hl == 0 || hl >= sizeof host || (colon && (size_t)(end - colon - 1) >= sizeof port)) return -1;
+    memcpy(host, h, hl), host[hl] = '\0';
+    if (colon) snprintf(port, sizeof port, "%.*s", (int)(end - colon - 1), colon + 1);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
+    if (getaddrinfo(host, port, &hints, &res)) return -1;
+    memcpy(addr, res->ai_addr, res->ai_addrlen);
+    *addrlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
 }
 
 static void usage(void)
@@ -367,6 +539,21 @@ int main(int argc, char **argv)
             free(png);
         }
     }
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    char host[300];
+    if (resolve(o.url, &addr, &addrlen, host, sizeof host) < 0) {
+        fprintf(stderr, "loadgen: cannot resolve %s (expected http://HOST[:PORT])\n", o.url);
+        return 1;
+    }
+    char auth[600] = "";
+    if (o.token) snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", o.token);
+    char *req = malloc(body_len + 2048);
+    const size_t head_len = (size_t)snprintf(req, 2048,
+                                             "POST /%s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nAccept: %s\r\n"
+                                             "Content-Length: %zu\r\n%s\r\n",
+                                             sample ? "sample" : "log-likelihood", host, ctype, o.accept, body_len, auth);
+    memcpy(req + head_len, body, body_len);
     const int per_req = sample ? o.n : o.images;
     const char *kind = sample ? "sample" : "score";
     if (!o.json) {
@@ -379,7 +566,7 @@ int main(int argc, char **argv)
         batch_hist before, after;
         scrape_batches(o.url, kind, &before);
         run_stats st;
-        run_rate(&o, o.rates[r], body, body_len, ctype, &st);
+        run_rate(&o, &addr, addrlen, o.rates[r], req, head_len + body_len, &st);
         scrape_batches(o.url, kind, &after);
         const double span = o.duration;
         const double achieved = st.ok / span;
@@ -410,6 +597,7 @@ int main(int argc, char **argv)
         fflush(stdout);
         free(st.lat);
     }
+    free(req);
     free(body);
     curl_global_cleanup();
     return 0;
