@@ -133,7 +133,8 @@ $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(BUILD)/libfinc.a
 # make cuda-check: the CUDA engine against the CPU engine, then timed
 # (tools/cuda_check.sh; needs a GPU). CI only compiles the check program.
 # make cuda-emu-check: the same checks on the small shapes, with the CUDA
-# code run on the CPU by an emulated runtime (kernels/emu; no GPU needed).
+# code run on the CPU by an emulated runtime (kernels/emu; no GPU needed),
+# then finc serve on that backend with a device fault injected into a batch.
 .PHONY: cuda-check cuda-emu-check
 cuda-check:
 	@bash tools/cuda_check.sh

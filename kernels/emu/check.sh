@@ -3,7 +3,8 @@
 # emulated runtime in kernels/emu, against the CPU engine, with the checks of
 # bench/cuda_check.c on the small shapes. Catches indexing, barrier, launch
 # configuration and graph-replay mistakes where no GPU is; says nothing about
-# speed or about the GPU's memory model. Builds into build/emu.
+# speed or about the GPU's memory model. Then finc serve itself on the
+# emulated backend (kernels/emu/serve_check.sh). Builds into build/emu.
 #   kernels/emu/check.sh [cuda_check arguments]   (default: --small)
 #   EMU_SAN=1 adds AddressSanitizer (out-of-bounds kernel accesses).
 set -euo pipefail
@@ -36,12 +37,25 @@ done
 objs+=(kernels/emu/emu.cpp)
 printf '%s\n' "${objs[@]}" | xargs -P "$jobs" -I{} sh -c \
     'g++ '"$cxxflags"' -c -o '"$out"'/obj/$(basename {} | sed "s/\.cpp$/.o/") {}'
-csrc=(engine/*.c io/*.c tests/testmodel.c bench/cuda_check.c)
-printf '%s\n' "${csrc[@]}" | xargs -P "$jobs" -I{} sh -c \
-    'gcc '"$cflags"' -c -o '"$out"'/obj/c_$(echo {} | tr / _ | sed "s/\.c$/.o/") {}'
-g++ -fopenmp $san -o "$out/cuda_check" "$out"/obj/*.o $(pkg-config --libs $pkgs) -ldnnl -lopenblas -lm -lpthread
+# The kernels and emulator in obj/, the C library in obj/lib, each program's own in obj/<program>.
+compile_c() {  # DIR FILE...
+    local d=$1
+    shift
+    mkdir -p "$d"
+    printf '%s\n' "$@" | xargs -P "$jobs" -I{} sh -c \
+        'gcc '"$cflags"' -c -o '"$d"'/c_$(echo {} | tr / _ | sed "s/\.c$/.o/") {}'
+}
+compile_c "$out/obj/lib" engine/*.c io/*.c
+compile_c "$out/obj/cuda_check" tests/testmodel.c bench/cuda_check.c
+compile_c "$out/obj/finc" server/*.c cli/*.c
+libs="$(pkg-config --libs $pkgs) -ldnnl -lopenblas -lm -lpthread"
+g++ -fopenmp $san -o "$out/cuda_check" "$out"/obj/*.o "$out"/obj/lib/*.o "$out"/obj/cuda_check/*.o $libs
+g++ -fopenmp $san -o "$out/finc" "$out"/obj/*.o "$out"/obj/lib/*.o "$out"/obj/finc/*.o $(pkg-config --libs libmicrohttpd libuv) $libs
 
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(--small)
 echo "== $out/cuda_check ${args[*]} (CUDA emulated on the CPU)"
-ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0} "$out/cuda_check" "${args[@]}"
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0}
+"$out/cuda_check" "${args[@]}"
+echo "== kernels/emu/serve_check.sh: finc serve on the emulated CUDA backend"
+BIN=$out/finc bash kernels/emu/serve_check.sh

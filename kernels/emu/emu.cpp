@@ -37,6 +37,7 @@ const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
     }
     return "unknown error";
 }
@@ -49,6 +50,7 @@ const char *cudaGetErrorName(cudaError_t e)
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     }
     return "cudaErrorUnknown";
 }
@@ -190,9 +192,29 @@ cudaError_t cudaStreamDestroy(cudaStream_t s)
     delete s;
     return cudaSuccess;
 }
+/* Faults on demand, for tests of the callers' error paths: while the file
+ * named by EMU_FAULT_FILE holds a count above zero, each stream
+ * synchronization takes one off and reports what a kernel fault would. Unlike
+ * a real launch failure it is not sticky: the next call succeeds. */
+static bool fault_due(void)
+{
+    const char *path = getenv("EMU_FAULT_FILE");
+    FILE *f = path ? fopen(path, "r") : NULL;
+    if (!f) return false;
+    long n = 0;
+    const bool due = fscanf(f, "%ld", &n) == 1 && n > 0;
+    fclose(f);
+    if (due && (f = fopen(path, "w"))) {
+        fprintf(f, "%ld\n", n - 1);
+        fclose(f);
+    }
+    return due;
+}
+
 cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
     if (s && s->capturing) return fail(cudaErrorStreamCaptureInvalidated);
+    if (fault_due()) return cudaErrorLaunchFailure;
     return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }

@@ -44,6 +44,7 @@ enum cudaError_t {
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
     cudaErrorInvalidDevice = 101,
+    cudaErrorLaunchFailure = 719,
     cudaErrorStreamCaptureInvalidated = 901,
 };
 typedef cudaError_t cudaError;

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# finc serve on the CUDA backend, its device code run on the CPU by the
+# emulated runtime (build/emu/finc, built by kernels/emu/check.sh):
+#  - scores and samples answer 200 and the scores equal the CPU engine's;
+#  - a batch whose device work fails (a fault injected by the emulator through
+#    EMU_FAULT_FILE) fails only its own requests: each gets a 500 with a JSON
+#    message naming the CUDA error, the request queued behind that batch
+#    answers 200, and the server stays ready and counts the failed images.
+# Prints one line per check and exits 1 if any failed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-build/emu/finc}
+WEIGHTS=tests/vectors/l2_1x8x12.safetensors
+[ -x "$BIN" ] || { echo "serve_check: no $BIN (kernels/emu/check.sh builds it)" >&2; exit 2; }
+
+tmp=$(mktemp -d)
+pid=
+cleanup() {
+    [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+failed=0
+verdict() {  # DESCRIPTION STATUS
+    if [ "$2" = 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failed=1; fi
+}
+
+for i in 0 1 2; do "$BIN" sample "$WEIGHTS" --backend cpu -n 1 --seed $((i + 7)) -o "$tmp/img$i.png" >/dev/null; done
+
+# Batches of two, formed at once when full; a lone request waits a second for company.
+EMU_FAULT_FILE=$tmp/fault "$BIN" serve --weights "$WEIGHTS" --backend cuda --host 127.0.0.1 --port 0 \
+    --max-batch 2 --max-delay-ms 1000 --threads 1 --http-threads 4 --log off >"$tmp/server.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do grep -q 'ready on port' "$tmp/server.log" && break; sleep 0.1; done
+port=$(sed -nE 's/.*ready on port ([0-9]+).*/\1/p' "$tmp/server.log")
+[ -n "$port" ] || { cat "$tmp/server.log" >&2; echo "serve_check: the server did not become ready" >&2; exit 1; }
+url=http://127.0.0.1:$port
+
+score() {  # IMAGE OUT: status code to stdout, body to OUT
+    curl -s -o "$2" -w '%{http_code}' -H 'Content-Type: image/png' --data-binary "@$1" "$url/log-likelihood"
+}
+bpd() { sed -nE 's/.*"bits_per_dim": *([-0-9.eE+]+).*/\1/p' "$1" | head -n 1; }
+
+st=$(score "$tmp/img0.png" "$tmp/a.json")
+cpu=$("$BIN" score "$WEIGHTS" --backend cpu --json "$tmp/img0.png" >"$tmp/cpu.json" && bpd "$tmp/cpu.json")
+close=$(awk -v a="$(bpd "$tmp/a.json")" -v b="$cpu" 'BEGIN { d = a - b; if (d < 0) d = -d; print (a != "" && d <= 1e-4 * (b < 0 ? -b : b) + 1e-6) ? 0 : 1 }')
+verdict "score on the CUDA backend: 200, $(bpd "$tmp/a.json") bits/dim against the CPU engine's $cpu" \
+    "$([ "$st" = 200 ] && [ "$close" = 0 ] && echo 0 || echo 1)"
+st=$(curl -s -o "$tmp/s.json" -w '%{http_code}' -H 'Content-Type: application/json' -d '{"n": 3, "seed": 5}' "$url/sample")
+verdict "sample of 3 on the CUDA backend (two batches): 200" "$([ "$st" = 200 ] && grep -q '"images"' "$tmp/s.json" && echo 0 || echo 1)"
+
+# One fault: the first batch of two fails, the third request runs in the next batch.
+echo 1 >"$tmp/fault"
+clients=()
+for i in 0 1 2; do
+    score "$tmp/img$i.png" "$tmp/f$i.json" >"$tmp/f$i.code" &
+    clients+=($!)
+done
+wait "${clients[@]}"
+codes=$(for i in 0 1 2; do cat "$tmp/f$i.code"; echo; done | sort | tr '\n' ' ')
+verdict "three requests, the first batch of two faulted: statuses $codes(want 200 500 500)" \
+    "$([ "$codes" = "200 500 500 " ] && echo 0 || echo 1)"
+ok=1
+for i in 0 1 2; do
+    if [ "$(cat "$tmp/f$i.code")" = 500 ]; then
+        grep -q '"error"' "$tmp/f$i.json" && grep -q 'cudaErrorLaunchFailure' "$tmp/f$i.json" || ok=0
+    fi
+done
+verdict "each failed request has a JSON error naming the CUDA error ($(grep -h -o '"error": *"[^"]*"' "$tmp"/f?.json | head -n 1))" \
+    "$([ $ok = 1 ] && echo 0 || echo 1)"
+
+st=$(score "$tmp/img1.png" "$tmp/after.json")
+ready=$(curl -s -o /dev/null -w '%{http_code}' "$url/readyz")
+verdict "after the fault: score 200 ($st), readyz 200 ($ready)" "$([ "$st" = 200 ] && [ "$ready" = 200 ] && echo 0 || echo 1)"
+dropped=$(curl -s "$url/metrics" | sed -nE 's/^finc_images_dropped_total\{kind="score",reason="failed"\} ([0-9.e+]+)$/\1/p')
+verdict "metrics count the two failed images (finc_images_dropped_total reason=failed: ${dropped:-none})" \
+    "$([ "${dropped:-0}" = 2 ] && echo 0 || echo 1)"
+
+kill -TERM "$pid"
+wait "$pid"
+st=$?
+pid=
+verdict "SIGTERM: exit status $st" "$st"
+exit $failed
