@@ -210,34 +210,59 @@ int finc_encode(finc_engine *e, int n, const uint8_t *pixels, const float *u,
     return 0;
 }
 
+/* Importance-weighted log p of B <= max_batch images, image b's draws keyed
+ * by (seeds[b], indices[b]): ln mean_s exp(lp_s), accumulated stably against
+ * the first draw. */
+static int score_iw_chunk(finc_engine *e, int B, const uint8_t *pixels, int samples, const uint64_t *seeds,
+                          const uint64_t *indices, double *logp, char *err, size_t errlen)
+{
+    const size_t D = (size_t)e->D;
+    double lp[B], best[B], acc[B];
+    for (int s = 0; s < samples; s++) {
+        const uint32_t stream = FINC_STREAM_DEQUANT | ((uint32_t)s << 8);
+        for (int b = 0; b < B; b++) finc_philox_uniform(seeds[b], indices[b], stream, e->h_u + b * D, D);
+        if (finc_encode(e, B, pixels, e->h_u, NULL, lp, err, errlen)) return -1;
+        for (int b = 0; b < B; b++) {
+            if (s == 0) {
+                best[b] = lp[b];
+                acc[b] = 1.0;
+            } else if (lp[b] > best[b]) {
+                acc[b] = acc[b] * exp(best[b] - lp[b]) + 1.0;
+                best[b] = lp[b];
+            } else {
+                acc[b] += exp(lp[b] - best[b]);
+            }
+        }
+    }
+    for (int b = 0; b < B; b++) logp[b] = best[b] + log(acc[b] / samples);
+    return 0;
+}
+
 int finc_score(finc_engine *e, int n, const uint8_t *pixels, int samples, uint64_t seed,
                uint64_t first_index, double *logp, char *err, size_t errlen)
 {
     if (samples <= 1) return finc_encode(e, n, pixels, NULL, NULL, logp, err, errlen);
     if (check_n(e, n, err, errlen)) return -1;
-    const size_t D = (size_t)e->D;
-    double lp[e->max_batch], best[e->max_batch], acc[e->max_batch];
+    uint64_t seeds[e->max_batch], indices[e->max_batch];
     for (int i0 = 0; i0 < n; i0 += e->max_batch) {
         const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
-        /* ln mean_s exp(lp_s), accumulated stably against the first draw. */
-        for (int s = 0; s < samples; s++) {
-            const uint32_t stream = FINC_STREAM_DEQUANT | ((uint32_t)s << 8);
-            for (int b = 0; b < B; b++)
-                finc_philox_uniform(seed, first_index + i0 + b, stream, e->h_u + b * D, D);
-            if (finc_encode(e, B, pixels + (size_t)i0 * D, e->h_u, NULL, lp, err, errlen)) return -1;
-            for (int b = 0; b < B; b++) {
-                if (s == 0) {
-                    best[b] = lp[b];
-                    acc[b] = 1.0;
-                } else if (lp[b] > best[b]) {
-                    acc[b] = acc[b] * exp(best[b] - lp[b]) + 1.0;
-                    best[b] = lp[b];
-                } else {
-                    acc[b] += exp(lp[b] - best[b]);
-                }
-            }
-        }
-        for (int b = 0; b < B; b++) logp[i0 + b] = best[b] + log(acc[b] / samples);
+        for (int b = 0; b < B; b++) seeds[b] = seed, indices[b] = first_index + (uint64_t)(i0 + b);
+        if (score_iw_chunk(e, B, pixels + (size_t)i0 * e->D, samples, seeds, indices, logp + i0, err, errlen))
+            return -1;
+    }
+    return 0;
+}
+
+int finc_score_keyed(finc_engine *e, int n, const uint8_t *pixels, int samples, const uint64_t *seeds,
+                     const uint64_t *indices, double *logp, char *err, size_t errlen)
+{
+    if (samples <= 1) return finc_encode(e, n, pixels, NULL, NULL, logp, err, errlen);
+    if (check_n(e, n, err, errlen)) return -1;
+    for (int i0 = 0; i0 < n; i0 += e->max_batch) {
+        const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
+        if (score_iw_chunk(e, B, pixels + (size_t)i0 * e->D, samples, seeds + i0, indices + i0, logp + i0, err,
+                           errlen))
+            return -1;
     }
     return 0;
 }

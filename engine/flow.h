@@ -39,6 +39,11 @@ int finc_encode(finc_engine *e, int n, const uint8_t *pixels, const float *u,
  * draws keyed by (seed, first_index + i). */
 int finc_score(finc_engine *e, int n, const uint8_t *pixels, int samples, uint64_t seed,
                uint64_t first_index, double *logp, char *err, size_t errlen);
+/* finc_score with image i's draws keyed by (seeds[i], indices[i]): the
+ * importance-weighted scores of several requests in one batch, each equal to
+ * its request scored alone. */
+int finc_score_keyed(finc_engine *e, int n, const uint8_t *pixels, int samples, const uint64_t *seeds,
+                     const uint64_t *indices, double *logp, char *err, size_t errlen);
 
 /* Decode n latent rows (n, D) to pixels (n, C, H, W). */
 int finc_decode(finc_engine *e, int n, const float *latents, uint8_t *pixels,

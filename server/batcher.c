@@ -24,6 +24,7 @@ typedef struct {
     uint8_t *pix;             /* (max_batch, D): score input, sample output */
     double *logp;             /* (max_batch,) */
     float *lat;               /* (max_batch, D) sample latents */
+    uint64_t *seed, *index;   /* (max_batch,) score: each image's dequantization key */
     char err[256];
 } batch;
 
@@ -163,12 +164,16 @@ static void sweep_hangups(finc_batcher *b)
 
 /* ---- batches ------------------------------------------------------------- */
 
-static int seg_cmp_midpoint_first(const void *a, const void *c)
+/* Draws per image of a score job: 1 for the midpoint. */
+static int draws(const finc_job *j) { return j->samples > 1 ? j->samples : 1; }
+
+/* Midpoint scores first, then importance-weighted ones grouped by their
+ * number of draws; arrival order within each. */
+static int seg_cmp_by_draws(const void *a, const void *c)
 {
     const batch_seg *x = a, *y = c;
-    const int mx = x->job->samples > 1, my = y->job->samples > 1;
-    if (mx != my) return mx - my;
-    return x->off - y->off;  /* keep arrival order otherwise */
+    if (draws(x->job) != draws(y->job)) return draws(x->job) - draws(y->job);
+    return x->off - y->off;
 }
 
 /* Fills the batch from the head of kind's queue. Returns images taken. */
@@ -214,15 +219,20 @@ static int batch_form(finc_batcher *b, finc_job_kind kind, double now)
     b->reserved[kind] -= taken;
     pthread_mutex_unlock(&b->mu);
     if (kind == FINC_JOB_SCORE && bt->nseg > 0) {
-        /* Midpoint scores run as one engine call; each importance-weighted run
-         * is its own call (its draws are keyed by its request's seed). */
-        qsort(bt->seg, (size_t)bt->nseg, sizeof bt->seg[0], seg_cmp_midpoint_first);
+        /* One engine call per number of draws: the midpoint scores, then the
+         * importance-weighted ones, each image's draws keyed by its request's
+         * (seed, index). */
+        qsort(bt->seg, (size_t)bt->nseg, sizeof bt->seg[0], seg_cmp_by_draws);
         const size_t D = (size_t)b->D;
         int off = 0;
         for (int s = 0; s < bt->nseg; s++) {
             batch_seg *sg = &bt->seg[s];
             sg->off = off;
             memcpy(bt->pix + (size_t)off * D, sg->job->pixels + (size_t)sg->i0 * D, (size_t)sg->k * D);
+            for (int i = 0; i < sg->k; i++) {
+                bt->seed[off + i] = sg->job->seed;
+                bt->index[off + i] = (uint64_t)(sg->i0 + i);
+            }
             off += sg->k;
         }
     }
@@ -247,15 +257,14 @@ static void batch_run(finc_batcher *b, batch *bt)
         if (finc_decode(e, bt->B, bt->lat, bt->pix, bt->err, sizeof bt->err) != 0)
             for (int s = 0; s < bt->nseg; s++) bt->seg[s].failed = 1;
     } else {
-        int nmid = 0, Bmid = 0;
-        while (nmid < bt->nseg && bt->seg[nmid].job->samples <= 1) Bmid += bt->seg[nmid++].k;
-        if (Bmid > 0 && finc_score(e, Bmid, bt->pix, 1, 0, 0, bt->logp, bt->err, sizeof bt->err) != 0)
-            for (int s = 0; s < nmid; s++) bt->seg[s].failed = 1;
-        for (int s = nmid; s < bt->nseg; s++) {
-            batch_seg *sg = &bt->seg[s];
-            if (finc_score(e, sg->k, bt->pix + (size_t)sg->off * D, sg->job->samples, sg->job->seed,
-                           (uint64_t)sg->i0, bt->logp + sg->off, bt->err, sizeof bt->err) != 0)
-                sg->failed = 1;
+        for (int s0 = 0, s1; s0 < bt->nseg; s0 = s1) {
+            const int samples = draws(bt->seg[s0].job);
+            int k = 0;
+            for (s1 = s0; s1 < bt->nseg && draws(bt->seg[s1].job) == samples; s1++) k += bt->seg[s1].k;
+            const int off = bt->seg[s0].off;
+            if (finc_score_keyed(e, k, bt->pix + (size_t)off * D, samples, bt->seed + off, bt->index + off,
+                                 bt->logp + off, bt->err, sizeof bt->err) != 0)
+                for (int s = s0; s < s1; s++) bt->seg[s].failed = 1;
         }
     }
     if (b->metrics) finc_metrics_batch(b->metrics, bt->kind, bt->B, finc_mono_now() - t0);
@@ -412,7 +421,9 @@ static void engine_main(void *arg)
         bt->pix = malloc(B * D);
         bt->logp = malloc(B * sizeof *bt->logp);
         bt->lat = malloc(B * D * sizeof *bt->lat);
-        if (!bt->seg || !bt->pix || !bt->logp || !bt->lat) {
+        bt->seed = malloc(B * sizeof *bt->seed);
+        bt->index = malloc(B * sizeof *bt->index);
+        if (!bt->seg || !bt->pix || !bt->logp || !bt->lat || !bt->seed || !bt->index) {
             snprintf(err, sizeof err, "out of memory for batch buffers");
             finc_engine_free(e);
             e = NULL;
@@ -459,6 +470,8 @@ static void free_memory(finc_batcher *b)
     free(b->batch.pix);
     free(b->batch.logp);
     free(b->batch.lat);
+    free(b->batch.seed);
+    free(b->batch.index);
     free(b->weights);
     free(b->pfd);
     free(b->pjob);

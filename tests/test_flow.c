@@ -292,7 +292,8 @@ START_TEST(philox_known_answer)
 END_TEST
 
 /* The importance-weighted score is close to, and on average above, the
- * midpoint one for a smooth model, and depends only on (seed, index). */
+ * midpoint one for a smooth model, and depends only on (seed, index), also
+ * when each image of a batch has its own key. */
 START_TEST(importance_weighted_score)
 {
     rng_state = 600;
@@ -308,6 +309,16 @@ START_TEST(importance_weighted_score)
     ck_assert_int_eq(finc_score(e, 1, v + 2 * D, 8, 99, 2, &iw1, err, sizeof err), 0);
     ck_assert(fabs(iw1 - iw[2]) < 1e-6 * fabs(iw1));
     for (int i = 0; i < n; i++) ck_assert_msg(fabs(iw[i] - mid[i]) < 0.05 * D, "%g vs %g", iw[i], mid[i]);
+    /* keyed one by one (several requests in one batch): each as scored alone */
+    const uint64_t seeds[3] = {7, 99, 7}, indices[3] = {4, 1, 0};
+    double keyed[3], alone;
+    ck_assert_int_eq(finc_score_keyed(e, n, v, 8, seeds, indices, keyed, err, sizeof err), 0);
+    for (int i = 0; i < n; i++) {
+        ck_assert_int_eq(finc_score(e, 1, v + i * D, 8, seeds[i], indices[i], &alone, err, sizeof err), 0);
+        ck_assert_msg(fabs(keyed[i] - alone) < 1e-6 * fabs(alone), "image %d: %.9g vs %.9g", i, keyed[i], alone);
+    }
+    ck_assert(fabs(keyed[1] - iw[1]) < 1e-6 * fabs(iw[1]));  /* (99, 1) is iw's image 1 */
+    ck_assert(fabs(keyed[0] - iw[0]) > 1e-9 * fabs(iw[0]));  /* another key, other draws */
     free(v);
     finc_engine_free(e);
     unlink(path);

@@ -697,6 +697,9 @@ typedef struct {
 
 static double client_temp(int id) { return 0.5 + 0.125 * (id % 4); }
 
+/* Importance-weighted clients (id % 4 == 3): 2 draws, 3 for every other one. */
+static int client_draws(int id) { return id % 8 == 7 ? 3 : 2; }
+
 static void *client_main(void *arg)
 {
     client *c = arg;
@@ -726,9 +729,10 @@ static void *client_main(void *arg)
         } else {
             const int a = (c->id + it) % NIMG, b = (c->id + it + 1) % NIMG;
             char *sa = b64(img_png[a], img_len[a]), *sb = b64(img_png[b], img_len[b]);
-            /* some importance-weighted, some midpoint, in the same batches */
+            /* some importance-weighted (2 or 3 draws), some midpoint, in the same batches */
             if (c->id % 4 == 3)
-                snprintf(body, sizeof body, "{\"samples\": 2, \"seed\": %d, \"images\": [\"%s\", \"%s\"]}", c->id, sa, sb);
+                snprintf(body, sizeof body, "{\"samples\": %d, \"seed\": %d, \"images\": [\"%s\", \"%s\"]}",
+                         client_draws(c->id), c->id, sa, sb);
             else
                 snprintf(body, sizeof body, "{\"images\": [\"%s\", \"%s\"]}", sa, sb);
             free(sa);
@@ -788,7 +792,7 @@ START_TEST(concurrent_clients_batch_and_agree)
                     uint8_t two[2 * D];
                     memcpy(two, img_pix[a], D);
                     memcpy(two + D, img_pix[b], D);
-                    ck_assert_int_eq(finc_score(e, 2, two, 2, (uint64_t)i, 0, ref, err, sizeof err), 0);
+                    ck_assert_int_eq(finc_score(e, 2, two, client_draws(i), (uint64_t)i, 0, ref, err, sizeof err), 0);
                 }
                 /* batch mates differ from the reference call: the engine's tolerance */
                 ck_assert(fabs(cl[i].lp[it][0] - ref[0]) <= 1e-5 * fabs(ref[0]));
