@@ -580,14 +580,18 @@ int main(int argc, char **argv)
         for (int c = 0; c < 600; c++)
             if (c != 200) non200 += st.codes[c];
         if (o.json) {
+            char v[6][32];    /* latencies and batch figures; null where there were none */
+            const double vals[6] = {pct(st.lat, st.nlat, 0.5) * 1e3, pct(st.lat, st.nlat, 0.9) * 1e3,
+                                    pct(st.lat, st.nlat, 0.99) * 1e3, st.nlat ? st.lat[st.nlat - 1] * 1e3 : NAN,
+                                    mean_batch, multi};
+            for (int k = 0; k < 6; k++)
+                snprintf(v[k], sizeof v[k], isfinite(vals[k]) ? (k == 5 ? "%.3f" : "%.2f") : "null", vals[k]);
             printf("{\"endpoint\": \"%s\", \"offered_rps\": %.1f, \"achieved_rps\": %.2f, \"images_per_s\": %.2f, "
-                   "\"p50_ms\": %.2f, \"p90_ms\": %.2f, \"p99_ms\": %.2f, \"max_ms\": %.2f, \"sent\": %ld, "
+                   "\"p50_ms\": %s, \"p90_ms\": %s, \"p99_ms\": %s, \"max_ms\": %s, \"sent\": %ld, "
                    "\"ok\": %ld, \"non200\": %ld, \"dropped\": %ld, \"status_503\": %ld, \"status_504\": %ld, "
-                   "\"mean_batch\": %.2f, \"multi_batch_fraction\": %.3f, \"batches\": %.0f}\n",
-                   kind, o.rates[r], achieved, achieved * per_req, pct(st.lat, st.nlat, 0.5) * 1e3,
-                   pct(st.lat, st.nlat, 0.9) * 1e3, pct(st.lat, st.nlat, 0.99) * 1e3,
-                   st.nlat ? st.lat[st.nlat - 1] * 1e3 : NAN, st.sent, st.ok, non200, st.dropped, st.codes[503],
-                   st.codes[504], mean_batch, multi, dcount);
+                   "\"transport_errors\": %ld, \"mean_batch\": %s, \"multi_batch_fraction\": %s, \"batches\": %.0f}\n",
+                   kind, o.rates[r], achieved, achieved * per_req, v[0], v[1], v[2], v[3], st.sent, st.ok, non200,
+                   st.dropped, st.codes[503], st.codes[504], st.transport_errors, v[4], v[5], dcount);
         } else {
             printf("| %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %ld | %.2f | %.0f%% |\n", kind, o.rates[r],
                    achieved, achieved * per_req, pct(st.lat, st.nlat, 0.5) * 1e3, pct(st.lat, st.nlat, 0.9) * 1e3,

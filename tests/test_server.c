@@ -1311,6 +1311,53 @@ START_TEST(metrics_promtool_and_histograms)
 }
 END_TEST
 
+/* ---- the benchmark's load generator ----------------------------------------------------- */
+
+/* build/loadgen's JSON line for one rate against this server. */
+static cJSON *loadgen(const char *args)
+{
+    char cmd[1200], out[4096] = "";
+    snprintf(cmd, sizeof cmd, "build/loadgen --url http://127.0.0.1:%d %s --json 2>&1", port, args);
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: %s", cmd, out);
+    cJSON *j = cJSON_Parse(out);
+    ck_assert_msg(j != NULL, "loadgen printed: %s", out);
+    return j;
+}
+
+START_TEST(loadgen_drives_both_endpoints)
+{
+    if (access("build/loadgen", X_OK) != 0) {
+        fprintf(stderr, "loadgen_drives_both_endpoints: build/loadgen not built (make build/loadgen)\n");
+        return;
+    }
+    start_default();
+    char args[600];
+    snprintf(args, sizeof args, "--endpoint score --png '%s' --rates 40 --duration 1 --warmup 0.2", img_path[0]);
+    for (int k = 0; k < 2; k++) {
+        cJSON *j = loadgen(k ? "--endpoint sample --n 2 --rates 40 --duration 1 --warmup 0.2" : args);
+        ck_assert_msg(jnum(j, "sent") == 40 && jnum(j, "ok") == 40 && jnum(j, "non200") == 0,
+                      "%s: sent %g ok %g non200 %g", k ? "sample" : "score", jnum(j, "sent"), jnum(j, "ok"),
+                      jnum(j, "non200"));
+        ck_assert(jnum(j, "images_per_s") == 40 * (k ? 2 : 1));
+        ck_assert(jnum(j, "p50_ms") > 0 && jnum(j, "p50_ms") <= jnum(j, "p99_ms"));
+        ck_assert(jnum(j, "batches") >= 1 && jnum(j, "mean_batch") >= 1);
+        cJSON_Delete(j);
+    }
+    /* every request refused: counted as such, none as served */
+    finc_server_stop(srv);
+    srv = NULL;
+    cJSON *j = loadgen(args);
+    ck_assert(jnum(j, "ok") == 0 && jnum(j, "non200") == 40 && jnum(j, "transport_errors") == 40);
+    ck_assert(cJSON_IsNull(cJSON_GetObjectItem(j, "p99_ms")));
+    cJSON_Delete(j);
+}
+END_TEST
+
 /* ---- SIGTERM ---------------------------------------------------------------------------- */
 
 /* The forked server's stderr, read until "ready on port N". */
@@ -1446,6 +1493,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, deadline_expires_while_queued_504);
     tcase_add_test(tc, client_hangup_drops_queued_work);
     tcase_add_test(tc, metrics_promtool_and_histograms);
+    tcase_add_test(tc, loadgen_drives_both_endpoints);
     tcase_add_test(tc, sigterm_drains_accepted_requests);
     tcase_add_test(tc, serve_exit_statuses);
     suite_add_tcase(s, tc);

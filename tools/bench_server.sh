@@ -113,7 +113,7 @@ echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 cat "$tmp/score.jsonl" "$tmp/sample.jsonl" | python3 -c '
 import json, sys
 for line in sys.stdin:
-    r = json.loads(line)
+    r = {k: float("nan") if v is None else v for k, v in json.loads(line).items()}
     print("| {endpoint} | {offered_rps:.0f} | {achieved_rps:.1f} | {images_per_s:.1f} | {p50_ms:.1f} | {p90_ms:.1f} | "
           "{p99_ms:.1f} | {non200} | {mean_batch:.1f} |".format(**r))
 '
@@ -125,7 +125,7 @@ echo
 # highest rate served with no errors at all.
 peak_of() { python3 -c '
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [{k: float("nan") if v is None else v for k, v in json.loads(l).items()} for l in open(sys.argv[1])]
 best = max(rows, key=lambda r: r["images_per_s"])
 clean = max((r["images_per_s"] for r in rows if r["non200"] == 0), default=0.0)
 refused = best["non200"] / max(best["sent"], 1)
