@@ -44,7 +44,7 @@ static const opt_spec specs[] = {
     {"read-timeout", "FINC_READ_TIMEOUT", OPT_DOUBLE, F(read_timeout), 0.1, 86400,
      "seconds to receive a whole request body"},
     {"max-connections", "FINC_MAX_CONNECTIONS", OPT_INT, F(max_connections), 1, 1000000,
-     "open connections at most"},
+     "open connections at most (the open-file limit is raised to fit)"},
     {"drain-timeout", "FINC_DRAIN_TIMEOUT", OPT_DOUBLE, F(drain_timeout), 0, 86400,
      "seconds SIGTERM waits for queued and running work"},
     {"retry-after", "FINC_RETRY_AFTER", OPT_INT, F(retry_after), 0, 3600, "Retry-After seconds on 503"},
@@ -71,7 +71,7 @@ void finc_server_config_defaults(finc_server_config *c)
     c->timeout_ms = 30000;
     c->idle_timeout = 30;
     c->read_timeout = 30;
-    c->max_connections = 1024;
+    c->max_connections = 4096;
     c->drain_timeout = 30;
     c->retry_after = 1;
     snprintf(c->log, sizeof c->log, "json");

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <uv.h>
 
 #include "server/batcher.h"
@@ -74,6 +75,37 @@ static void on_signal(uv_signal_t *h, int signum)
     uv_timer_start(&c->poll, on_drain_poll, 0, 10);
 }
 
+/* Every connection is a file descriptor: the soft open-file limit is raised
+ * toward the hard one when max-connections needs it; where the hard limit is
+ * lower, max-connections comes down to fit, with a warning. A full queue
+ * answers 503 only to clients that got a connection, so a connection limit
+ * at or under the queue size gets a warning too. */
+static void fit_connection_limits(finc_server_config *cfg)
+{
+    const rlim_t spare = 64;  /* listen socket, epoll, pipes, the weights, logs */
+    const rlim_t need = (rlim_t)cfg->max_connections + spare;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        struct rlimit up = rl;
+        up.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0) rl = up;
+        if (rl.rlim_cur < need) {
+            const int fit = rl.rlim_cur > 2 * spare ? (int)(rl.rlim_cur - spare) : (int)spare;
+            fprintf(stderr,
+                    "finc serve: warning: max-connections %d needs %llu open files and the limit is %llu "
+                    "(ulimit -n); serving at most %d connections\n",
+                    cfg->max_connections, (unsigned long long)need, (unsigned long long)rl.rlim_cur, fit);
+            cfg->max_connections = fit;
+        }
+    }
+    if (cfg->max_connections <= cfg->queue_size)
+        fprintf(stderr,
+                "finc serve: warning: max-connections %d is not above queue-size %d: once every connection is "
+                "taken, new clients wait unanswered in the accept backlog instead of getting 503 from a full "
+                "queue\n",
+                cfg->max_connections, cfg->queue_size);
+}
+
 int finc_serve_main(int argc, char **argv)
 {
     finc_server_config cfg;
@@ -92,6 +124,7 @@ int finc_serve_main(int argc, char **argv)
         fprintf(stderr, "finc serve: %s\n", err);
         return 2;
     }
+    fit_connection_limits(&cfg);
     finc_server_config_print(&cfg, stderr);
     signal(SIGPIPE, SIG_IGN);
 

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -1459,6 +1460,48 @@ START_TEST(sigterm_drains_accepted_requests)
 END_TEST
 
 /* The entry point's exit statuses: 2 for bad flags, 1 when the weights do not load. */
+/* finc serve's output (config printout and messages) under a shell's ulimit. */
+static void serve_under_ulimit(const char *ulimit, const char *args, char *out, size_t cap)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd,
+             "sh -c 'ulimit %s && exec ./finc serve --host 127.0.0.1 --port 0 --log off --weights %s/none.safetensors %s' "
+             "2>&1",
+             ulimit, dir, args);
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    const int st = pclose(p);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s: %s", cmd, out);  /* no weights file */
+}
+
+START_TEST(connection_limit_fits_open_files)
+{
+    if (access("./finc", X_OK) != 0) {
+        fprintf(stderr, "connection_limit_fits_open_files: ./finc not built\n");
+        return;
+    }
+    char out[8192];
+    /* a hard limit under the default 4096 connections: brought down to fit, said so */
+    serve_under_ulimit("-n 300", "", out, sizeof out);
+    ck_assert_msg(strstr(out, "warning: max-connections 4096 needs 4160 open files and the limit is 300 (ulimit -n); "
+                              "serving at most 236 connections"), "%s", out);
+    ck_assert_msg(strstr(out, "max-connections  236\n"), "%s", out);
+    ck_assert_msg(strstr(out, "warning: max-connections 236 is not above queue-size 1024"), "%s", out);
+    /* a low soft limit under a high enough hard one: raised, nothing to say */
+    struct rlimit rl;
+    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= 4160) {
+        serve_under_ulimit("-S -n 300", "", out, sizeof out);
+        ck_assert_msg(!strstr(out, "warning"), "%s", out);
+        ck_assert_msg(strstr(out, "max-connections  4096\n"), "%s", out);
+    }
+    serve_under_ulimit("-S -n 300", "--max-connections 64 --queue-size 32 --max-n 32 --max-images 32", out, sizeof out);
+    ck_assert_msg(!strstr(out, "warning"), "%s", out);
+}
+END_TEST
+
 START_TEST(serve_exit_statuses)
 {
     /* its configuration printout and messages are not this test's output */
@@ -1496,6 +1539,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, loadgen_drives_both_endpoints);
     tcase_add_test(tc, sigterm_drains_accepted_requests);
     tcase_add_test(tc, serve_exit_statuses);
+    tcase_add_test(tc, connection_limit_fits_open_files);
     suite_add_tcase(s, tc);
     return s;
 }
