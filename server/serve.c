@@ -1,5 +1,6 @@
 #include "server/serve.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -125,6 +126,13 @@ int finc_serve_main(int argc, char **argv)
         return 2;
     }
     fit_connection_limits(&cfg);
+    /* Freed memory stays with the process. Otherwise glibc hands back the
+     * top of a thread's heap after each PNG encode (zlib's state is larger
+     * than its default trim threshold) with madvise, and each such call makes
+     * every core running the engine stop to flush its TLB: 2,800 times a
+     * second while sampling at 1,300 requests/s on two cores. */
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
     finc_server_config_print(&cfg, stderr);
     signal(SIGPIPE, SIG_IGN);
 
