@@ -197,7 +197,6 @@ typedef struct {
 } conn;
 
 typedef struct {
-    const opts *o;
     int ep;
     struct sockaddr_storage addr;
     socklen_t addrlen;
@@ -372,7 +371,7 @@ static void run_rate(const opts *o, const struct sockaddr_storage *addr, socklen
     memset(st, 0, sizeof *st);
     st->cap = (long)(rate * (o->duration + o->warmup) * 1.2) + 16;
     st->lat = malloc(sizeof(double) * (size_t)st->cap);
-    pool p = {.o = o, .addr = *addr, .addrlen = addrlen, .req = req, .req_len = req_len, .st = st,
+    pool p = {.addr = *addr, .addrlen = addrlen, .req = req, .req_len = req_len, .st = st,
               .ep = epoll_create1(EPOLL_CLOEXEC), .c = calloc((size_t)o->max_outstanding, sizeof(conn)),
               .free_list = malloc(sizeof(int) * (size_t)o->max_outstanding), .nfree = o->max_outstanding};
     if (p.ep < 0 || !p.c || !p.free_list || !st->lat) {

@@ -55,7 +55,7 @@ g++ -fopenmp $san -o "$out/finc" "$out"/obj/*.o "$out"/obj/lib/*.o "$out"/obj/fi
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(--small)
 echo "== $out/cuda_check ${args[*]} (CUDA emulated on the CPU)"
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0:allocator_may_return_null=1}
 "$out/cuda_check" "${args[@]}"
 echo "== kernels/emu/serve_check.sh: finc serve on the emulated CUDA backend"
 BIN=$out/finc bash kernels/emu/serve_check.sh
