@@ -49,6 +49,8 @@ struct finc_batcher {
     int pending;              /* jobs claimed whose callback has not returned */
     int stop, closing, flush;
     int closed;               /* the loop's handles are closing: no more uv_async_send */
+    int failed_in_row;        /* batches with a failed engine call since the last good one */
+    char fail_err[256];
     batch *to_engine;         /* handed to the engine thread */
     batch *returned;          /* handed back by it */
 
@@ -454,7 +456,15 @@ static void engine_main(void *arg)
         pthread_mutex_unlock(&b->mu);
         if (!run) break;
         batch_run(b, run);
+        int failed = 0;
+        for (int s = 0; s < run->nseg; s++) failed |= run->seg[s].failed;
         pthread_mutex_lock(&b->mu);
+        if (failed) {
+            b->failed_in_row++;
+            snprintf(b->fail_err, sizeof b->fail_err, "%s", run->err);
+        } else {
+            b->failed_in_row = 0;
+        }
         b->returned = run;
         wake_locked(b);
         pthread_mutex_unlock(&b->mu);
@@ -562,6 +572,15 @@ int finc_batcher_state(finc_batcher *b, char *err, size_t errlen)
     if (st < 0 && err) snprintf(err, errlen, "%s", b->load_err);
     pthread_mutex_unlock(&b->mu);
     return st;
+}
+
+int finc_batcher_failing(finc_batcher *b, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&b->mu);
+    const int n = b->o.unhealthy_after > 0 && b->failed_in_row >= b->o.unhealthy_after ? b->failed_in_row : 0;
+    if (n && err) snprintf(err, errlen, "%s", b->fail_err);
+    pthread_mutex_unlock(&b->mu);
+    return n;
 }
 
 int finc_batcher_wait_ready(finc_batcher *b, char *err, size_t errlen)

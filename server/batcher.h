@@ -62,6 +62,7 @@ typedef struct {
     double max_delay;         /* seconds a partial batch waits for company */
     int queue_size;           /* images waiting per kind */
     double hangup_poll;       /* seconds between sweeps for hung-up clients; 0: 0.1 */
+    int unhealthy_after;      /* failed batches in a row that make the engine failing; 0: never */
 } finc_batcher_opts;
 
 typedef struct finc_batcher finc_batcher;
@@ -82,6 +83,9 @@ void finc_batcher_stop(finc_batcher *b);
 
 /* 0 loading, 1 ready, -1 the weights failed to load (message in err when non-NULL). */
 int finc_batcher_state(finc_batcher *b, char *err, size_t errlen);
+/* Failed batches in a row once they reach opts.unhealthy_after, else 0; the
+ * last batch's error in err. A batch that succeeds starts the count again. */
+int finc_batcher_failing(finc_batcher *b, char *err, size_t errlen);
 /* Blocks until loaded (1) or failed (-1, message in err). */
 int finc_batcher_wait_ready(finc_batcher *b, char *err, size_t errlen);
 /* Valid once ready; never changes afterwards. */

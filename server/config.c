@@ -47,6 +47,8 @@ static const opt_spec specs[] = {
      "open connections at most (the open-file limit is raised to fit)"},
     {"drain-timeout", "FINC_DRAIN_TIMEOUT", OPT_DOUBLE, F(drain_timeout), 0, 86400,
      "seconds SIGTERM waits for queued and running work"},
+    {"unhealthy-after", "FINC_UNHEALTHY_AFTER", OPT_INT, F(unhealthy_after), 0, 1000000,
+     "failed engine batches in a row before /healthz and /readyz answer 503 (0: never)"},
     {"retry-after", "FINC_RETRY_AFTER", OPT_INT, F(retry_after), 0, 3600, "Retry-After seconds on 503"},
     {"log", "FINC_LOG", OPT_STR, F(log), 0, 0, "request log on stderr: json or off"},
 };
@@ -73,6 +75,7 @@ void finc_server_config_defaults(finc_server_config *c)
     c->read_timeout = 30;
     c->max_connections = 4096;
     c->drain_timeout = 30;
+    c->unhealthy_after = 3;
     c->retry_after = 1;
     snprintf(c->log, sizeof c->log, "json");
 }

@@ -28,6 +28,7 @@ typedef struct {
     double read_timeout;       /* seconds to receive a whole request */
     int max_connections;
     double drain_timeout;      /* seconds SIGTERM waits for queued and running work */
+    int unhealthy_after;       /* failed engine batches in a row before health and readiness 503; 0 never */
     int retry_after;           /* seconds, in Retry-After on 503 */
     char log[8];               /* json or off */
     char api_key[512];         /* "" for none: FINC_API_KEY or --api-key-file */

@@ -168,8 +168,24 @@ enum MHD_Result finc_http_enqueue(finc_request *r)
 
 /* ---- small endpoints ------------------------------------------------------------- */
 
+/* The engine failed its last unhealthy-after batches (a device in a sticky
+ * error state fails every batch until the process restarts): health and
+ * readiness answer 503 with the last error until a batch succeeds again. */
+static int engine_failing(finc_request *r, enum MHD_Result *ret)
+{
+    char err[300];
+    const int n = finc_batcher_failing(r->srv->batcher, err, sizeof err);
+    if (!n) return 0;
+    cJSON *extra = cJSON_CreateObject();
+    cJSON_AddStringToObject(extra, "status", "failing");
+    *ret = finc_http_error(r, 503, FINC_ERR_NOT_READY, extra, "the engine failed its last %d batches: %s", n, err);
+    return 1;
+}
+
 static enum MHD_Result handle_healthz(finc_request *r)
 {
+    enum MHD_Result ret;
+    if (engine_failing(r, &ret)) return ret;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "status", "ok");
     return finc_http_json(r, 200, o);
@@ -179,8 +195,10 @@ static enum MHD_Result handle_readyz(finc_request *r)
 {
     finc_server *s = r->srv;
     char err[512];
+    enum MHD_Result ret;
     int st = finc_batcher_state(s->batcher, err, sizeof err);
     if (st == 1 && !atomic_load(&s->draining)) {
+        if (engine_failing(r, &ret)) return ret;
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "status", "ready");
         return finc_http_json(r, 200, o);
@@ -579,6 +597,7 @@ finc_server *finc_server_start(const finc_server_config *cfg, char *err, size_t 
         .engine = {.backend = cfg->backend, .max_batch = cfg->max_batch, .threads = cfg->threads},
         .max_delay = cfg->max_delay_ms / 1000.0,
         .queue_size = cfg->queue_size,
+        .unhealthy_after = cfg->unhealthy_after,
     };
     s->batcher = finc_batcher_start(&bo, s->metrics, err, errlen);
     if (!s->batcher) {

@@ -5,7 +5,9 @@
 #  - a batch whose device work fails (a fault injected by the emulator through
 #    EMU_FAULT_FILE) fails only its own requests: each gets a 500 with a JSON
 #    message naming the CUDA error, the request queued behind that batch
-#    answers 200, and the server stays ready and counts the failed images.
+#    answers 200, and the server stays ready and counts the failed images;
+#  - two failed batches in a row (--unhealthy-after 2) turn /healthz and
+#    /readyz to 503 with the error, and the next good batch turns them back.
 # Prints one line per check and exits 1 if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,7 +31,7 @@ for i in 0 1 2; do "$BIN" sample "$WEIGHTS" --backend cpu -n 1 --seed $((i + 7))
 
 # Batches of two, formed at once when full; a lone request waits a second for company.
 EMU_FAULT_FILE=$tmp/fault "$BIN" serve --weights "$WEIGHTS" --backend cuda --host 127.0.0.1 --port 0 \
-    --max-batch 2 --max-delay-ms 1000 --threads 1 --http-threads 4 --log off >"$tmp/server.log" 2>&1 &
+    --max-batch 2 --max-delay-ms 1000 --threads 1 --http-threads 4 --unhealthy-after 2 --log off >"$tmp/server.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do grep -q 'ready on port' "$tmp/server.log" && break; sleep 0.1; done
 port=$(sed -nE 's/.*ready on port ([0-9]+).*/\1/p' "$tmp/server.log")
@@ -39,6 +41,16 @@ url=http://127.0.0.1:$port
 score() {  # IMAGE OUT: status code to stdout, body to OUT
     curl -s -o "$2" -w '%{http_code}' -H 'Content-Type: image/png' --data-binary "@$1" "$url/log-likelihood"
 }
+scores() {  # K: K concurrent requests; their statuses sorted, on one line
+    local clients=() i
+    for ((i = 0; i < $1; i++)); do
+        score "$tmp/img$((i % 3)).png" "$tmp/f$i.json" >"$tmp/f$i.code" &
+        clients+=($!)
+    done
+    wait "${clients[@]}"
+    for ((i = 0; i < $1; i++)); do cat "$tmp/f$i.code"; echo; done | sort | tr '\n' ' '
+}
+probe() { curl -s -o "$tmp/probe.json" -w '%{http_code}' "$url/$1"; }
 bpd() { sed -nE 's/.*"bits_per_dim": *([-0-9.eE+]+).*/\1/p' "$1" | head -n 1; }
 
 st=$(score "$tmp/img0.png" "$tmp/a.json")
@@ -51,13 +63,7 @@ verdict "sample of 3 on the CUDA backend (two batches): 200" "$([ "$st" = 200 ] 
 
 # One fault: the first batch of two fails, the third request runs in the next batch.
 echo 1 >"$tmp/fault"
-clients=()
-for i in 0 1 2; do
-    score "$tmp/img$i.png" "$tmp/f$i.json" >"$tmp/f$i.code" &
-    clients+=($!)
-done
-wait "${clients[@]}"
-codes=$(for i in 0 1 2; do cat "$tmp/f$i.code"; echo; done | sort | tr '\n' ' ')
+codes=$(scores 3)
 verdict "three requests, the first batch of two faulted: statuses $codes(want 200 500 500)" \
     "$([ "$codes" = "200 500 500 " ] && echo 0 || echo 1)"
 ok=1
@@ -75,6 +81,19 @@ verdict "after the fault: score 200 ($st), readyz 200 ($ready)" "$([ "$st" = 200
 dropped=$(curl -s "$url/metrics" | sed -nE 's/^finc_images_dropped_total\{kind="score",reason="failed"\} ([0-9.e+]+)$/\1/p')
 verdict "metrics count the two failed images (finc_images_dropped_total reason=failed: ${dropped:-none})" \
     "$([ "${dropped:-0}" = 2 ] && echo 0 || echo 1)"
+
+# Two faults in a row: the engine counts as failing until a batch succeeds.
+echo 2 >"$tmp/fault"
+codes=$(scores 4)
+health=$(probe healthz)
+ready=$(probe readyz)
+verdict "four requests, both batches faulted: statuses $codes; then healthz $health, readyz $ready (want 503, 503: $(grep -o '"error": *"[^"]*"' "$tmp/probe.json" | cut -c1-80))" \
+    "$([ "$codes" = "500 500 500 500 " ] && [ "$health" = 503 ] && [ "$ready" = 503 ] && grep -q '"status": *"failing"' "$tmp/probe.json" && echo 0 || echo 1)"
+st=$(score "$tmp/img2.png" "$tmp/after.json")
+health=$(probe healthz)
+ready=$(probe readyz)
+verdict "then a good batch: score $st, healthz $health, readyz $ready (want 200 each)" \
+    "$([ "$st" = 200 ] && [ "$health" = 200 ] && [ "$ready" = 200 ] && echo 0 || echo 1)"
 
 kill -TERM "$pid"
 wait "$pid"
