@@ -24,10 +24,17 @@ typedef struct {
 
 void finc_cpu_finc_forward(finc_backend *be, float *y, const float *x, const finc_step *st,
                            int C, int B, int H, int W, int k);
+/* The inverse: finc_cpu_finc_inverse_units when the batch's (quarter, image)
+ * pairs share out evenly over the threads, else the wavefront. */
 void finc_cpu_finc_inverse(finc_backend *be, float *x, const float *y, const finc_step *st,
                            int C, int B, int H, int W, int k);
+/* All threads down the anti-diagonals together, a barrier after each. */
+void finc_cpu_finc_inverse_wavefront(float *x, const float *y, const finc_step *st, int C, int B, int H, int W,
+                                     int k);
+/* Each thread solves whole (quarter, image) pairs in raster order: one barrier. */
+void finc_cpu_finc_inverse_units(float *x, const float *y, const finc_step *st, int C, int B, int H, int W, int k);
 /* The same inverse solved pixel by pixel in raster order, one thread: the
- * baseline the wavefront is tested and benchmarked against. */
+ * baseline the parallel solves are tested and benchmarked against. */
 void finc_cpu_finc_inverse_raster(float *x, const float *y, const finc_step *st,
                                   int C, int B, int H, int W, int k);
 

@@ -87,8 +87,8 @@ void finc_cpu_finc_forward(finc_backend *be, float *y, const float *x, const fin
     }
 }
 
-void finc_cpu_finc_inverse(finc_backend *be, float *x, const float *y, const finc_step *st,
-                           int C, int B, int H, int W, int k)
+void finc_cpu_finc_inverse_wavefront(float *x, const float *y, const finc_step *st, int C, int B, int H, int W,
+                                     int k)
 {
     const finc_dims d = dims_of(C, B, H, W, k);
 #pragma omp parallel
@@ -107,16 +107,37 @@ void finc_cpu_finc_inverse(finc_backend *be, float *x, const float *y, const fin
     }
 }
 
+/* One (quarter, image) pair solved whole, in raster order. */
+static void solve_unit(float *x, const float *y, const finc_step *st, const finc_dims *d, int q, int b)
+{
+    const size_t base = quarter_base(d, q, b);
+    for (int hp = 0; hp < d->H; hp++)
+        for (int wp = 0; wp < d->W; wp++)
+            solve_pixel(x + base, y + base, st->finc_tl[q], d, quarter_flip_y[q], quarter_flip_x[q], hp, wp);
+}
+
+void finc_cpu_finc_inverse_units(float *x, const float *y, const finc_step *st, int C, int B, int H, int W, int k)
+{
+    const finc_dims d = dims_of(C, B, H, W, k);
+#pragma omp parallel for schedule(static)
+    for (int u = 0; u < 4 * B; u++) solve_unit(x, y, st, &d, u / B, u % B);
+}
+
+void finc_cpu_finc_inverse(finc_backend *be, float *x, const float *y, const finc_step *st,
+                           int C, int B, int H, int W, int k)
+{
+    /* The four quarters of every image are independent systems. When they
+     * share out evenly over the threads (one in eight idle at most), each
+     * thread solves whole ones with no barrier until the end; otherwise (one
+     * image on many cores) the threads go down the anti-diagonals together. */
+    const int units = 4 * B, T = omp_get_max_threads(), per = (units + T - 1) / T;
+    if ((double)per * T <= 1.125 * units) finc_cpu_finc_inverse_units(x, y, st, C, B, H, W, k);
+    else finc_cpu_finc_inverse_wavefront(x, y, st, C, B, H, W, k);
+}
+
 void finc_cpu_finc_inverse_raster(float *x, const float *y, const finc_step *st,
                                   int C, int B, int H, int W, int k)
 {
     const finc_dims d = dims_of(C, B, H, W, k);
-    for (int q = 0; q < 4; q++)
-        for (int b = 0; b < B; b++)
-            for (int hp = 0; hp < H; hp++)
-                for (int wp = 0; wp < W; wp++) {
-                    const size_t base = quarter_base(&d, q, b);
-                    solve_pixel(x + base, y + base, st->finc_tl[q], &d, quarter_flip_y[q],
-                                quarter_flip_x[q], hp, wp);
-                }
+    for (int u = 0; u < 4 * B; u++) solve_unit(x, y, st, &d, u / B, u % B);
 }
