@@ -249,15 +249,6 @@ static void collect(void *user, const char *name, int ndim, const int64_t *shape
     }
 }
 
-static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
-{
-    size_t used = (size_t)snprintf(buf, n, "(");
-    for (int i = 0; i < ndim && used < n; i++)
-        used += (size_t)snprintf(buf + used, n - used, i ? ", %lld" : "%lld", (long long)shape[i]);
-    if (used < n)
-        snprintf(buf + used, n - used, ")");
-}
-
 static int load_metadata(finc_config *cfg, const finc_st *st, char *err, size_t errlen)
 {
     if (!st->metadata_json)
@@ -302,7 +293,7 @@ static int match_tensors(want_list *wl, const finc_st *st, size_t *n_params, cha
         want *w = &wl->v[i];
         const finc_st_tensor *t = finc_st_find(st, w->name);
         char want_s[96], have_s[160];
-        shape_str(want_s, sizeof want_s, w->ndim, w->shape);
+        finc_st_shape_str(want_s, sizeof want_s, w->ndim, w->shape);
         if (!t) {
             rc = finc_errorf(err, errlen, "tensor '%s' missing (expected shape %s)", w->name, want_s);
             break;
@@ -316,7 +307,7 @@ static int match_tensors(want_list *wl, const finc_st *st, size_t *n_params, cha
         for (int d = 0; same && d < w->ndim; d++)
             same = t->shape[d] == w->shape[d];
         if (!same) {
-            shape_str(have_s, sizeof have_s, t->ndim, t->shape);
+            finc_st_shape_str(have_s, sizeof have_s, t->ndim, t->shape);
             rc = finc_errorf(err, errlen, "tensor '%s': shape %s, expected %s", w->name, have_s, want_s);
             break;
         }

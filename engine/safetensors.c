@@ -171,7 +171,7 @@ static int json_uint(const cJSON *v, uint64_t *out)
     return 0;
 }
 
-static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
+void finc_st_shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
 {
     size_t used = (size_t)snprintf(buf, n, "(");
     for (int i = 0; i < ndim && used < n; i++)
@@ -223,7 +223,7 @@ static int parse_entry(finc_st_tensor *t, const cJSON *e, size_t data_len, char 
             uint64_t s = (uint64_t)t->shape[i];
             if (numel > (uint64_t)JSON_INT_MAX / es / s) {
                 char sb[256];
-                shape_str(sb, sizeof sb, ndim, t->shape);
+                finc_st_shape_str(sb, sizeof sb, ndim, t->shape);
                 return finc_errorf(err, errlen, "tensor '%s': shape %s has too many elements", nm, sb);
             }
             numel *= s;
@@ -244,7 +244,7 @@ static int parse_entry(finc_st_tensor *t, const cJSON *e, size_t data_len, char 
                     (unsigned long long)b, (unsigned long long)en);
     if (en - b != t->nbytes) {
         char sb[256];
-        shape_str(sb, sizeof sb, ndim, t->shape);
+        finc_st_shape_str(sb, sizeof sb, ndim, t->shape);
         return finc_errorf(err, errlen, "tensor '%s': data_offsets [%llu, %llu] span %llu bytes, dtype %s shape %s needs %zu",
                     nm, (unsigned long long)b, (unsigned long long)en, (unsigned long long)(en - b),
                     dtypes[d].name, sb, t->nbytes);

@@ -70,6 +70,8 @@ int finc_st_to_f32(const finc_st_tensor *t, float *dst);
 int finc_st_to_f64(const finc_st_tensor *t, double *dst);
 
 const char *finc_st_dtype_name(finc_st_dtype d);
+/* "(d0, d1, ...)", cut to fit n bytes: shapes in error messages. */
+void finc_st_shape_str(char *buf, size_t n, int ndim, const int64_t *shape);
 size_t finc_st_dtype_size(finc_st_dtype d);
 /* The dtype for a header name ("F32", ...), or -1. */
 int finc_st_dtype_parse(const char *name);
