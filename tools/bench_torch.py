@@ -412,23 +412,19 @@ def main(argv=None):
     g = torch.Generator().manual_seed(1)
     # Budget: an equal share per figure (encode and sample at every batch size).
     share = args.budget / (2 * len(batches))
+    def record(op, b, t):
+        med = statistics.median(t)
+        result["%s_b%d_ms" % (op, b)] = round(med * 1e3, 3)
+        result["%s_b%d_img_s" % (op, b)] = round(b / med, 3)
+        result["%s_b%d_runs" % (op, b)] = len(t)
+        result["%s_b%d_ms_min" % (op, b)] = round(min(t) * 1e3, 3)
+        log("bench_torch: %s b%-3d %10.3f ms  %9.2f img/s  (%d runs)" % (op, b, med * 1e3, b / med, len(t)))
+
     for b in batches:
         pixels = torch.randint(0, 256, (b, *cfg["image"]), generator=g, dtype=torch.uint8)
-        t = time_runs(lambda: fast.encode(pixels), args.min_runs, share)
-        med = statistics.median(t)
-        result["encode_b%d_ms" % b] = round(med * 1e3, 3)
-        result["encode_b%d_img_s" % b] = round(b / med, 3)
-        result["encode_b%d_runs" % b] = len(t)
-        result["encode_b%d_ms_min" % b] = round(min(t) * 1e3, 3)
-        log("bench_torch: encode b%-3d %10.3f ms  %9.2f img/s  (%d runs)" % (b, med * 1e3, b / med, len(t)))
+        record("encode", b, time_runs(lambda: fast.encode(pixels), args.min_runs, share))
         sg = torch.Generator().manual_seed(2)
-        t = time_runs(lambda: fast.sample(b, args.temperature, sg), args.min_runs, share)
-        med = statistics.median(t)
-        result["sample_b%d_ms" % b] = round(med * 1e3, 3)
-        result["sample_b%d_img_s" % b] = round(b / med, 3)
-        result["sample_b%d_runs" % b] = len(t)
-        result["sample_b%d_ms_min" % b] = round(min(t) * 1e3, 3)
-        log("bench_torch: sample b%-3d %10.3f ms  %9.2f img/s  (%d runs)" % (b, med * 1e3, b / med, len(t)))
+        record("sample", b, time_runs(lambda: fast.sample(b, args.temperature, sg), args.min_runs, share))
 
     # A load average well above the thread count at the end means another process shared
     # the cores during the timing: the figures are then not to be trusted.
