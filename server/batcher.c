@@ -241,9 +241,10 @@ static int batch_form(finc_batcher *b, finc_job_kind kind, double now)
     return bt->B;
 }
 
-/* Engine thread: runs every engine call of a batch. */
-static void batch_run(finc_batcher *b, batch *bt)
+/* Engine thread: runs every engine call of a batch. Returns 1 when one failed. */
+static int batch_run(finc_batcher *b, batch *bt)
 {
+    int failed = 0;
     finc_engine *e = b->engine;
     const size_t D = (size_t)b->D;
     const double t0 = finc_mono_now();
@@ -256,8 +257,10 @@ static void batch_run(finc_batcher *b, batch *bt)
                 finc_draw_latents(e, sg->job->seed, (uint64_t)(sg->i0 + i), sg->job->temperature,
                                   bt->lat + (size_t)(sg->off + i) * D);
         }
-        if (finc_decode(e, bt->B, bt->lat, bt->pix, bt->err, sizeof bt->err) != 0)
+        if (finc_decode(e, bt->B, bt->lat, bt->pix, bt->err, sizeof bt->err) != 0) {
+            failed = 1;
             for (int s = 0; s < bt->nseg; s++) bt->seg[s].failed = 1;
+        }
     } else {
         for (int s0 = 0, s1; s0 < bt->nseg; s0 = s1) {
             const int samples = draws(bt->seg[s0].job);
@@ -265,11 +268,14 @@ static void batch_run(finc_batcher *b, batch *bt)
             for (s1 = s0; s1 < bt->nseg && draws(bt->seg[s1].job) == samples; s1++) k += bt->seg[s1].k;
             const int off = bt->seg[s0].off;
             if (finc_score_keyed(e, k, bt->pix + (size_t)off * D, samples, bt->seed + off, bt->index + off,
-                                 bt->logp + off, bt->err, sizeof bt->err) != 0)
+                                 bt->logp + off, bt->err, sizeof bt->err) != 0) {
+                failed = 1;
                 for (int s = s0; s < s1; s++) bt->seg[s].failed = 1;
+            }
         }
     }
     if (b->metrics) finc_metrics_batch(b->metrics, bt->kind, bt->B, finc_mono_now() - t0);
+    return failed;
 }
 
 /* Loop thread: results back to each job. */
@@ -455,9 +461,7 @@ static void engine_main(void *arg)
         b->to_engine = NULL;
         pthread_mutex_unlock(&b->mu);
         if (!run) break;
-        batch_run(b, run);
-        int failed = 0;
-        for (int s = 0; s < run->nseg; s++) failed |= run->seg[s].failed;
+        const int failed = batch_run(b, run);
         pthread_mutex_lock(&b->mu);
         if (failed) {
             b->failed_in_row++;
