@@ -82,7 +82,7 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(UTIL_OBJ) $(BUILD)/libfinc_server.a $(BUI
 
 # Open-loop HTTP load generator for the server benchmark (tools/bench_server.sh).
 $(BUILD)/loadgen: $(BUILD)/bench/loadgen.o
-	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs libcurl) -lm -lpthread
+	$(CC) $(LDFLAGS) -o $@ $^ -lm
 
 .SECONDARY:
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -15,7 +15,6 @@
  * offered and achieved request rate, images/s, p50/p90/p99/max latency,
  * errors by status, and the server's batch sizes over the run (from the
  * difference of two /metrics scrapes). */
-#include <curl/curl.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -28,6 +27,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,38 +57,66 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* The server: its address and the Host header's value. */
 typedef struct {
-    char *buf;
-    size_t len;
-} membuf;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    char host[300];
+} target;
 
-static size_t to_mem(char *p, size_t sz, size_t n, void *u)
+/* http://HOST[:PORT] → t. 0, or -1 when the URL is not of that form or does not resolve. */
+static int resolve(const char *url, target *t)
 {
-    membuf *m = u;
-    char *nb = realloc(m->buf, m->len + sz * n + 1);
-    if (!nb) return 0;
-    m->buf = nb;
-    memcpy(m->buf + m->len, p, sz * n);
-    m->len += sz * n;
-    m->buf[m->len] = '\0';
-    return sz * n;
+    if (strncmp(url, "http://", 7)) return -1;
+    char host[256], port[16] = "80";
+    const char *h = url + 7, *end = h + strcspn(h, "/");
+    snprintf(t->host, sizeof t->host, "%.*s", (int)(end - h), h);
+    const char *colon = memchr(h, ':', (size_t)(end - h));
+    const size_t hl = (size_t)((colon ? colon : end) - h);
+    if (hl == 0 || hl >= sizeof host || (colon && (size_t)(end - colon - 1) >= sizeof port)) return -1;
+    memcpy(host, h, hl), host[hl] = '\0';
+    if (colon) snprintf(port, sizeof port, "%.*s", (int)(end - colon - 1), colon + 1);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
+    if (getaddrinfo(host, port, &hints, &res)) return -1;
+    memcpy(&t->addr, res->ai_addr, res->ai_addrlen);
+    t->addrlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
 }
 
-static char *http_get(const char *url)
+/* GET path over a connection of its own (HTTP/1.0: the answer ends where the
+ * connection does): the body of a 200 answer, malloc'd, or NULL. */
+static char *http_get(const target *t, const char *path)
 {
-    membuf m = {0};
-    CURL *h = curl_easy_init();
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, to_mem);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &m);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, 10L);
-    CURLcode rc = curl_easy_perform(h);
-    curl_easy_cleanup(h);
-    if (rc != CURLE_OK) {
-        free(m.buf);
+    const int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return NULL;
+    const struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    char req[512], *buf = NULL;
+    const int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, t->host);
+    size_t len = 0, cap = 0;
+    if (connect(fd, (const struct sockaddr *)&t->addr, t->addrlen) == 0 && send(fd, req, (size_t)n, MSG_NOSIGNAL) == n)
+        for (;;) {
+            if (len + 1 >= cap) {
+                char *nb = realloc(buf, cap = cap ? 2 * cap : 65536);
+                if (!nb) break;
+                buf = nb;
+            }
+            const ssize_t k = recv(fd, buf + len, cap - 1 - len, 0);
+            if (k <= 0) break;
+            len += (size_t)k;
+        }
+    close(fd);
+    if (!buf) return NULL;
+    buf[len] = '\0';
+    char *body = strstr(buf, "\r\n\r\n");
+    if (!body || strncmp(buf, "HTTP/1.", 7) || len < 12 || strtol(buf + 9, NULL, 10) != 200) {
+        free(buf);
         return NULL;
     }
-    return m.buf;
+    memmove(buf, body + 4, len - (size_t)(body + 4 - buf) + 1);
+    return buf;
 }
 
 /* Sum of the finc_batch_size histogram's buckets for kind, le-bounds in le. */
@@ -98,12 +126,10 @@ typedef struct {
     double sum, count;
 } batch_hist;
 
-static void scrape_batches(const char *base, const char *kind, batch_hist *h)
+static void scrape_batches(const target *t, const char *kind, batch_hist *h)
 {
     memset(h, 0, sizeof *h);
-    char url[1024];
-    snprintf(url, sizeof url, "%s/metrics", base);
-    char *text = http_get(url);
+    char *text = http_get(t, "/metrics");
     if (!text) return;
     char prefix[128];
     snprintf(prefix, sizeof prefix, "finc_batch_size_bucket{kind=\"%s\",le=\"", kind);
@@ -198,8 +224,7 @@ typedef struct {
 
 typedef struct {
     int ep;
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
+    const target *t;
     const char *req;          /* the whole request, headers and body */
     size_t req_len;
     conn *c;
@@ -228,11 +253,11 @@ static void conn_watch(pool *p, conn *c, int want_out)
 
 static int conn_open(pool *p, conn *c)
 {
-    c->fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    c->fd = socket(p->t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) return -1;
     const int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(c->fd, (struct sockaddr *)&p->addr, p->addrlen) < 0 && errno != EINPROGRESS) {
+    if (connect(c->fd, (const struct sockaddr *)&p->t->addr, p->t->addrlen) < 0 && errno != EINPROGRESS) {
         close(c->fd);
         c->fd = -1;
         return -1;
@@ -365,13 +390,13 @@ static void conn_read(pool *p, conn *c)
     }
 }
 
-static void run_rate(const opts *o, const struct sockaddr_storage *addr, socklen_t addrlen, double rate,
+static void run_rate(const opts *o, const target *t, double rate,
                      const char *req, size_t req_len, run_stats *st)
 {
     memset(st, 0, sizeof *st);
     st->cap = (long)(rate * (o->duration + o->warmup) * 1.2) + 16;
     st->lat = malloc(sizeof(double) * (size_t)st->cap);
-    pool p = {.addr = *addr, .addrlen = addrlen, .req = req, .req_len = req_len, .st = st,
+    pool p = {.t = t, .req = req, .req_len = req_len, .st = st,
               .ep = epoll_create1(EPOLL_CLOEXEC), .c = calloc((size_t)o->max_outstanding, sizeof(conn)),
               .free_list = malloc(sizeof(int) * (size_t)o->max_outstanding), .nfree = o->max_outstanding};
     if (p.ep < 0 || !p.c || !p.free_list || !st->lat) {
@@ -438,26 +463,6 @@ static void run_rate(const opts *o, const struct sockaddr_storage *addr, socklen
     qsort(st->lat, (size_t)st->nlat, sizeof *st->lat, cmp_double);
 }
 
-/* http://HOST[:PORT] → a socket address and the Host header's value. */
-static int resolve(const char *url, struct sockaddr_storage *addr, socklen_t *addrlen, char *host_header, size_t hcap)
-{
-    if (strncmp(url, "http://", 7)) return -1;
-    char host[256], port[16] = "80";
-    const char *h = url + 7, *end = h + strcspn(h, "/");
-    snprintf(host_header, hcap, "%.*s", (int)(end - h), h);
-    const char *colon = memchr(h, ':', (size_t)(end - h));
-    const size_t hl = (size_t)((colon ? colon : end) - h);
-    if (hl == 0 || hl >= sizeof host || (colon && (size_t)(end - colon - 1) >= sizeof port)) return -1;
-    memcpy(host, h, hl), host[hl] = '\0';
-    if (colon) snprintf(port, sizeof port, "%.*s", (int)(end - colon - 1), colon + 1);
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
-    if (getaddrinfo(host, port, &hints, &res)) return -1;
-    memcpy(addr, res->ai_addr, res->ai_addrlen);
-    *addrlen = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
-}
-
 static void usage(void)
 {
     fprintf(stderr,
@@ -510,7 +515,6 @@ int main(int argc, char **argv)
     for (int i = 0; i < o.nrates; i++)
         if (!(o.rates[i] > 0)) usage();
 
-    curl_global_init(CURL_GLOBAL_DEFAULT);
     char *body = NULL;
     size_t body_len = 0;
     const char *ctype = "application/json";
@@ -538,10 +542,8 @@ int main(int argc, char **argv)
             free(png);
         }
     }
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    char host[300];
-    if (resolve(o.url, &addr, &addrlen, host, sizeof host) < 0) {
+    target srv;
+    if (resolve(o.url, &srv) < 0) {
         fprintf(stderr, "loadgen: cannot resolve %s (expected http://HOST[:PORT])\n", o.url);
         return 1;
     }
@@ -551,7 +553,7 @@ int main(int argc, char **argv)
     const size_t head_len = (size_t)snprintf(req, 2048,
                                              "POST /%s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nAccept: %s\r\n"
                                              "Content-Length: %zu\r\n%s\r\n",
-                                             sample ? "sample" : "log-likelihood", host, ctype, o.accept, body_len, auth);
+                                             sample ? "sample" : "log-likelihood", srv.host, ctype, o.accept, body_len, auth);
     memcpy(req + head_len, body, body_len);
     const int per_req = sample ? o.n : o.images;
     const char *kind = sample ? "sample" : "score";
@@ -563,10 +565,10 @@ int main(int argc, char **argv)
     }
     for (int r = 0; r < o.nrates; r++) {
         batch_hist before, after;
-        scrape_batches(o.url, kind, &before);
+        scrape_batches(&srv, kind, &before);
         run_stats st;
-        run_rate(&o, &addr, addrlen, o.rates[r], req, head_len + body_len, &st);
-        scrape_batches(o.url, kind, &after);
+        run_rate(&o, &srv, o.rates[r], req, head_len + body_len, &st);
+        scrape_batches(&srv, kind, &after);
         const double span = o.duration;
         const double achieved = st.ok / span;
         const double dcount = after.count - before.count, dsum = after.sum - before.sum;
@@ -602,6 +604,5 @@ int main(int argc, char **argv)
     }
     free(req);
     free(body);
-    curl_global_cleanup();
     return 0;
 }
