@@ -28,7 +28,7 @@ FROM debian:bookworm AS build-cpu
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         build-essential pkg-config libcjson-dev libpng-dev zlib1g-dev libdnnl-dev \
-        libopenblas-dev libmicrohttpd-dev libuv1-dev \
+        libmicrohttpd-dev libuv1-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -42,7 +42,7 @@ FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu${CUDA_UBUNTU} AS build-cuda
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         build-essential pkg-config libcjson-dev libpng-dev zlib1g-dev libdnnl-dev \
-        libopenblas-dev libmicrohttpd-dev libuv1-dev \
+        libmicrohttpd-dev libuv1-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -107,9 +107,8 @@ CMD ["serve"]
 # ---------------------------------------------------------------- CPU image
 # Last, so that a plain `docker build .` builds this one.
 FROM debian:bookworm-slim AS cpu
-# Only the shared libraries ./finc links (ldd); libopenblas is on the link line
-# but unused, and Debian links --as-needed, so it is not among them. The ldd
-# check below fails the build if this list ever falls short of the binary.
+# Only the shared libraries ./finc links (ldd). The ldd check below fails the
+# build if this list ever falls short of the binary.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
