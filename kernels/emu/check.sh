@@ -7,6 +7,9 @@
 # emulated backend (kernels/emu/serve_check.sh). Builds into build/emu.
 #   kernels/emu/check.sh [cuda_check arguments]   (default: --small)
 #   EMU_SAN=1 adds AddressSanitizer (out-of-bounds kernel accesses).
+# The op checks run a second time with every block's threads, and the blocks,
+# in reverse order: a thread that reads what another writes with no barrier
+# between them then reads other data, and the check fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=build/emu
@@ -57,5 +60,7 @@ args=("$@")
 echo "== $out/cuda_check ${args[*]} (CUDA emulated on the CPU)"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0:allocator_may_return_null=1}
 "$out/cuda_check" "${args[@]}"
+echo "== the op checks again, blocks and threads run last to first (EMU_ORDER=reverse: finds races)"
+EMU_ORDER=reverse "$out/cuda_check" --small --ops-only
 echo "== kernels/emu/serve_check.sh: finc serve on the emulated CUDA backend"
 BIN=$out/finc bash kernels/emu/serve_check.sh

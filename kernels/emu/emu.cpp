@@ -2,7 +2,11 @@
  * One device, "EMU"; blocks run one after another; a block's threads are
  * ucontext fibers on one OS thread, switched at __syncthreads. A kernel whose
  * thread 0 finishes without a barrier has none (a barrier must be reached by
- * every thread), so its other threads run as plain calls. */
+ * every thread), so its other threads run as plain calls.
+ * EMU_ORDER=reverse runs the blocks, and a block's threads between barriers,
+ * last to first: a kernel whose threads read what others write between the
+ * same two barriers (a race on a GPU) gives other results than in the
+ * default order, so running the checks in both orders finds such races. */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -341,22 +345,40 @@ static void resume(unsigned t)
     in_fiber = false;
 }
 
+static bool reverse_order(void)
+{
+    static const int r = [] {
+        const char *v = getenv("EMU_ORDER");
+        if (v && strcmp(v, "reverse") && strcmp(v, "forward")) {
+            fprintf(stderr, "emu: EMU_ORDER must be forward or reverse, got '%s'\n", v);
+            exit(2);
+        }
+        return v && !strcmp(v, "reverse");
+    }();
+    return r;
+}
+
+/* The i-th of n to run. */
+static unsigned nth(unsigned i, unsigned n) { return reverse_order() ? n - 1 - i : i; }
+
 static void run_block(unsigned nt)
 {
     if (fibers.size() < nt) fibers.resize(nt, fiber{});
-    start_fiber(0);
-    resume(0);
-    if (fibers[0].state == F_DONE) {
-        for (unsigned t = 1; t < nt; t++) {
-            thread_index(t);
+    const unsigned first = nth(0, nt);
+    start_fiber(first);
+    resume(first);
+    if (fibers[first].state == F_DONE) {
+        for (unsigned i = 1; i < nt; i++) {
+            thread_index(nth(i, nt));
             (*body)();
         }
         return;
     }
-    for (unsigned t = 1; t < nt; t++) start_fiber(t);
+    for (unsigned t = 0; t < nt; t++)
+        if (t != first) start_fiber(t);
     for (;;) {
-        for (unsigned t = 0; t < nt; t++)
-            if (fibers[t].state == F_READY) resume(t);
+        for (unsigned i = 0; i < nt; i++)
+            if (fibers[nth(i, nt)].state == F_READY) resume(nth(i, nt));
         unsigned done = 0;
         for (unsigned t = 0; t < nt; t++) done += fibers[t].state == F_DONE;
         if (done == nt) return;
@@ -376,12 +398,12 @@ void emu_run_grid(const emu_config &c, const std::function<void()> &thread_body)
     blockDim = c.block;
     dyn_smem.assign(c.smem ? c.smem : 1, (char)0xA5);
     const unsigned nt = c.block.x * c.block.y * c.block.z;
-    for (unsigned z = 0; z < c.grid.z; z++)
-        for (unsigned y = 0; y < c.grid.y; y++)
-            for (unsigned x = 0; x < c.grid.x; x++) {
-                blockIdx = dim3(x, y, z);
-                run_block(nt);
-            }
+    const unsigned nb = c.grid.x * c.grid.y * c.grid.z;
+    for (unsigned i = 0; i < nb; i++) {
+        const unsigned b = nth(i, nb);
+        blockIdx = dim3(b % c.grid.x, b / c.grid.x % c.grid.y, b / (c.grid.x * c.grid.y));
+        run_block(nt);
+    }
     body = saved;
 }
 
