@@ -61,7 +61,8 @@ PORT    ?= 8080
 .PHONY: all deps test asan run-suites bench bench-server run clean vectors
 all: finc
 
-finc: $(CLI_OBJ) $(BUILD)/libfinc_server.a $(BUILD)/libfinc.a
+# ./finc; $(BUILD)/finc is the same program for builds kept apart (make cuda-bundle).
+finc $(BUILD)/finc: $(CLI_OBJ) $(BUILD)/libfinc_server.a $(BUILD)/libfinc.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # The HTTP service (server/), linked into ./finc and the test binaries.
@@ -135,9 +136,13 @@ $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(BUILD)/libfinc.a
 # make cuda-emu-check: the same checks on the small shapes, with the CUDA
 # code run on the CPU by an emulated runtime (kernels/emu; no GPU needed),
 # then finc serve on that backend with a device fault injected into a batch.
-.PHONY: cuda-check cuda-emu-check
+.PHONY: cuda-check cuda-emu-check cuda-bundle
 cuda-check:
 	@bash tools/cuda_check.sh
+# make cuda-bundle: the CUDA programs and their libraries for a GPU host without
+# this project's build dependencies (tools/cuda_bundle.sh).
+cuda-bundle:
+	@bash tools/cuda_bundle.sh pack
 cuda-emu-check:
 	@bash kernels/emu/check.sh
 

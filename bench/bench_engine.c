@@ -81,10 +81,20 @@ static double sgemm_rate(void)
     return 2.0 * M * N * K / t / 1e9;
 }
 
-static void bench_model(const char *path, int threads)
+/* A failed engine call (a device fault, say) ends the benchmark rather than
+ * timing an error path. */
+static void engine_ok(int rc, const char *err)
+{
+    if (rc) {
+        fprintf(stderr, "bench: %s\n", err);
+        exit(1);
+    }
+}
+
+static void bench_model(const char *path, const char *backend, int threads)
 {
     char err[512];
-    finc_engine_opts o = {.max_batch = 64, .threads = threads};
+    finc_engine_opts o = {.backend = backend, .max_batch = 64, .threads = threads};
     finc_engine *e = finc_engine_open(path, &o, err, sizeof err);
     if (!e) {
         fprintf(stderr, "bench: %s: %s\n", path, err);
@@ -101,14 +111,14 @@ static void bench_model(const char *path, int threads)
     for (int bi = 0; bi < 2; bi++) {
         const int B = batches[bi];
         double te, ts;
-        TIME_MEDIAN(te, 7, finc_encode(e, B, pix, NULL, NULL, lp, err, sizeof err));
-        TIME_MEDIAN(ts, 7, finc_sample(e, B, 1.0f, 1, 0, pix, err, sizeof err));
-        printf("{\"bench\": \"engine\", \"model\": \"%s\", \"params\": %zu, \"threads\": %d, \"batch\": %d, "
-               "\"encode_ms\": %.3f, \"encode_img_s\": %.2f, \"encode_gflops\": %.2f, "
-               "\"sample_ms\": %.3f, \"sample_img_s\": %.2f, \"sample_gflops\": %.2f, "
+        TIME_MEDIAN(te, 7, engine_ok(finc_encode(e, B, pix, NULL, NULL, lp, err, sizeof err), err));
+        TIME_MEDIAN(ts, 7, engine_ok(finc_sample(e, B, 1.0f, 1, 0, pix, err, sizeof err), err));
+        printf("{\"bench\": \"engine\", \"model\": \"%s\", \"backend\": \"%s\", \"params\": %zu, "
+               "\"threads\": %d, \"batch\": %d, \"encode_ms\": %.3f, \"encode_img_s\": %.2f, "
+               "\"encode_gflops\": %.2f, \"sample_ms\": %.3f, \"sample_img_s\": %.2f, \"sample_gflops\": %.2f, "
                "\"sample_over_encode\": %.3f}\n",
-               path, m->n_params, omp_get_max_threads(), B, te * 1e3, B / te, flops * B / te / 1e9,
-               ts * 1e3, B / ts, flops * B / ts / 1e9, ts / te);
+               path, finc_engine_backend_name(e), m->n_params, omp_get_max_threads(), B, te * 1e3, B / te,
+               flops * B / te / 1e9, ts * 1e3, B / ts, flops * B / ts / 1e9, ts / te);
         fflush(stdout);
     }
     free(pix), free(lp);
@@ -154,12 +164,14 @@ static void bench_finc(int n, int k, int C)
 int main(int argc, char **argv)
 {
     int threads = 0, finc = 0;
+    const char *backend = "cpu";
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--backend") && i + 1 < argc) backend = argv[++i];
         else if (!strcmp(argv[i], "--finc")) finc = 1;
         else {
-            fprintf(stderr, "usage: bench_engine [--threads N] [--finc] [WEIGHTS...]\n");
+            fprintf(stderr, "usage: bench_engine [--backend cpu|cuda|auto] [--threads N] [--finc] [WEIGHTS...]\n");
             return 2;
         }
     }
@@ -167,7 +179,7 @@ int main(int argc, char **argv)
     finc_gemm_set_threads(omp_get_max_threads());
     printf("{\"bench\": \"sgemm\", \"threads\": %d, \"shape\": \"512x25088x512\", \"gflops\": %.2f}\n",
            omp_get_max_threads(), sgemm_rate());
-    for (; i < argc; i++) bench_model(argv[i], threads);
+    for (; i < argc; i++) bench_model(argv[i], backend, threads);
     if (finc) {
         const int sizes[] = {16, 32, 64, 128, 256}, ks[] = {3, 5, 7};
         for (int a = 0; a < 5; a++)

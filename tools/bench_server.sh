@@ -7,7 +7,9 @@
 # markdown for docs/benchmarks.md.
 #
 #   tools/bench_server.sh [WEIGHTS]
-#   env: PORT (18181), DURATION (10 s per rate), WARMUP (2), MAX_BATCH (64),
+#   env: BACKEND (cpu, cuda or auto; cpu), BUILD (build; a CUDA bundle's
+#        directory, build/cuda-bundle, runs its programs: tools/cuda_bundle.sh),
+#        PORT (18181), DURATION (10 s per rate), WARMUP (2), MAX_BATCH (64),
 #        MAX_DELAY_MS (2), THREADS (engine threads, 0 = all), SCORE_RATES and
 #        SAMPLE_RATES (comma lists; default: fractions of the offline rate),
 #        WRK_CONNS (32), SAMPLE_N (images per /sample request, 1),
@@ -40,11 +42,26 @@ SAMPLE_N=${SAMPLE_N:-1}
 QUEUE_SIZE=${QUEUE_SIZE:-256}
 MAX_OUTSTANDING=${MAX_OUTSTANDING:-2048}
 export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-10000}
+BACKEND=${BACKEND:-cpu}
 BUILD=${BUILD:-build}
 URL="http://127.0.0.1:$PORT"
+FINC=./finc
+if [ -f "$BUILD/SOURCES.sha256" ]; then  # a CUDA bundle: its programs and libraries
+    env=$(bash tools/cuda_bundle.sh env "$BUILD") || exit 1
+    eval "$env"
+    FINC=$BUILD/finc
+fi
 
 [ -f "$WEIGHTS" ] || { echo "bench_server: no weights file $WEIGHTS" >&2; exit 1; }
-[ -x ./finc ] && [ -x "$BUILD/loadgen" ] || { echo "bench_server: run 'make bench-server' (builds ./finc and $BUILD/loadgen)" >&2; exit 1; }
+[ -x "$FINC" ] && [ -x "$BUILD/loadgen" ] || { echo "bench_server: run 'make bench-server' (builds ./finc and $BUILD/loadgen)" >&2; exit 1; }
+# GET a URL's body (curl, or python3 where a GPU host has no curl).
+http_get() {
+    if command -v curl >/dev/null; then
+        curl -sf "$1"
+    else
+        python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1" 2>/dev/null
+    fi
+}
 
 tmp=$(mktemp -d)
 server_pid=
@@ -54,12 +71,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-./finc sample "$WEIGHTS" -n 1 --seed 1 -o "$tmp/img.png" >/dev/null
+"$FINC" sample "$WEIGHTS" -n 1 --seed 1 -o "$tmp/img.png" >/dev/null
 
 echo "## finc serve benchmark"
 echo
 echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "- weights: $WEIGHTS; max batch $MAX_BATCH, queue delay ${MAX_DELAY_MS} ms, queue $QUEUE_SIZE images, engine threads $THREADS"
+echo "- weights: $WEIGHTS; backend $BACKEND; max batch $MAX_BATCH, queue delay ${MAX_DELAY_MS} ms, queue $QUEUE_SIZE images, engine threads $THREADS"
 echo "- open loop: $DURATION s per rate after ${WARMUP} s warm-up; latency from each request's intended send time"
 echo
 
@@ -67,8 +84,8 @@ echo
 # against. Measured before and after the server runs; the higher of each pair
 # is the ceiling, so a slow moment of this shared machine cannot flatter the ratio.
 offline() {
-    local targs=() line
-    [ "$THREADS" != 0 ] && targs=(--threads "$THREADS")
+    local targs=(--backend "$BACKEND") line
+    [ "$THREADS" != 0 ] && targs+=(--threads "$THREADS")
     line=$("$BUILD/bench/bench_engine" "${targs[@]}" "$WEIGHTS" 2>/dev/null | grep '"batch": 64' | tail -n 1 || true)
     echo "$(sed -nE 's/.*"encode_img_s": ([0-9.]+).*/\1/p' <<<"$line") $(sed -nE 's/.*"sample_img_s": ([0-9.]+).*/\1/p' <<<"$line")"
 }
@@ -91,13 +108,13 @@ rates_from() {  # fractions of an offline rate, or a fallback list
 SCORE_RATES=${SCORE_RATES:-$(rates_from "$offline_score" 25,50,100,200)}
 SAMPLE_RATES=${SAMPLE_RATES:-$(rates_from "$offline_sample" 5,10,20,40)}
 
-./finc serve --weights "$WEIGHTS" --host 127.0.0.1 --port "$PORT" --log off --max-batch "$MAX_BATCH" \
+"$FINC" serve --backend "$BACKEND" --weights "$WEIGHTS" --host 127.0.0.1 --port "$PORT" --log off --max-batch "$MAX_BATCH" \
     --max-delay-ms "$MAX_DELAY_MS" --threads "$THREADS" --queue-size "$QUEUE_SIZE" --timeout-ms 60000 \
     --max-connections $((2 * MAX_OUTSTANDING + 2 * WRK_CONNS + 64)) \
     2>"$tmp/server.log" &
 server_pid=$!
 for _ in $(seq 1 600); do
-    curl -sf "$URL/readyz" >/dev/null 2>&1 && break
+    http_get "$URL/readyz" >/dev/null 2>&1 && break
     kill -0 "$server_pid" 2>/dev/null || { cat "$tmp/server.log" >&2; exit 1; }
     sleep 0.1
 done
@@ -167,7 +184,7 @@ else
     echo
 fi
 
-batch_totals=$(curl -s "$URL/metrics" | grep -E '^finc_batch_size_(sum|count)' | tr '\n' ' ')
+batch_totals=$(http_get "$URL/metrics" | grep -E '^finc_batch_size_(sum|count)' | tr '\n' ' ')
 kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
 server_pid=
 if [ -n "$offline_score" ]; then

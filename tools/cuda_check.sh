@@ -5,6 +5,9 @@
 # to stdout and build/bench/cuda_check.md; JSON lines to build/bench/cuda_check.jsonl.
 #   CUDA_CHECK_ARGS  extra arguments, e.g. --quick or --no-cpu-time
 #   FINC_CUDA_DEVICE which GPU (default 0)
+# Where build/cuda-bundle holds an unpacked bundle of these sources
+# (tools/cuda_bundle.sh: for a GPU host without the build dependencies), its
+# prebuilt cuda_check runs and nothing is built; a stale one is said and passed over.
 # On a failure the op tests run again with FINC_CUDA_SYNC=1 (a sync after every
 # op, so an asynchronous fault names its op) and without CUDA graphs.
 set -uo pipefail
@@ -14,8 +17,13 @@ bin=build/bench/cuda_check
 mkdir -p "$out"
 
 nvcc_path=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
-echo "== build (nvcc: ${nvcc_path:-not found})"
-if [ -n "$nvcc_path" ]; then
+bundle=build/cuda-bundle
+if [ -f "$bundle/SOURCES.sha256" ] && env=$(bash tools/cuda_bundle.sh env "$bundle"); then
+    echo "== prebuilt: $bundle"
+    eval "$env"
+    bin=$bundle/bench/cuda_check
+elif [ -n "$nvcc_path" ]; then
+    echo "== build (nvcc: $nvcc_path)"
     "$nvcc_path" --version | tail -n 2
     # Only the check program and the library: the server's libraries need not be here.
     if ! make -s -j"$(nproc)" CUDA=1 "$bin"; then
@@ -23,9 +31,9 @@ if [ -n "$nvcc_path" ]; then
         exit 2
     fi
 elif [ -x "$bin" ]; then
-    echo "cuda-check: no nvcc here; running the $bin already built"
+    echo "== no nvcc here; running the $bin already built"
 else
-    echo "cuda-check: no nvcc (PATH, /usr/local/cuda/bin) and no $bin built elsewhere" >&2
+    echo "cuda-check: no nvcc (PATH, /usr/local/cuda/bin), no $bin built elsewhere and no $bundle" >&2
     exit 2
 fi
 if command -v nvidia-smi >/dev/null; then
