@@ -17,6 +17,7 @@
 #include "io/idx.h"
 #include "io/npy.h"
 #include "io/png.h"
+#include "server/config.h"
 #include "server/serve.h"
 
 #define ERRLEN 512
@@ -35,6 +36,7 @@ static const char *usage_text =
     "  eval WEIGHTS [--data test|train|FILE.idx.gz] [--limit N] [--samples S] [--seed S] [--json]\n"
     "                                                mean bits/dim over a data set\n"
     "  serve [options]                               the HTTP service (finc serve --help)\n"
+    "  --version                                     version and the backends built in\n"
     "engine options: --backend cpu|cuda|auto, --threads N, --batch N (largest batch)\n";
 
 static int usage(const char *fmt, ...)
@@ -522,6 +524,14 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "decode")) return cmd_decode(argc, argv);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc, argv);
     if (!strcmp(cmd, "serve")) return finc_serve_main(argc, argv);
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
+#ifdef FINC_HAVE_CUDA
+        printf("finc %s (backends: cpu, cuda)\n", FINC_SERVER_VERSION);
+#else
+        printf("finc %s (backends: cpu; built without CUDA)\n", FINC_SERVER_VERSION);
+#endif
+        return 0;
+    }
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         fputs(usage_text, stdout);
         return 0;

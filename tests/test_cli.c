@@ -68,6 +68,8 @@ START_TEST(usage_errors_exit_2)
     }
     ck_assert_int_eq(run("./finc --help"), 0);
     ck_assert_ptr_nonnull(strstr(out, "eval WEIGHTS"));
+    ck_assert_int_eq(run("./finc --version"), 0);
+    ck_assert_msg(strncmp(out, "finc 0.", 7) == 0 && strstr(out, "backends: cpu"), "--version: %s", out);
 }
 END_TEST
 

@@ -116,7 +116,8 @@ pack() {
         echo "cuda_bundle: the bundled cuda_check failed (exit $rc): $out" >&2
         exit 1
     fi
-    LD_LIBRARY_PATH=$only "$stage/cuda-bundle/finc" --help >/dev/null
+    LD_LIBRARY_PATH=$only "$stage/cuda-bundle/finc" --version | grep -q 'backends: cpu, cuda' ||
+        { echo "cuda_bundle: the bundled finc is not a CUDA build" >&2; exit 1; }
     rm -rf "$stage"
     echo "cuda_bundle: the unpacked bundle's programs load their libraries from it"
 }
