@@ -6,9 +6,9 @@
 #   tools/cuda_bundle.sh pack      (make cuda-bundle) builds finc,
 #       cuda_check, bench_engine and loadgen with CUDA, for any x86-64 CPU
 #       with AVX2 (build/cuda-bundle.obj), and packs them with
-#       every shared library they load here, except glibc (the host's must be
-#       2.36 or newer: Debian 12, Ubuntu 24.04), the driver and cuBLAS (600 MB;
-#       the host's are used),
+#       every shared library they load here, except glibc and the C++ runtime
+#       (the host's must be glibc 2.35 and GCC 11 or newer: Ubuntu 22.04,
+#       Debian 12), the driver and cuBLAS (600 MB; the host's are used),
 #       into build/cuda-bundle.tar.gz, with a checksum of the sources. Then it
 #       unpacks the archive and runs each program from it, here, with only the
 #       libraries a GPU host is assumed to have.
@@ -28,11 +28,13 @@ sources() {
     ls Makefile engine/*.[ch] io/*.[ch] server/*.[ch] cli/*.[ch] bench/*.[ch] tests/testmodel.[ch] \
         kernels/*.cu kernels/*.h
 }
-# Libraries every glibc host has, and the ones the CUDA host brings.
+# Libraries every glibc host has (the C++ runtime too: CUDA's compiler needs
+# it), and the ones the CUDA host brings. The host's C++ runtime rather than
+# this machine's keeps the floor at glibc 2.35 (Ubuntu 22.04) instead of 2.36.
 host_lib() {
     case "$1" in
     linux-vdso.so.* | ld-linux-*.so.* | libc.so.* | libm.so.* | libpthread.so.* | libdl.so.* | librt.so.* | \
-        libresolv.so.* | libcuda.so.* | libcublas.so.* | libcublasLt.so.*) return 0 ;;
+        libresolv.so.* | libstdc++.so.* | libgcc_s.so.* | libcuda.so.* | libcublas.so.* | libcublasLt.so.*) return 0 ;;
     *) return 1 ;;
     esac
 }
