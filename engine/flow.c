@@ -220,6 +220,7 @@ static int score_iw_chunk(finc_engine *e, int B, const uint8_t *pixels, int samp
     double lp[B], best[B], acc[B];
     for (int s = 0; s < samples; s++) {
         const uint32_t stream = FINC_STREAM_DEQUANT | ((uint32_t)s << 8);
+#pragma omp parallel for schedule(static) if (B > 1)
         for (int b = 0; b < B; b++) finc_philox_uniform(seeds[b], indices[b], stream, e->h_u + b * D, D);
         if (finc_encode(e, B, pixels, e->h_u, NULL, lp, err, errlen)) return -1;
         for (int b = 0; b < B; b++) {
@@ -337,6 +338,9 @@ int finc_sample(finc_engine *e, int n, float temperature, uint64_t seed, uint64_
     const size_t D = (size_t)e->D;
     for (int i0 = 0; i0 < n; i0 += e->max_batch) {
         const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
+        /* Rows are independent (keyed by index): drawn in parallel. On a GPU
+         * this host work is a sixth of a 100-image sample when serial. */
+#pragma omp parallel for schedule(static) if (B > 1)
         for (int b = 0; b < B; b++) finc_draw_latents(e, seed, first_index + i0 + b, temperature, e->h_lat + b * D);
         if (finc_decode(e, B, e->h_lat, pixels + (size_t)i0 * D, err, errlen)) return -1;
     }

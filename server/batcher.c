@@ -241,6 +241,18 @@ static int batch_form(finc_batcher *b, finc_job_kind kind, double now)
     return bt->B;
 }
 
+/* The segment holding image i of the batch (segments sit in order of off). */
+static const batch_seg *seg_of(const batch *bt, int i)
+{
+    int lo = 0, hi = bt->nseg - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (bt->seg[mid].off <= i) lo = mid;
+        else hi = mid - 1;
+    }
+    return &bt->seg[lo];
+}
+
 /* Engine thread: runs every engine call of a batch. Returns 1 when one failed. */
 static int batch_run(finc_batcher *b, batch *bt)
 {
@@ -250,12 +262,13 @@ static int batch_run(finc_batcher *b, batch *bt)
     const double t0 = finc_mono_now();
     if (bt->kind == FINC_JOB_SAMPLE) {
         /* The latents finc_sample would draw for each image, keyed by its
-         * request's (seed, index), so a batch of many requests is one decode. */
-        for (int s = 0; s < bt->nseg; s++) {
-            const batch_seg *sg = &bt->seg[s];
-            for (int i = 0; i < sg->k; i++)
-                finc_draw_latents(e, sg->job->seed, (uint64_t)(sg->i0 + i), sg->job->temperature,
-                                  bt->lat + (size_t)(sg->off + i) * D);
+         * request's (seed, index), so a batch of many requests is one decode;
+         * one row per thread, as finc_sample draws them. */
+#pragma omp parallel for schedule(static) if (bt->B > 1)
+        for (int i = 0; i < bt->B; i++) {
+            const batch_seg *sg = seg_of(bt, i);
+            finc_draw_latents(e, sg->job->seed, (uint64_t)(sg->i0 + i - sg->off), sg->job->temperature,
+                              bt->lat + (size_t)i * D);
         }
         if (finc_decode(e, bt->B, bt->lat, bt->pix, bt->err, sizeof bt->err) != 0) {
             failed = 1;
