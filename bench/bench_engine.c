@@ -50,24 +50,6 @@ static double median(double *v, int n)
         result = median(t_, n_);                                            \
     } while (0)
 
-/* Multiply-adds x2 of the model's convolutions per image: the couplings'
- * three convolutions dominate; FInC units and 1x1s are counted too. */
-static double model_flops(const finc_model *m)
-{
-    double f = 0;
-    const int k = m->cfg.kernel, F = m->cfg.width;
-    for (int l = 0; l < m->cfg.levels; l++) {
-        const finc_level *lv = &m->levels[l];
-        const double HW = (double)lv->h * lv->w, C = lv->c;
-        const double coupling = 2 * HW * ((double)F * (C / 2) * 9 + (double)F * F + C * 9 * F);
-        const double finc = 2 * HW * 4 * (C / 4) * (C / 4) * k * k;
-        const double conv1x1 = 2 * HW * C * C;
-        f += lv->nsteps * (coupling + finc + conv1x1);
-        if (lv->has_split) f += coupling;
-    }
-    return f;
-}
-
 static double sgemm_rate(void)
 {
     const int M = 512, N = 512 * 49, K = 512;
@@ -107,7 +89,7 @@ static void bench_model(const char *path, const char *backend, int threads)
     double *lp = malloc(64 * sizeof *lp);
     srand(1);
     for (int i = 0; i < 64 * D; i++) pix[i] = (uint8_t)(rand() % 256);
-    const double flops = model_flops(m);
+    const double flops = finc_model_flops(m);
     for (int bi = 0; bi < 2; bi++) {
         const int B = batches[bi];
         double te, ts;

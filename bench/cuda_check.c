@@ -640,6 +640,7 @@ typedef struct {
     const char *model;
     double enc100, smp100, enc1, smp1, smp100_nograph, smp1_nograph, smp100_tf32, tf32_lp_rel;
     double cpu_smp100, cpu_enc100, draw100;
+    double flops;                 /* of one image's pass (finc_model_flops) */
 } timing;
 
 static void json_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -670,6 +671,7 @@ static void time_suite(const shape *s, const char *path, timing *tm)
     fprintf(stderr, "[time] %s\n", s->name);
     finc_engine *e = open_engine(path, dev_backend(), N);
     if (!e) return;
+    tm->flops = finc_model_flops(finc_engine_model(e));
     tm->enc100 = time_engine(e, T_ENCODE, N, 2, reps);
     tm->smp100 = time_engine(e, T_SAMPLE, N, 2, reps);
     tm->enc1 = time_engine(e, T_ENCODE, 1, 2, reps1);
@@ -733,9 +735,9 @@ static void time_suite(const shape *s, const char *path, timing *tm)
     json_line("{\"bench\": \"cuda_engine\", \"model\": \"%s\", \"images\": %d, \"encode100_s\": %.6f, \"sample100_s\": %.6f, "
               "\"encode1_s\": %.6f, \"sample1_s\": %.6f, \"sample100_nograph_s\": %.6f, \"sample1_nograph_s\": %.6f, "
               "\"sample100_tf32_s\": %.6f, \"tf32_logp_rel\": %.3g, \"cpu_sample100_s\": %.4f, "
-              "\"cpu_encode100_s\": %.4f, \"host_draw100_s\": %.6f}",
+              "\"cpu_encode100_s\": %.4f, \"host_draw100_s\": %.6f, \"gflop_per_image\": %.4f}",
               s->name, N, tm->enc100, tm->smp100, tm->enc1, tm->smp1, tm->smp100_nograph, tm->smp1_nograph,
-              tm->smp100_tf32, tm->tf32_lp_rel, tm->cpu_smp100, tm->cpu_enc100, tm->draw100);
+              tm->smp100_tf32, tm->tf32_lp_rel, tm->cpu_smp100, tm->cpu_enc100, tm->draw100, tm->flops / 1e9);
 }
 
 /* ---- FInC inverse alone -------------------------------------------------------------------- */
@@ -870,8 +872,10 @@ static void report(const timing *tm, int nt, const finc_timing *ft, int nf, cons
                ms(tm[i].smp1_nograph, f), ms(tm[i].smp100_tf32, g), cpu);
     }
     for (int i = 0; i < nt; i++) {
-        printf("\n%s: drawing %d images' latents on the host (Philox, %d threads) takes %.2f ms", tm[i].model, N,
-               omp_get_max_threads(), 1e3 * tm[i].draw100);
+        printf("\n%s: %.1f GFLOP per %d images, so encode runs at %.1f TFLOP/s and sample at %.1f", tm[i].model,
+               tm[i].flops * N / 1e9, N, tm[i].flops * N / tm[i].enc100 / 1e12, tm[i].flops * N / tm[i].smp100 / 1e12);
+        printf("; drawing the latents on the host (Philox, %d threads) takes %.2f ms", omp_get_max_threads(),
+               1e3 * tm[i].draw100);
         if (tm[i].tf32_lp_rel >= 0) printf("; TF32 GEMMs move log p by %.2g relative", tm[i].tf32_lp_rel);
         printf(".");
     }

@@ -618,3 +618,19 @@ void finc_model_free(finc_model *m)
     memset(m, 0, sizeof *m);
     m->cfg.test_bpd = NAN;
 }
+
+double finc_model_flops(const finc_model *m)
+{
+    double f = 0;
+    const int k = m->cfg.kernel, F = m->cfg.width;
+    for (int l = 0; l < m->cfg.levels; l++) {
+        const finc_level *lv = &m->levels[l];
+        const double HW = (double)lv->h * lv->w, C = lv->c;
+        const double coupling = 2 * HW * ((double)F * (C / 2) * 9 + (double)F * F + C * 9 * F);
+        const double finc = 2 * HW * 4 * (C / 4) * (C / 4) * k * k;
+        const double conv1x1 = 2 * HW * C * C;
+        f += lv->nsteps * (coupling + finc + conv1x1);
+        if (lv->has_split) f += coupling;
+    }
+    return f;
+}

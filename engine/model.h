@@ -70,6 +70,11 @@ void finc_config_free(finc_config *cfg);
 int finc_model_load(finc_model *m, const char *path, char *err, size_t errlen);
 void finc_model_free(finc_model *m);
 
+/* Floating-point operations (multiply-adds x2) of one image's pass through
+ * the model's convolutions: the couplings' three dominate; the FInC units
+ * and 1x1s count too. Encode and decode cost the same. */
+double finc_model_flops(const finc_model *m);
+
 /* Total image dimensions D = C*H*W. */
 static inline int finc_config_dim(const finc_config *cfg) { return cfg->c * cfg->h * cfg->w; }
 
