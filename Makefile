@@ -5,6 +5,7 @@
 #   make asan     the test suites under AddressSanitizer + UBSan
 #   make bench    benchmarks (docs/benchmarks.md)
 #   make test-deploy  deploy/ validated, and three replicas behind nginx under faults
+#   make fuzz     the parsers of untrusted bytes under libFuzzer, ASan and UBSan
 
 CC       ?= gcc
 ARCH     ?= -march=native
@@ -129,6 +130,26 @@ test-deploy: deps finc
 
 BENCH_BIN := $(BUILD)/bench/bench_engine
 $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(BUILD)/libfinc.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# make fuzz: a libFuzzer target per parser of untrusted bytes (tests/fuzz/):
+# weights files and their config JSON, PNG, .npy, IDX, multipart bodies. clang, ASan and UBSan; each
+# replays its regression inputs, then runs FUZZ_SECONDS from seeds that the
+# project's own writers make (tests/fuzz/run.sh).
+FUZZ_SRC := engine/safetensors.c engine/model.c engine/error.c io/png.c io/npy.c io/idx.c \
+            server/multipart.c server/base64.c
+FUZZ_BIN := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_PKGS := libcjson libpng zlib
+.PHONY: fuzz
+fuzz: deps
+	@$(MAKE) --no-print-directory $(FUZZ_BIN) $(BUILD)/fuzz/seeds
+	@BUILD=$(BUILD) bash tests/fuzz/run.sh
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_SRC)
+	@mkdir -p $(dir $@)
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -Wall -Wextra -Werror -Wno-unused-parameter -I. $(shell pkg-config --cflags $(FUZZ_PKGS)) \
+	  -o $@ $< $(FUZZ_SRC) $(shell pkg-config --libs $(FUZZ_PKGS)) -lm
+$(BUILD)/fuzz/seeds: $(BUILD)/tests/fuzz/seeds.o $(UTIL_OBJ) $(BUILD)/libfinc.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # make cuda-check: the CUDA engine against the CPU engine, then timed
