@@ -58,6 +58,8 @@ endif
 
 WEIGHTS ?= weights/fashion-mnist.safetensors
 PORT    ?= 8080
+# make run: the GPU when one answers, else the CPU
+BACKEND ?= auto
 
 .PHONY: all deps test asan run-suites bench bench-server run clean vectors
 all: finc
@@ -114,7 +116,7 @@ vectors:
 	$(PYTHON) tools/make_vectors.py
 
 run: deps finc
-	./finc serve --weights $(WEIGHTS) --port $(PORT)
+	./finc serve --weights $(WEIGHTS) --port $(PORT) --backend $(BACKEND)
 
 clean:
 	rm -rf build build-asan finc

@@ -644,6 +644,8 @@ int finc_server_wait_ready_poll(finc_server *s, char *err, size_t errlen)
 
 int finc_server_port(const finc_server *s) { return s->port; }
 
+const char *finc_server_backend(const finc_server *s) { return finc_batcher_backend(s->batcher); }
+
 void finc_server_drain(finc_server *s)
 {
     atomic_store(&s->draining, 1);

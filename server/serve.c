@@ -56,8 +56,8 @@ static void on_load_poll(uv_timer_t *t)
         stop_loop(c);
         return;
     }
-    fprintf(stderr, "finc serve: ready on port %d (model loaded in %.2f s)\n", finc_server_port(c->srv),
-            finc_mono_now() - c->t_start);
+    fprintf(stderr, "finc serve: ready on port %d, %s backend (model loaded in %.2f s)\n",
+            finc_server_port(c->srv), finc_server_backend(c->srv), finc_mono_now() - c->t_start);
 }
 
 static void on_signal(uv_signal_t *h, int signum)

@@ -27,6 +27,8 @@ int finc_server_wait_ready(finc_server *s, char *err, size_t errlen);
 int finc_server_wait_ready_poll(finc_server *s, char *err, size_t errlen);
 /* The bound port (the chosen one when cfg->port was 0). */
 int finc_server_port(const finc_server *s);
+/* The engine's backend once ready: "cpu" or "cuda" (what "auto" chose). */
+const char *finc_server_backend(const finc_server *s);
 
 /* Readiness turns 503 and new inference requests are refused (503); queued
  * work is dispatched without waiting for batch company. */

@@ -37,6 +37,8 @@ for _ in $(seq 1 300); do grep -q 'ready on port' "$tmp/server.log" && break; sl
 port=$(sed -nE 's/.*ready on port ([0-9]+).*/\1/p' "$tmp/server.log")
 [ -n "$port" ] || { cat "$tmp/server.log" >&2; echo "serve_check: the server did not become ready" >&2; exit 1; }
 url=http://127.0.0.1:$port
+verdict "the start-up line names the backend: $(grep -o 'ready on port.*' "$tmp/server.log")" \
+    "$(grep -q 'ready on port [0-9]*, cuda backend' "$tmp/server.log" && echo 0 || echo 1)"
 
 score() {  # IMAGE OUT: status code to stdout, body to OUT
     curl -s -o "$2" -w '%{http_code}' -H 'Content-Type: image/png' --data-binary "@$1" "$url/log-likelihood"
