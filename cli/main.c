@@ -13,6 +13,7 @@
 
 #include <cJSON.h>
 
+#include "engine/backend.h"
 #include "engine/flow.h"
 #include "io/idx.h"
 #include "io/npy.h"
@@ -511,6 +512,28 @@ static void set_spin_count(char **argv)
     if (setenv("GOMP_SPINCOUNT", "10000", 1) == 0) execv("/proc/self/exe", argv);
 }
 
+/* The version, and the GPUs the CUDA backend would see: what an operator
+ * checks first when a container does not use its GPU. */
+static int cmd_version(void)
+{
+#ifdef FINC_HAVE_CUDA
+    printf("finc %s (backends: cpu, cuda)\n", FINC_SERVER_VERSION);
+    char desc[512];
+    const int n = finc_cuda_device_count();
+    if (n == 0) {
+        finc_cuda_describe(0, desc, sizeof desc);
+        printf("cuda: no usable device (%s)\n", desc);
+    }
+    for (int d = 0; d < n; d++) {
+        finc_cuda_describe(d, desc, sizeof desc);
+        printf("cuda: device %d: %s\n", d, desc);
+    }
+#else
+    printf("finc %s (backends: cpu; built without CUDA)\n", FINC_SERVER_VERSION);
+#endif
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     set_spin_count(argv);
@@ -524,14 +547,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "decode")) return cmd_decode(argc, argv);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc, argv);
     if (!strcmp(cmd, "serve")) return finc_serve_main(argc, argv);
-    if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
-#ifdef FINC_HAVE_CUDA
-        printf("finc %s (backends: cpu, cuda)\n", FINC_SERVER_VERSION);
-#else
-        printf("finc %s (backends: cpu; built without CUDA)\n", FINC_SERVER_VERSION);
-#endif
-        return 0;
-    }
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) return cmd_version();
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         fputs(usage_text, stdout);
         return 0;

@@ -97,6 +97,9 @@ finc_backend *finc_backend_cuda_new(const finc_model *m, int max_batch, int devi
                                     char *err, size_t errlen);
 /* Usable CUDA devices; 0 when there is no driver or device. */
 int finc_cuda_device_count(void);
+/* One line: name, SMs, memory, compute capability, driver and runtime versions.
+ * Returns 0, or -1 with the CUDA error in buf. */
+int finc_cuda_describe(int device, char *buf, size_t n);
 #endif
 
 #endif

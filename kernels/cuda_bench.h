@@ -23,10 +23,6 @@ enum finc_cuda_finc_mode {
     FINC_CUDA_FINC_NMODES
 };
 
-/* One line: name, SMs, memory, compute capability, driver and runtime versions.
- * Returns 0, or -1 with the CUDA error in buf. */
-int finc_cuda_describe(int device, char *buf, size_t n);
-
 /* Forces a placement on a CUDA backend (a placement that does not fit falls
  * back to the next smaller one). For tests and benchmarks. */
 void finc_cuda_set_finc_mode(finc_backend *be, int mode);

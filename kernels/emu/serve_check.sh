@@ -27,6 +27,9 @@ verdict() {  # DESCRIPTION STATUS
     if [ "$2" = 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failed=1; fi
 }
 
+verdict "finc --version lists the device: $("$BIN" --version | tail -n 1 | cut -c1-60)" \
+    "$("$BIN" --version | grep -q '^cuda: device 0: EMU' && echo 0 || echo 1)"
+
 for i in 0 1 2; do "$BIN" sample "$WEIGHTS" --backend cpu -n 1 --seed $((i + 7)) -o "$tmp/img$i.png" >/dev/null; done
 
 # Batches of two, formed at once when full; a lone request waits a second for company.
