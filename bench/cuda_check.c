@@ -535,6 +535,33 @@ static int ok_call(int rc, const char *err, const char *what)
     return rc == 0;
 }
 
+/* A server's batches come in every size up to its max batch. The first round
+ * over the sizes runs op by op, the second captures each chain, and the third
+ * must replay every one from a graph. */
+static void graph_cache_check(const shape *s, const char *path)
+{
+    enum { M = 24 };
+    finc_engine *e = open_engine(path, "cuda", M);
+    if (!e) return;
+    const finc_config *cfg = &finc_engine_model(e)->cfg;
+    uint8_t *px = xmalloc((size_t)M * cfg->c * cfg->h * cfg->w);
+    char err[600];
+    long cap0 = 0, rep0 = 0, cap1 = 0, rep1 = 0;
+    int ok = 1;
+    for (int r = 0; r < 3 && ok; r++) {
+        if (r == 2) finc_cuda_graph_counts(finc_engine_backend(e), &cap0, &rep0);
+        for (int B = 1; B <= M && ok; B++)
+            ok = ok_call(finc_sample(e, B, 1.0f, 5, 0, px, err, sizeof err), err, "device sample");
+    }
+    finc_cuda_graph_counts(finc_engine_backend(e), &cap1, &rep1);
+    if (ok)
+        check(cap1 == cap0 && rep1 - rep0 == M && cap0 == M,
+              "%s: batch sizes 1..%d in turn, three rounds: the third replays every one from a graph "
+              "(%ld captured in all, %ld replays in the third round)", s->name, M, cap1, rep1 - rep0);
+    free(px);
+    finc_engine_free(e);
+}
+
 static void engine_suite(const shape *s, const char *path)
 {
     const int max_batch = s->big ? 100 : 4;
@@ -604,6 +631,7 @@ static void engine_suite(const shape *s, const char *path)
     free(v), free(pc), free(pd), free(zc), free(zd), free(u);
     finc_engine_free(ed);
     finc_engine_free(ec);
+    if (!cpu_as_device && !strcmp(s->name, "tiny")) graph_cache_check(s, path);
 }
 
 /* ---- 3. timings ---------------------------------------------------------------------------- */

@@ -26,6 +26,8 @@ void finc_engine_free(finc_engine *e);
 
 const finc_model *finc_engine_model(const finc_engine *e);
 const char *finc_engine_backend_name(const finc_engine *e);
+/* The backend itself, for checks and benchmarks that look inside it. */
+finc_backend *finc_engine_backend(finc_engine *e);
 int finc_engine_max_batch(const finc_engine *e);
 
 /* Encode n images (pixels (n, C, H, W)) with dequantization offsets u (n, C, H, W)

@@ -23,6 +23,10 @@ enum finc_cuda_finc_mode {
     FINC_CUDA_FINC_NMODES
 };
 
+/* Chains captured as CUDA graphs, and graph launches, since the backend
+ * started. For checks of the graph cache. */
+void finc_cuda_graph_counts(finc_backend *be, long *captured, long *replayed);
+
 /* Forces a placement on a CUDA backend (a placement that does not fit falls
  * back to the next smaller one). For tests and benchmarks. */
 void finc_cuda_set_finc_mode(finc_backend *be, int mode);

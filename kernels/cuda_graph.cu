@@ -13,8 +13,8 @@
 
 #include "kernels/cuda.h"
 
-#define GRAPH_SLOTS 16       /* distinct chains kept: encode and decode at several batch sizes */
 #define GRAPH_MIN_OPS 8      /* shorter queues gain nothing from a graph */
+#define GRAPH_MAX_SLOTS 512  /* at most this many chains kept, least recently used out */
 
 typedef struct {
     finc_cuda_op *ops;            /* the chain's records; NULL when the slot is free */
@@ -27,14 +27,26 @@ struct finc_cuda_graphs {
     int enabled;
     finc_cuda_op *queue;
     int n, cap;
-    graph_slot slot[GRAPH_SLOTS];
+    graph_slot *slot;
+    int nslots;
     uint64_t clock;
+    long captured, replayed;      /* for finc_cuda_graph_counts */
 };
 
 int finc_cuda_graphs_init(finc_cuda_ctx *c, int enabled)
 {
+    /* A server's batches come in every size up to max_batch, and each size has
+     * three chains (encode at the midpoint, encode with offsets, decode): room
+     * for all of them, so a steady load replays graphs only. */
+    const int want = 3 * c->max_batch + 1;
     c->graphs = (finc_cuda_graphs *)calloc(1, sizeof *c->graphs);
-    if (!c->graphs) {
+    if (c->graphs) {
+        c->graphs->nslots = want < 16 ? 16 : want > GRAPH_MAX_SLOTS ? GRAPH_MAX_SLOTS : want;
+        c->graphs->slot = (graph_slot *)calloc((size_t)c->graphs->nslots, sizeof(graph_slot));
+    }
+    if (!c->graphs || !c->graphs->slot) {
+        free(c->graphs);
+        c->graphs = NULL;
         finc_cuda_fail(c, __FILE__, __LINE__, "out of host memory for the graph cache");
         return -1;
     }
@@ -53,7 +65,8 @@ void finc_cuda_graphs_free(finc_cuda_ctx *c)
 {
     finc_cuda_graphs *g = c->graphs;
     if (!g) return;
-    for (int i = 0; i < GRAPH_SLOTS; i++) slot_clear(c, &g->slot[i]);
+    for (int i = 0; i < g->nslots; i++) slot_clear(c, &g->slot[i]);
+    free(g->slot);
     free(g->queue);
     free(g);
     c->graphs = NULL;
@@ -110,12 +123,13 @@ static int capture(finc_cuda_ctx *c, graph_slot *s)
         return -1;
     }
     s->exec = exec;
+    c->graphs->captured++;
     return 0;
 }
 
 static graph_slot *find(finc_cuda_graphs *g, const finc_cuda_op *ops, int n)
 {
-    for (int i = 0; i < GRAPH_SLOTS; i++)
+    for (int i = 0; i < g->nslots; i++)
         if (g->slot[i].ops && g->slot[i].n == n && memcmp(g->slot[i].ops, ops, (size_t)n * sizeof *ops) == 0)
             return &g->slot[i];
     return NULL;
@@ -126,7 +140,7 @@ static graph_slot *remember(finc_cuda_ctx *c, const finc_cuda_op *ops, int n)
 {
     finc_cuda_graphs *g = c->graphs;
     graph_slot *s = &g->slot[0];
-    for (int i = 0; i < GRAPH_SLOTS; i++) {
+    for (int i = 0; i < g->nslots; i++) {
         if (!g->slot[i].ops) {
             s = &g->slot[i];
             break;
@@ -163,5 +177,13 @@ void finc_cuda_flush(finc_cuda_ctx *c, int at_sync)
         run_all(c, g->queue, n);
         return;
     }
-    FINC_CUDA_TRY(c, cudaGraphLaunch(s->exec, c->stream));
+    if (FINC_CUDA_TRY(c, cudaGraphLaunch(s->exec, c->stream)) == 0) g->replayed++;
+}
+
+extern "C" void finc_cuda_graph_counts(finc_backend *be, long *captured, long *replayed)
+{
+    FINC_CHECK(be && be->name && strcmp(be->name, "cuda") == 0);
+    const finc_cuda_graphs *g = ((finc_cuda_ctx *)be->ctx)->graphs;
+    *captured = g ? g->captured : 0;
+    *replayed = g ? g->replayed : 0;
 }
