@@ -74,6 +74,8 @@ static int text_int(const char *s, double lo, double hi, double *out)
 
 static enum MHD_Result bad_json(finc_request *r, const char *end)
 {
+    if (r->len == 0)  /* also no body at all: r->body is NULL */
+        return finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL, "malformed JSON: the body is empty");
     if (end && end >= r->body && end <= r->body + r->len)
         return finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL, "malformed JSON at byte %ld",
                                (long)(end - r->body));

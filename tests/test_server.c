@@ -942,6 +942,7 @@ START_TEST(bad_input_table)
         {"POST", "/log-likelihood", "application/json", NULL, NULL, "@json_many", 400, "17 images, at most 16", NULL},
         {"POST", "/log-likelihood", "application/json", NULL, NULL, "{\"images\": [], \"x\": 1}", 400, "unknown field 'x'", NULL},
         {"POST", "/log-likelihood", "application/json", NULL, NULL, "{\"imag", 400, "malformed JSON", NULL},
+        {"POST", "/log-likelihood", "application/json", NULL, NULL, NULL, 400, "the body is empty", NULL},
         {"POST", "/log-likelihood", "image/png", NULL, NULL, "@huge", 413, "over the limit of 65536 bytes", NULL},
         {"POST", "/log-likelihood", "image/png", NULL, "Transfer-Encoding: chunked", "@huge", 413, "over the limit", NULL},
     };
