@@ -135,7 +135,8 @@ $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(BUILD)/libfinc.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # make fuzz: a libFuzzer target per parser of untrusted bytes (tests/fuzz/):
-# weights files and their config JSON, PNG, .npy, IDX, multipart bodies. clang, ASan and UBSan; each
+# weights files and their config JSON, PNG, .npy, IDX, multipart bodies, and
+# the HTTP server itself on loopback. clang, ASan and UBSan; each
 # replays its regression inputs, then runs FUZZ_SECONDS from seeds that the
 # project's own writers make (tests/fuzz/run.sh).
 FUZZ_SRC := engine/safetensors.c engine/model.c engine/error.c io/png.c io/npy.c io/idx.c \
@@ -146,12 +147,18 @@ FUZZ_PKGS := libcjson libpng zlib
 fuzz: deps
 	@$(MAKE) --no-print-directory $(FUZZ_BIN) $(BUILD)/fuzz/seeds
 	@BUILD=$(BUILD) bash tests/fuzz/run.sh
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	       -Wall -Wextra -Werror -Wno-unused-parameter -I.
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_SRC)
 	@mkdir -p $(dir $@)
-	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	  -Wall -Wextra -Werror -Wno-unused-parameter -I. $(shell pkg-config --cflags $(FUZZ_PKGS)) \
-	  -o $@ $< $(FUZZ_SRC) $(shell pkg-config --libs $(FUZZ_PKGS)) -lm
-$(BUILD)/fuzz/seeds: $(BUILD)/tests/fuzz/seeds.o $(UTIL_OBJ) $(BUILD)/libfinc.a
+	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags $(FUZZ_PKGS)) -o $@ $< $(FUZZ_SRC) \
+	  $(shell pkg-config --libs $(FUZZ_PKGS)) -lm
+# The whole server (CPU engine, LLVM's OpenMP) behind a loopback socket.
+$(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c $(ENGINE_SRC) $(IO_SRC) $(SERVER_SRC) tests/testmodel.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fopenmp $(shell pkg-config --cflags $(PKGS)) -o $@ $^ \
+	  $(shell pkg-config --libs $(PKGS)) -ldnnl -lm -lpthread
+$(BUILD)/fuzz/seeds: $(BUILD)/tests/fuzz/seeds.o $(UTIL_OBJ) $(BUILD)/libfinc_server.a $(BUILD)/libfinc.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # make cuda-check: the CUDA engine against the CPU engine, then timed

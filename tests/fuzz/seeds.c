@@ -1,6 +1,6 @@
 /* Writes the fuzz targets' starting corpora (make fuzz) with the project's own
  * writers: valid inputs the fuzzer mutates from.
- *   seeds DIR   -> DIR/weights, DIR/config, DIR/png, DIR/npy, DIR/idx, DIR/multipart */
+ *   seeds DIR   -> DIR/weights, DIR/config, DIR/png, DIR/npy, DIR/idx, DIR/multipart, DIR/http */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +10,7 @@
 
 #include "io/npy.h"
 #include "io/png.h"
+#include "server/base64.h"
 #include "tests/testmodel.h"
 
 static const char *dir;
@@ -50,19 +51,74 @@ static void weights(const char *name, testmodel_spec s)
     finc_st_close(&f);
 }
 
-static void png(const char *name, int C, int H, int W)
+/* A PNG of C x H x W; the caller frees it. */
+static uint8_t *png_bytes(int C, int H, int W, size_t *len)
 {
     uint8_t px[3 * 28 * 28];
     for (int i = 0; i < C * H * W; i++) px[i] = (uint8_t)(i * 37);
     uint8_t *out;
-    size_t len;
     char err[256];
-    if (finc_png_encode(px, C, H, W, &out, &len, err, sizeof err) != 0) {
+    if (finc_png_encode(px, C, H, W, &out, len, err, sizeof err) != 0) {
         fprintf(stderr, "seeds: %s\n", err);
         exit(1);
     }
+    return out;
+}
+
+static void png(const char *name, int C, int H, int W)
+{
+    size_t len;
+    uint8_t *out = png_bytes(C, H, W, &len);
     put("png", name, out, len);
     free(out);
+}
+
+/* An HTTP request with a body: the headers, Content-Length, then the body. */
+static void request(const char *name, const char *head, const void *body, size_t len)
+{
+    char *r = malloc(strlen(head) + 64 + len);
+    int n = sprintf(r, "%sContent-Length: %zu\r\n\r\n", head, len);
+    memcpy(r + n, body, len);
+    put("http", name, r, (size_t)n + len);
+    free(r);
+}
+
+/* Requests to the tiny test model (1 x 8 x 8) that the fuzz_http server runs. */
+static void http_seeds(void)
+{
+    static const char *gets[] = {"/healthz", "/readyz", "/metrics", "/v1/models", "/nope"};
+    for (size_t i = 0; i < sizeof gets / sizeof gets[0]; i++) {
+        char r[256], name[32];
+        snprintf(r, sizeof r, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", gets[i]);
+        snprintf(name, sizeof name, "get-%zu", i);
+        put("http", name, r, strlen(r));
+    }
+    const char *js = "{\"n\": 3, \"temperature\": 0.7, \"seed\": 42}";
+    request("sample-json", "POST /sample HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n", js,
+            strlen(js));
+    request("sample-png", "POST /sample HTTP/1.1\r\nHost: x\r\nAccept: image/png\r\nX-Finc-Timeout-Ms: 500\r\n",
+            "{\"n\": 2}", 8);
+    size_t len;
+    uint8_t *p = png_bytes(1, 8, 8, &len);
+    request("score-png", "POST /log-likelihood?samples=2&seed=1 HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n",
+            p, len);
+    char *b64 = malloc(finc_base64_encoded_len(len) + 1), *body = malloc(2 * len + 64);
+    finc_base64_encode(p, len, b64);
+    b64[finc_base64_encoded_len(len)] = 0;
+    sprintf(body, "{\"images\": [\"%s\"], \"samples\": 1}", b64);
+    request("score-json", "POST /log-likelihood HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n", body,
+            strlen(body));
+    static const char pre[] = "--b0\r\nContent-Disposition: form-data; name=\"a\"; filename=\"a.png\"\r\n"
+                              "Content-Type: image/png\r\n\r\n";
+    static const char post[] = "\r\n--b0\r\nContent-Disposition: form-data; name=\"samples\"\r\n\r\n2\r\n--b0--\r\n";
+    char *mp = malloc(sizeof pre + len + sizeof post);
+    memcpy(mp, pre, sizeof pre - 1);
+    memcpy(mp + sizeof pre - 1, p, len);
+    memcpy(mp + sizeof pre - 1 + len, post, sizeof post - 1);
+    request("score-multipart",
+            "POST /log-likelihood HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b0\r\n", mp,
+            sizeof pre - 1 + len + sizeof post - 1);
+    free(mp), free(b64), free(body), free(p);
 }
 
 int main(int argc, char **argv)
@@ -111,6 +167,8 @@ int main(int argc, char **argv)
     deflateEnd(&z);
     const uint8_t labels[] = {0, 0, 8, 1, 0, 0, 0, 3, 7, 1, 9};
     put("idx", "labels.idx", labels, sizeof labels);
+
+    http_seeds();
 
     const char *mp[] = {
         "multipart/form-data; boundary=XyZ\n"
