@@ -5,7 +5,7 @@
 #   make asan     the test suites under AddressSanitizer + UBSan
 #   make bench    benchmarks (docs/benchmarks.md)
 #   make test-deploy  deploy/ validated, and three replicas behind nginx under faults
-#   make fuzz     the parsers of untrusted bytes under libFuzzer, ASan and UBSan
+#   make fuzz     the parsers of untrusted bytes and the HTTP server under libFuzzer, ASan, UBSan
 
 CC       ?= gcc
 ARCH     ?= -march=native
@@ -136,9 +136,9 @@ $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(BUILD)/libfinc.a
 
 # make fuzz: a libFuzzer target per parser of untrusted bytes (tests/fuzz/):
 # weights files and their config JSON, PNG, .npy, IDX, multipart bodies, and
-# the HTTP server itself on loopback. clang, ASan and UBSan; each
-# replays its regression inputs, then runs FUZZ_SECONDS from seeds that the
-# project's own writers make (tests/fuzz/run.sh).
+# the HTTP server itself on loopback. clang, ASan and UBSan; each replays its
+# regression inputs, then runs FUZZ_SECONDS from seeds that the project's own
+# writers make (tests/fuzz/run.sh).
 FUZZ_SRC := engine/safetensors.c engine/model.c engine/error.c io/png.c io/npy.c io/idx.c \
             server/multipart.c server/base64.c
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))

@@ -3,8 +3,9 @@
 # that once broke it (tests/fuzz/regress/<target>/, committed with the fix),
 # then fuzzes for FUZZ_SECONDS (20) from the seeds tests/fuzz/seeds.c writes.
 # New inputs accumulate in build/fuzz/work/<target>, so later runs go deeper.
-# A crash, leak, sanitizer report or a refusal without a message fails it;
-# the input is kept as build/fuzz/crash-<target>-*.
+# A crash, a sanitizer report (leaks too, but in fuzz_http), a hang or a
+# refusal without a message fails it; the input is kept as
+# build/fuzz/crash-<target>-*.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${BUILD:-build}/fuzz
