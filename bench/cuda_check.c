@@ -547,17 +547,22 @@ static void graph_cache_check(const shape *s, const char *path)
     uint8_t *px = xmalloc((size_t)M * cfg->c * cfg->h * cfg->w);
     char err[600];
     long cap0 = 0, rep0 = 0, cap1 = 0, rep1 = 0;
+    size_t used0 = 0;
     int ok = 1;
     for (int r = 0; r < 3 && ok; r++) {
+        if (r == 1) used0 = finc_cuda_used_bytes();
         if (r == 2) finc_cuda_graph_counts(finc_engine_backend(e), &cap0, &rep0);
         for (int B = 1; B <= M && ok; B++)
             ok = ok_call(finc_sample(e, B, 1.0f, 5, 0, px, err, sizeof err), err, "device sample");
     }
     finc_cuda_graph_counts(finc_engine_backend(e), &cap1, &rep1);
+    /* What the captured graphs hold on the device sizes the cache (at most 512 chains). */
+    const double graph_mib = ((double)finc_cuda_used_bytes() - (double)used0) / 1048576.0;
     if (ok)
         check(cap1 == cap0 && rep1 - rep0 == M && cap0 == M,
               "%s: batch sizes 1..%d in turn, three rounds: the third replays every one from a graph "
-              "(%ld captured in all, %ld replays in the third round)", s->name, M, cap1, rep1 - rep0);
+              "(%ld captured in all, %ld replays in the third round; the graphs hold %.1f MiB of device memory)",
+              s->name, M, cap1, rep1 - rep0, graph_mib);
     free(px);
     finc_engine_free(e);
 }

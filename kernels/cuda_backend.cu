@@ -48,6 +48,16 @@ extern "C" int finc_cuda_device_count(void)
     return n;
 }
 
+extern "C" size_t finc_cuda_used_bytes(void)
+{
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return total_b - free_b;
+}
+
 extern "C" int finc_cuda_describe(int device, char *buf, size_t n)
 {
     cudaDeviceProp p;

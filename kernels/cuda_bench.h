@@ -27,6 +27,10 @@ enum finc_cuda_finc_mode {
  * started. For checks of the graph cache. */
 void finc_cuda_graph_counts(finc_backend *be, long *captured, long *replayed);
 
+/* Device memory in use on the current device (total less free), in bytes;
+ * 0 when it cannot be read. */
+size_t finc_cuda_used_bytes(void);
+
 /* Forces a placement on a CUDA backend (a placement that does not fit falls
  * back to the next smaller one). For tests and benchmarks. */
 void finc_cuda_set_finc_mode(finc_backend *be, int mode);
