@@ -37,7 +37,7 @@ static const char *usage_text =
     "  eval WEIGHTS [--data test|train|FILE.idx.gz] [--limit N] [--samples S] [--seed S] [--json]\n"
     "                                                mean bits/dim over a data set\n"
     "  serve [options]                               the HTTP service (finc serve --help)\n"
-    "  --version                                     version and the backends built in\n"
+    "  --version                                     version, backends built in, the GPUs CUDA sees\n"
     "engine options: --backend cpu|cuda|auto, --threads N, --batch N (largest batch)\n";
 
 static int usage(const char *fmt, ...)

@@ -116,7 +116,6 @@ void finc_engine_free(finc_engine *e)
 
 const finc_model *finc_engine_model(const finc_engine *e) { return &e->model; }
 const char *finc_engine_backend_name(const finc_engine *e) { return e->be->name; }
-
 finc_backend *finc_engine_backend(finc_engine *e) { return e->be; }
 int finc_engine_max_batch(const finc_engine *e) { return e->max_batch; }
 
