@@ -91,7 +91,17 @@ static long exchange(const void *data, size_t size, char *buf, size_t cap, doubl
     const int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+    int rc = fd < 0 ? -1 : connect(fd, (struct sockaddr *)&a, sizeof a);
+    if (rc != 0 && errno == EINTR) {
+        /* Interrupted by libFuzzer's timer, the connect goes on: wait for it. */
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int e = 0;
+        socklen_t el = sizeof e;
+        const double until = now() + 5.0;
+        while ((rc = poll(&p, 1, 100)) <= 0 && now() < until) continue;
+        rc = rc == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) == 0 && e == 0 ? 0 : -1;
+    }
+    if (rc != 0) {
         perror("fuzz_http: connect");
         abort();
     }
