@@ -15,24 +15,11 @@
 #include "cpu.h"
 #include "gemm.h"
 
-/* Coupling i of the model in chain order (each level's steps, then its split),
- * or NULL past the last. */
-static const finc_coupling *coupling_at(const finc_model *m, int i)
-{
-    for (int l = 0; l < m->cfg.levels; l++) {
-        const finc_level *lv = &m->levels[l];
-        if (i < lv->nsteps) return &lv->steps[i].coupling;
-        i -= lv->nsteps;
-        if (lv->has_split && i-- == 0) return &lv->split;
-    }
-    return NULL;
-}
-
 int finc_cpu_coupling_init(finc_cpu_ctx *c, const finc_model *m, char *err, size_t errlen)
 {
     int n = 0;
     size_t floats = 0;
-    for (const finc_coupling *cp; (cp = coupling_at(m, n)); n++) floats += (size_t)cp->cout * 9 * cp->width;
+    for (const finc_coupling *cp; (cp = finc_model_coupling(m, n)); n++) floats += (size_t)cp->cout * 9 * cp->width;
     c->preps = calloc((size_t)n, sizeof *c->preps);
     c->prep_block = malloc(floats * sizeof(float));
     if (!c->preps || !c->prep_block) {
@@ -43,7 +30,7 @@ int finc_cpu_coupling_init(finc_cpu_ctx *c, const finc_model *m, char *err, size
     }
     float *p = c->prep_block;
     for (int i = 0; i < n; i++) {
-        const finc_coupling *cp = coupling_at(m, i);
+        const finc_coupling *cp = finc_model_coupling(m, i);
         finc_cpu_coupling_prep *pr = &c->preps[c->n_preps++];
         pr->cp = cp;
         pr->w3_taps = p;

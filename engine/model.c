@@ -619,6 +619,17 @@ void finc_model_free(finc_model *m)
     m->cfg.test_bpd = NAN;
 }
 
+const finc_coupling *finc_model_coupling(const finc_model *m, int i)
+{
+    for (int l = 0; l < m->cfg.levels; l++) {
+        const finc_level *lv = &m->levels[l];
+        if (i < lv->nsteps) return &lv->steps[i].coupling;
+        i -= lv->nsteps;
+        if (lv->has_split && i-- == 0) return &lv->split;
+    }
+    return NULL;
+}
+
 double finc_model_flops(const finc_model *m)
 {
     double f = 0;

@@ -70,6 +70,10 @@ void finc_config_free(finc_config *cfg);
 int finc_model_load(finc_model *m, const char *path, char *err, size_t errlen);
 void finc_model_free(finc_model *m);
 
+/* Coupling i of the model in chain order (each level's steps, then its
+ * split), or NULL past the last: how backends walk every coupling once. */
+const finc_coupling *finc_model_coupling(const finc_model *m, int i);
+
 /* Floating-point operations (multiply-adds x2) of one image's pass through
  * the model's convolutions: the couplings' three dominate; the FInC units
  * and 1x1s count too. Encode and decode cost the same. */

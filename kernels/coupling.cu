@@ -22,24 +22,13 @@ __global__ void w3_taps_kernel(float *taps, const float *w3, int cout, int F)
     }
 }
 
-static const finc_coupling *coupling_at(const finc_model *m, int l, int s)
-{
-    const finc_level *lv = &m->levels[l];
-    return s < lv->nsteps ? &lv->steps[s].coupling : lv->has_split ? &lv->split : NULL;
-}
-
 int finc_cuda_coupling_init(finc_cuda_ctx *c)
 {
     const finc_model *m = c->m;
     int n = 0;
     size_t floats = 0;
-    for (int l = 0; l < m->cfg.levels; l++)
-        for (int s = 0; s <= m->levels[l].nsteps; s++) {
-            const finc_coupling *cp = coupling_at(m, l, s);
-            if (!cp) continue;
-            n++;
-            floats += (size_t)cp->cout * 9 * cp->width;
-        }
+    for (const finc_coupling *cp; (cp = finc_model_coupling(m, n)) != NULL; n++)
+        floats += (size_t)cp->cout * 9 * cp->width;
     c->preps = (finc_cuda_coupling_prep *)calloc(n ? n : 1, sizeof *c->preps);
     if (!c->preps) {
         finc_cuda_fail(c, __FILE__, __LINE__, "out of host memory for coupling tables");
@@ -54,19 +43,17 @@ int finc_cuda_coupling_init(finc_cuda_ctx *c)
         return -1;
     }
     float *p = c->prep_block;
-    for (int l = 0; l < m->cfg.levels; l++)
-        for (int s = 0; s <= m->levels[l].nsteps; s++) {
-            const finc_coupling *cp = coupling_at(m, l, s);
-            if (!cp) continue;
-            finc_cuda_coupling_prep *pr = &c->preps[c->n_preps++];
-            pr->cp = cp;
-            pr->w3_taps = p;
-            const size_t count = (size_t)cp->cout * 9 * cp->width;
-            w3_taps_kernel<<<finc_cuda_blocks(count), FINC_CUDA_THREADS, 0, c->stream>>>(
-                p, finc_cuda_weight(c, cp->w3), cp->cout, cp->width);
-            if (FINC_CUDA_LAUNCHED(c, "w3_taps_kernel")) return -1;
-            p += count;
-        }
+    for (int i = 0; i < n; i++) {
+        const finc_coupling *cp = finc_model_coupling(m, i);
+        finc_cuda_coupling_prep *pr = &c->preps[c->n_preps++];
+        pr->cp = cp;
+        pr->w3_taps = p;
+        const size_t count = (size_t)cp->cout * 9 * cp->width;
+        w3_taps_kernel<<<finc_cuda_blocks(count), FINC_CUDA_THREADS, 0, c->stream>>>(
+            p, finc_cuda_weight(c, cp->w3), cp->cout, cp->width);
+        if (FINC_CUDA_LAUNCHED(c, "w3_taps_kernel")) return -1;
+        p += count;
+    }
     return 0;
 }
 
