@@ -62,6 +62,10 @@ int finc_sample(finc_engine *e, int n, float temperature, uint64_t seed, uint64_
  * each row with this. */
 void finc_draw_latents(const finc_engine *e, uint64_t seed, uint64_t index, float temperature,
                        float *latents);
+/* The rows (n, D) of images first_index .. first_index + n - 1, a row per
+ * thread: the host's share of finc_sample. */
+void finc_draw_latents_rows(const finc_engine *e, int n, uint64_t seed, uint64_t first_index, float temperature,
+                            float *latents);
 
 /* bits/dim from log p. */
 double finc_bits_per_dim(const finc_config *cfg, double logp);
