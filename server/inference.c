@@ -74,8 +74,6 @@ static int text_int(const char *s, double lo, double hi, double *out)
 
 static enum MHD_Result bad_json(finc_request *r, const char *end)
 {
-    if (r->len == 0)  /* also no body at all: r->body is NULL */
-        return finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL, "malformed JSON: the body is empty");
     if (end && end >= r->body && end <= r->body + r->len)
         return finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL, "malformed JSON at byte %ld",
                                (long)(end - r->body));
@@ -325,8 +323,13 @@ enum MHD_Result finc_handle_score(finc_request *r)
         rc = score_options(r, samples_text, seed_text, &samples, &seed, &have_seed);
         if (r->answered) goto out;
     } else if (is_json_body(r, ct)) {
+        /* Unlike /sample's, an empty body here has no defaults to fall back on
+         * (and no body at all leaves r->body NULL). */
+        if (r->len == 0)
+            FAIL(finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL,
+                                 "the body is empty: send {\"images\": [base64 PNG, ...]}"));
         const char *end = NULL;
-        root = cJSON_ParseWithLengthOpts(r->body ? r->body : "", r->len, &end, 0);
+        root = cJSON_ParseWithLengthOpts(r->body, r->len, &end, 0);
         if (!root) FAIL(bad_json(r, end));
         const cJSON *list = NULL;
         for (const cJSON *it = cJSON_IsObject(root) ? root->child : NULL; it; it = it->next) {
