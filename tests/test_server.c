@@ -331,6 +331,22 @@ static int wait_metric(const char *series, double want)
     return 0;
 }
 
+/* ---- other programs ------------------------------------------------------------- */
+
+/* Runs a shell command, its stdout and stderr into out (cut to fit cap);
+ * returns its exit status (128 when it did not exit). */
+static int run_capture(const char *cmd, char *out, size_t cap)
+{
+    char full[1400];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    ck_assert_ptr_nonnull(p);
+    const size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    const int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
 /* ---- raw sockets, for what a well-behaved client never does --------------------- */
 
 static int raw_connect(int p)
@@ -1302,14 +1318,9 @@ START_TEST(metrics_promtool_and_histograms)
                         "(Debian package prometheus)\n");
         return;
     }
-    char cmd[600], out[4096] = "";
-    snprintf(cmd, sizeof cmd, "promtool check metrics < '%s' 2>&1", path);
-    FILE *p = popen(cmd, "r");
-    ck_assert_ptr_nonnull(p);
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = '\0';
-    int st = pclose(p);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "promtool check metrics: %s", out);
+    char cmd[600], out[4096];
+    snprintf(cmd, sizeof cmd, "promtool check metrics < '%s'", path);
+    ck_assert_msg(run_capture(cmd, out, sizeof out) == 0, "promtool check metrics: %s", out);
 }
 END_TEST
 
@@ -1318,14 +1329,9 @@ END_TEST
 /* build/loadgen's JSON line for one rate against this server. */
 static cJSON *loadgen(const char *args)
 {
-    char cmd[1200], out[4096] = "";
-    snprintf(cmd, sizeof cmd, "build/loadgen --url http://127.0.0.1:%d %s --json 2>&1", port, args);
-    FILE *p = popen(cmd, "r");
-    ck_assert_ptr_nonnull(p);
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = '\0';
-    int st = pclose(p);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: %s", cmd, out);
+    char cmd[1200], out[4096];
+    snprintf(cmd, sizeof cmd, "build/loadgen --url http://127.0.0.1:%d %s --json", port, args);
+    ck_assert_msg(run_capture(cmd, out, sizeof out) == 0, "%s: %s", cmd, out);
     cJSON *j = cJSON_Parse(out);
     ck_assert_msg(j != NULL, "loadgen printed: %s", out);
     return j;
@@ -1460,21 +1466,14 @@ START_TEST(sigterm_drains_accepted_requests)
 }
 END_TEST
 
-/* The entry point's exit statuses: 2 for bad flags, 1 when the weights do not load. */
 /* finc serve's output (config printout and messages) under a shell's ulimit. */
 static void serve_under_ulimit(const char *ulimit, const char *args, char *out, size_t cap)
 {
     char cmd[1200];
     snprintf(cmd, sizeof cmd,
-             "sh -c 'ulimit %s && exec ./finc serve --host 127.0.0.1 --port 0 --log off --weights %s/none.safetensors %s' "
-             "2>&1",
+             "sh -c 'ulimit %s && exec ./finc serve --host 127.0.0.1 --port 0 --log off --weights %s/none.safetensors %s'",
              ulimit, dir, args);
-    FILE *p = popen(cmd, "r");
-    ck_assert_ptr_nonnull(p);
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = '\0';
-    const int st = pclose(p);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "%s: %s", cmd, out);  /* no weights file */
+    ck_assert_msg(run_capture(cmd, out, cap) == 1, "%s: %s", cmd, out);  /* no weights file */
 }
 
 START_TEST(connection_limit_fits_open_files)
@@ -1503,6 +1502,7 @@ START_TEST(connection_limit_fits_open_files)
 }
 END_TEST
 
+/* The entry point's exit statuses: 2 for bad flags, 1 when the weights do not load. */
 START_TEST(serve_exit_statuses)
 {
     /* its configuration printout and messages are not this test's output */
