@@ -51,20 +51,25 @@ cublas_dir() {
     [ -n "$d" ] && dirname "$d"
 }
 PROGRAMS="finc loadgen bench/cuda_check bench/bench_engine"
+# The loader path for a bundle unpacked in DIR: its lib/, then the host's cuBLAS.
+loader_path() {  # DIR
+    local cb
+    cb=$(cublas_dir || true)
+    echo "$(readlink -f "$1/lib")${cb:+:$cb}"
+}
 
 env_line() {  # DIR
-    local dir=$1 cb lib p missing changed
+    local dir=$1 lib p missing changed
     [ -f "$dir/SOURCES.sha256" ] || { echo "cuda_bundle: $dir is not an unpacked bundle (no SOURCES.sha256)" >&2; return 2; }
     if ! changed=$(sha256sum --quiet -c "$dir/SOURCES.sha256" 2>&1); then
         echo "cuda_bundle: $dir was built from other sources; changed here:" >&2
         echo "$changed" | sed 's/^/  /' >&2
         return 2
     fi
-    cb=$(cublas_dir || true)
-    lib=$(readlink -f "$dir/lib")${cb:+:$cb}
+    lib=$(loader_path "$dir")
     missing=$(for p in $PROGRAMS; do LD_LIBRARY_PATH=$lib ldd "$dir/$p" | grep 'not found' || true; done | sort -u)
     if [ -n "$missing" ]; then
-        echo "cuda_bundle: libraries not found (cuBLAS: ${cb:-no libcublas.so.13 found; set CUDA_HOME}):" >&2
+        echo "cuda_bundle: libraries not found (cuBLAS: $(cublas_dir || echo "no libcublas.so.13 found; set CUDA_HOME")):" >&2
         echo "$missing" >&2
         return 2
     fi
@@ -99,9 +104,8 @@ pack() {
     rm -rf "$stage"
     mkdir -p "$stage"
     tar xzf build/cuda-bundle.tar.gz -C "$stage"
-    local only out rc=0
-    only="$(readlink -f "$stage/cuda-bundle/lib"):$(cublas_dir || true)"
-    local bundled outside
+    local only bundled outside out rc=0
+    only=$(loader_path "$stage/cuda-bundle")
     bundled=$(readlink -f "$stage/cuda-bundle/lib")
     for p in $PROGRAMS; do
         outside=$(LD_LIBRARY_PATH=$only ldd "$stage/cuda-bundle/$p" | awk '$2 == "=>" { print $1, $3 }' |

@@ -81,7 +81,7 @@ verdict "each failed request has a JSON error naming the CUDA error ($(grep -h -
     "$([ $ok = 1 ] && echo 0 || echo 1)"
 
 st=$(score "$tmp/img1.png" "$tmp/after.json")
-ready=$(curl -s -o /dev/null -w '%{http_code}' "$url/readyz")
+ready=$(probe readyz)
 verdict "after the fault: score 200 ($st), readyz 200 ($ready)" "$([ "$st" = 200 ] && [ "$ready" = 200 ] && echo 0 || echo 1)"
 dropped=$(curl -s "$url/metrics" | sed -nE 's/^finc_images_dropped_total\{kind="score",reason="failed"\} ([0-9.e+]+)$/\1/p')
 verdict "metrics count the two failed images (finc_images_dropped_total reason=failed: ${dropped:-none})" \
