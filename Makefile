@@ -139,7 +139,7 @@ $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(BUILD)/libfinc.a
 # the HTTP server itself on loopback. clang, ASan and UBSan; each replays its
 # regression inputs, then runs FUZZ_SECONDS from seeds that the project's own
 # writers make (tests/fuzz/run.sh).
-FUZZ_SRC := engine/safetensors.c engine/model.c engine/error.c io/png.c io/npy.c io/idx.c \
+FUZZ_SRC := engine/safetensors.c engine/model.c engine/anomaly.c engine/error.c io/png.c io/npy.c io/idx.c \
             server/multipart.c server/base64.c
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_PKGS := libcjson libpng zlib

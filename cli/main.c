@@ -13,16 +13,19 @@
 
 #include <cJSON.h>
 
+#include "cli/ood_metrics.h"
+#include "engine/anomaly.h"
 #include "engine/backend.h"
 #include "engine/flow.h"
-#include "io/idx.h"
+#include "engine/safetensors.h"
+#include "io/dataset.h"
 #include "io/npy.h"
 #include "io/png.h"
 #include "server/config.h"
 #include "server/serve.h"
 
 #define ERRLEN 512
-#define FINC_FMNIST_DIR "/usr/share/datasets/fashion-mnist"
+#define MAX_OOD_SETS 64
 
 static const char *usage_text =
     "usage: finc <command> WEIGHTS [options]\n"
@@ -30,15 +33,23 @@ static const char *usage_text =
     "  info WEIGHTS [--tensors]                      config, parameters, tensors\n"
     "  sample WEIGHTS [-n N] [-t T] [--seed S] -o OUT.png|DIR/\n"
     "                                                draw N images (a grid, or one PNG each into DIR)\n"
-    "  score WEIGHTS IMAGE.png... [--json] [--samples S] [--seed S]\n"
-    "                                                log-likelihood and bits/dim per image\n"
+    "  score WEIGHTS IMAGE.png... [--json] [--samples S] [--seed S] [--alpha A]\n"
+    "                                                log-likelihood and bits/dim per image; with a\n"
+    "                                                calibrated model, the anomaly score and p-value\n"
     "  encode WEIGHTS IMAGE.png... -o Z.npy          latents, float32 (N, D)\n"
     "  decode WEIGHTS Z.npy -o OUT.png|DIR/          images from latents\n"
-    "  eval WEIGHTS [--data test|train|FILE.idx.gz] [--limit N] [--samples S] [--seed S] [--json]\n"
-    "                                                mean bits/dim over a data set\n"
+    "  eval WEIGHTS [--data SRC] [--offset N] [--limit N] [--samples S] [--seed S] [--json]\n"
+    "                                                mean bits/dim over a data set (and the fraction\n"
+    "                                                flagged at alpha 0.01 and 0.05 when calibrated)\n"
+    "  calibrate WEIGHTS --data SRC [--offset N] [--limit N] -o OUT.safetensors\n"
+    "                                                fit the anomaly score on in-distribution images\n"
+    "  ood WEIGHTS --in SRC --out SRC [--out SRC...] [--limit N] [--json]\n"
+    "                                                AUROC, AUPR, FPR at 95% TPR: bits/dim and anomaly score\n"
     "  serve [options]                               the HTTP service (finc serve --help)\n"
     "  --version                                     version, backends built in, the GPUs CUDA sees\n"
-    "engine options: --backend cpu|cuda|auto, --threads N, --batch N (largest batch)\n";
+    "engine options: --backend cpu|cuda|auto, --threads N, --batch N (largest batch)\n"
+    "SRC: test, train or val (Fashion-MNIST's test file, training file, its last 5,000),\n"
+    "     an IDX file, or a folder of PNGs (searched recursively, in path order)\n";
 
 static int usage(const char *fmt, ...)
 {
@@ -50,7 +61,8 @@ static int usage(const char *fmt, ...)
         fputc('\n', stderr);
         va_end(ap);
     }
-    fputs("usage: finc info|sample|score|encode|decode|eval|serve WEIGHTS [options]; finc --help lists them\n",
+    fputs("usage: finc info|sample|score|encode|decode|eval|calibrate|ood|serve WEIGHTS [options]; "
+          "finc --help lists them\n",
           stderr);
     return 2;
 }
@@ -69,14 +81,17 @@ static int fail(const char *fmt, ...)
 /* Options every subcommand shares, plus the ones some use. */
 typedef struct {
     finc_engine_opts eng;
-    int n, samples, json, tensors, limit;
+    int n, samples, json, tensors, limit, offset;
     float temperature;
+    double alpha;
     uint64_t seed;
-    const char *out, *data;
+    const char *out, *data, *in;
+    const char *ood[MAX_OOD_SETS];
+    int nood;
 } cli_opts;
 
 enum { OPT_SEED = 256, OPT_JSON, OPT_SAMPLES, OPT_BACKEND, OPT_THREADS, OPT_BATCH,
-       OPT_TENSORS, OPT_DATA, OPT_LIMIT };
+       OPT_TENSORS, OPT_DATA, OPT_LIMIT, OPT_OFFSET, OPT_ALPHA, OPT_IN, OPT_OUT };
 
 static int parse_int(const char *s, long lo, long hi, long *out)
 {
@@ -116,6 +131,10 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
         {"tensors", no_argument, 0, OPT_TENSORS},
         {"data", required_argument, 0, OPT_DATA},
         {"limit", required_argument, 0, OPT_LIMIT},
+        {"offset", required_argument, 0, OPT_OFFSET},
+        {"alpha", required_argument, 0, OPT_ALPHA},
+        {"in", required_argument, 0, OPT_IN},
+        {"out", required_argument, 0, OPT_OUT},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -164,6 +183,23 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
         case OPT_LIMIT:
             if (parse_int(optarg, 1, 100000000, &v)) return usage("--limit wants a positive count, got '%s'", optarg);
             o->limit = (int)v;
+            break;
+        case OPT_OFFSET:
+            if (parse_int(optarg, 0, 100000000, &v)) return usage("--offset wants a count >= 0, got '%s'", optarg);
+            o->offset = (int)v;
+            break;
+        case OPT_ALPHA: {
+            char *end;
+            const double a = strtod(optarg, &end);
+            if (end == optarg || *end || !(a > 0 && a < 1))
+                return usage("--alpha wants a significance level in (0, 1), got '%s'", optarg);
+            o->alpha = a;
+            break;
+        }
+        case OPT_IN: o->in = optarg; break;
+        case OPT_OUT:
+            if (o->nood == MAX_OOD_SETS) return usage("at most %d --out sets", MAX_OOD_SETS);
+            o->ood[o->nood++] = optarg;
             break;
         case 'h': fputs(usage_text, stdout); exit(0);
         default:
@@ -329,39 +365,63 @@ static void json_string(FILE *f, const char *s)
     fputc('"', f);
 }
 
-static void print_score(const char *name, double logp, const finc_config *cfg, int json)
+#define DEFAULT_ALPHA 0.01
+
+static void print_score(const char *name, double logp, const finc_anomaly_result *an, double alpha,
+                        const finc_config *cfg, int json)
 {
     const double bpd = finc_bits_per_dim(cfg, logp);
     if (json) {
         printf("{\"file\": ");
         json_string(stdout, name);
-        printf(", \"log_likelihood\": %.10g, \"bits_per_dim\": %.10g}\n", logp, bpd);
+        printf(", \"log_likelihood\": %.10g, \"bits_per_dim\": %.10g", logp, bpd);
+        if (an)
+            printf(", \"anomaly\": {\"score\": %.10g, \"p_value\": %.10g, \"complexity_bits_per_dim\": %.10g, "
+                   "\"alpha\": %g, \"anomalous\": %s}",
+                   an->score, an->p_value, an->complexity_bpd, alpha, an->p_value <= alpha ? "true" : "false");
+        printf("}\n");
     } else {
-        printf("%s\t%.6f bits/dim\tlog p = %.4f nats\n", name, bpd, logp);
+        printf("%s\t%.6f bits/dim\tlog p = %.4f nats", name, bpd, logp);
+        if (an)
+            printf("\tanomaly %.3f  p = %.4f%s", an->score, an->p_value, an->p_value <= alpha ? "  ANOMALOUS" : "");
+        printf("\n");
     }
+}
+
+/* log p of n images (importance-weighted when samples > 1) and, for a
+ * calibrated model, their anomaly results (an NULL otherwise). */
+static int score_images(finc_engine *e, int n, const uint8_t *pix, int samples, uint64_t seed, uint64_t first_index,
+                        double *lp, finc_anomaly_result *an, char *err, size_t errlen)
+{
+    if (an && finc_score_anomaly(e, n, pix, samples <= 1 ? lp : NULL, an, err, errlen)) return -1;
+    if (an && samples <= 1) return 0;
+    return finc_score(e, n, pix, samples, seed, first_index, lp, err, errlen);
 }
 
 static int cmd_score(int argc, char **argv)
 {
-    cli_opts o = {.samples = 1};
+    cli_opts o = {.samples = 1, .alpha = DEFAULT_ALPHA};
     int rc = parse_opts(argc, argv, &o);
     if (rc) return rc;
     if (argc - optind < 2) return usage("score wants a weights file and at least one PNG");
     finc_engine *e = open_engine(argv[optind], &o);
     if (!e) return 1;
-    const finc_config *cfg = &finc_engine_model(e)->cfg;
+    const finc_model *m = finc_engine_model(e);
+    const finc_config *cfg = &m->cfg;
     const int n = argc - optind - 1;
     char **files = argv + optind + 1;
     uint8_t *pix = read_images(files, n, cfg);
     double *lp = malloc((size_t)n * sizeof *lp);
+    finc_anomaly_result *an = m->anomaly ? malloc((size_t)n * sizeof *an) : NULL;
     char err[ERRLEN];
     rc = 0;
-    if (!pix || !lp) rc = pix ? fail("out of memory") : 1;
-    else if (finc_score(e, n, pix, o.samples, o.seed, 0, lp, err, sizeof err)) rc = fail("%s", err);
+    if (!pix || !lp || (m->anomaly && !an)) rc = pix ? fail("out of memory") : 1;
+    else if (score_images(e, n, pix, o.samples, o.seed, 0, lp, an, err, sizeof err)) rc = fail("%s", err);
     else
-        for (int i = 0; i < n; i++) print_score(files[i], lp[i], cfg, o.json);
+        for (int i = 0; i < n; i++) print_score(files[i], lp[i], an ? &an[i] : NULL, o.alpha, cfg, o.json);
     free(pix);
     free(lp);
+    free(an);
     finc_engine_free(e);
     return rc;
 }
@@ -433,45 +493,43 @@ static void progress(const char *what, long done, long total)
     fflush(stderr);
 }
 
-typedef struct {
-    uint8_t *pixels;   /* (n, 1, h, w) */
-    int n, h, w;
-} eval_data;
+/* Loads SRC for the engine's model, with the messages the CLI prints. */
+static uint8_t *load_set(const char *src, const finc_config *cfg, long offset, long limit, int *n)
+{
+    char err[ERRLEN];
+    uint8_t *pix;
+    if (finc_dataset_load(src, cfg->c, cfg->h, cfg->w, offset, limit, &pix, n, err, sizeof err)) {
+        fail("%s", err);
+        return NULL;
+    }
+    return pix;
+}
 
 static int cmd_eval(int argc, char **argv)
 {
-    cli_opts o = {.samples = 1, .data = "test"};
+    cli_opts o = {.samples = 1, .data = "test", .alpha = 0};
     int rc = parse_opts(argc, argv, &o);
     if (rc) return rc;
     if (optind + 1 != argc) return usage("eval wants one weights file");
-    const char *path = o.data;
-    if (!strcmp(o.data, "test")) path = FINC_FMNIST_DIR "/t10k-images-idx3-ubyte.gz";
-    else if (!strcmp(o.data, "train")) path = FINC_FMNIST_DIR "/train-images-idx3-ubyte.gz";
-    char err[ERRLEN];
-    eval_data data = {0};
-    if (finc_idx_read_images(path, &data.pixels, &data.n, &data.h, &data.w, err, sizeof err))
-        return fail("%s: %s", path, err);
     finc_engine *e = open_engine(argv[optind], &o);
-    if (!e) {
-        free(data.pixels);
-        return 1;
-    }
-    const finc_config *cfg = &finc_engine_model(e)->cfg;
-    if (cfg->c != 1 || data.h != cfg->h || data.w != cfg->w) {
-        rc = fail("%s: images are 1x%dx%d, model expects %dx%dx%d", path, data.h, data.w, cfg->c, cfg->h, cfg->w);
-        goto out;
-    }
-    const int n = o.limit && o.limit < data.n ? o.limit : data.n;
+    if (!e) return 1;
+    const finc_model *m = finc_engine_model(e);
+    const finc_config *cfg = &m->cfg;
+    int n;
+    uint8_t *pixels = load_set(o.data, cfg, o.offset, o.limit, &n);
     const int chunk = finc_engine_max_batch(e);
     const size_t D = (size_t)finc_config_dim(cfg);
     double *lp = malloc((size_t)chunk * sizeof *lp), sum = 0.0, sum2 = 0.0;
-    if (!lp) {
-        rc = fail("out of memory");
-        goto out;
-    }
-    for (int i = 0; i < n && rc == 0; i += chunk) {
+    finc_anomaly_result *an = m->anomaly ? malloc((size_t)chunk * sizeof *an) : NULL;
+    /* flagged at 0.01, 0.05 and --alpha */
+    const double alphas[3] = {0.01, 0.05, o.alpha};
+    long flagged[3] = {0, 0, 0};
+    char err[ERRLEN];
+    if (!pixels) rc = 1;
+    else if (!lp || (m->anomaly && !an)) rc = fail("out of memory");
+    for (int i = 0; rc == 0 && i < n; i += chunk) {
         const int b = n - i < chunk ? n - i : chunk;
-        if (finc_score(e, b, data.pixels + (size_t)i * D, o.samples, o.seed, (uint64_t)i, lp, err, sizeof err)) {
+        if (score_images(e, b, pixels + (size_t)i * D, o.samples, o.seed, (uint64_t)i, lp, an, err, sizeof err)) {
             rc = fail("%s", err);
             break;
         }
@@ -479,23 +537,203 @@ static int cmd_eval(int argc, char **argv)
             const double bpd = finc_bits_per_dim(cfg, lp[j]);
             sum += bpd;
             sum2 += bpd * bpd;
+            for (int k = 0; an && k < 3; k++) flagged[k] += an[j].p_value <= alphas[k];
         }
         progress("eval", i + b, n);
     }
+    if (rc == 0) {
+        const double mean = sum / n;
+        const double var = n > 1 ? (sum2 - n * mean * mean) / (n - 1) : 0.0;
+        const double se = sqrt(var > 0 ? var / n : 0.0);
+        const int nk = o.alpha > 0 ? 3 : 2;
+        if (o.json) {
+            printf("{\"data\": ");
+            json_string(stdout, o.data);
+            printf(", \"images\": %d, \"samples\": %d, \"bits_per_dim\": %.6f, \"stderr\": %.6f", n, o.samples, mean,
+                   se);
+            if (an) {
+                printf(", \"anomaly\": {\"flagged\": {");
+                for (int k = 0; k < nk; k++) printf("%s\"%g\": %.6f", k ? ", " : "", alphas[k], (double)flagged[k] / n);
+                printf("}}");
+            }
+            printf("}\n");
+        } else {
+            printf("%s: %d images, %s: %.4f bits/dim (standard error %.4f)\n", o.data, n,
+                   o.samples > 1 ? "importance-weighted" : "midpoint dequantization", mean, se);
+            for (int k = 0; an && k < nk; k++)
+                printf("flagged anomalous at alpha %g: %ld of %d (%.2f%%)\n", alphas[k], flagged[k], n,
+                       100.0 * flagged[k] / n);
+        }
+    }
     free(lp);
-    if (rc) goto out;
-    const double mean = sum / n;
-    const double var = n > 1 ? (sum2 - n * mean * mean) / (n - 1) : 0.0;
-    const double se = sqrt(var > 0 ? var / n : 0.0);
-    if (o.json)
-        printf("{\"data\": \"%s\", \"images\": %d, \"samples\": %d, \"bits_per_dim\": %.6f, \"stderr\": %.6f}\n",
-               o.data, n, o.samples, mean, se);
-    else
-        printf("%s: %d images, %s: %.4f bits/dim (standard error %.4f)\n", o.data, n,
-               o.samples > 1 ? "importance-weighted" : "midpoint dequantization", mean, se);
-out:
+    free(an);
+    free(pixels);
     finc_engine_free(e);
-    free(data.pixels);
+    return rc;
+}
+
+/* The weights file again, with its metadata's "anomaly" block set. */
+static int write_calibrated(const char *in, const char *out, const char *block, char *err, size_t errlen)
+{
+    finc_st st;
+    if (finc_st_open(&st, in, err, errlen)) return -1;
+    cJSON *meta = cJSON_Parse(st.metadata_json);
+    finc_st_write_tensor *t = calloc((size_t)st.n + 1, sizeof *t);
+    int rc = 0;
+    if (!meta || !t) {
+        rc = -1;
+        snprintf(err, errlen, "out of memory");
+    } else {
+        cJSON_DeleteItemFromObjectCaseSensitive(meta, "anomaly");
+        cJSON_AddStringToObject(meta, "anomaly", block);
+        char *mj = cJSON_PrintUnformatted(meta);
+        for (int i = 0; i < st.n; i++) {
+            const finc_st_tensor *x = finc_st_at(&st, i);
+            t[i] = (finc_st_write_tensor){x->name, x->dtype, x->ndim, x->shape, x->data};
+        }
+        /* Through a temporary name, so OUT may be the input file itself. */
+        char tmp[4200];
+        snprintf(tmp, sizeof tmp, "%s.tmp", out);
+        rc = mj ? finc_st_write(tmp, mj, st.n, t, err, errlen) : -1;
+        if (!mj) snprintf(err, errlen, "out of memory");
+        if (rc == 0 && rename(tmp, out) != 0) rc = -1, snprintf(err, errlen, "%s: %s", out, strerror(errno));
+        if (rc) unlink(tmp);
+        free(mj);
+    }
+    cJSON_Delete(meta);
+    free(t);
+    finc_st_close(&st);
+    return rc;
+}
+
+/* Fits on the first half of the images and calibrates on the second: the
+ * p-values are then conformal (the calibration images are exchangeable with
+ * new in-distribution images, and the fit never saw them). */
+static int cmd_calibrate(int argc, char **argv)
+{
+    cli_opts o = {0};
+    int rc = parse_opts(argc, argv, &o);
+    if (rc) return rc;
+    if (optind + 1 != argc) return usage("calibrate wants one weights file");
+    if (!o.data) return usage("calibrate wants --data SRC: held-out in-distribution images");
+    if (!o.out) return usage("calibrate wants -o OUT.safetensors");
+    finc_engine *e = open_engine(argv[optind], &o);
+    if (!e) return 1;
+    const finc_config *cfg = &finc_engine_model(e)->cfg;
+    const int d = finc_anomaly_feature_count(cfg);
+    int n;
+    uint8_t *pixels = load_set(o.data, cfg, o.offset, o.limit, &n);
+    double *feat = pixels ? malloc((size_t)n * d * sizeof *feat) : NULL;
+    char err[ERRLEN], what[600];
+    struct finc_anomaly a = {0};
+    char *block = NULL;
+    const int n_fit = n / 2;
+    if (!pixels) rc = 1;
+    else if (!feat) rc = fail("out of memory");
+    else if (n_fit > FINC_ANOMALY_MAX_FIT || n - n_fit > FINC_ANOMALY_MAX_FIT)
+        rc = fail("%d images; calibrate takes at most %d (--limit)", n, 2 * FINC_ANOMALY_MAX_FIT);
+    else if (finc_features(e, n, pixels, NULL, feat, err, sizeof err)) rc = fail("%s", err);
+    else {
+        snprintf(what, sizeof what, "%s, images %d..%d (fit on the first %d)", o.data, o.offset, o.offset + n - 1,
+                 n_fit);
+        if (finc_anomaly_fit(&a, d, feat, n_fit, feat + (size_t)n_fit * d, n - n_fit, what, err, sizeof err))
+            rc = fail("%s: %s", o.data, err);
+        else if (!(block = finc_anomaly_to_json(&a, cfg))) rc = fail("out of memory");
+        else if (write_calibrated(argv[optind], o.out, block, err, sizeof err)) rc = fail("%s: %s", o.out, err);
+        else
+            printf("%s: calibrated on %s: %d statistics fitted on %d images, %d calibration scores\n", o.out, o.data,
+                   d, a.n_fit, a.n_cal);
+    }
+    free(block);
+    finc_anomaly_free(&a);
+    free(feat);
+    free(pixels);
+    finc_engine_free(e);
+    return rc;
+}
+
+/* bits/dim and (when calibrated) anomaly scores of every image of one set. */
+static int ood_scores(finc_engine *e, const char *src, const cli_opts *o, double **bpd, double **score, int *n)
+{
+    const finc_model *m = finc_engine_model(e);
+    uint8_t *pix = load_set(src, &m->cfg, 0, o->limit, n);
+    if (!pix) return 1;
+    double *lp = malloc((size_t)*n * sizeof *lp);
+    finc_anomaly_result *an = m->anomaly ? malloc((size_t)*n * sizeof *an) : NULL;
+    *bpd = malloc((size_t)*n * sizeof **bpd);
+    *score = m->anomaly ? malloc((size_t)*n * sizeof **score) : NULL;
+    char err[ERRLEN];
+    int rc = 0;
+    if (!lp || !*bpd || (m->anomaly && (!an || !*score))) rc = fail("out of memory");
+    else if (score_images(e, *n, pix, 1, 0, 0, lp, an, err, sizeof err)) rc = fail("%s: %s", src, err);
+    for (int i = 0; rc == 0 && i < *n; i++) {
+        (*bpd)[i] = finc_bits_per_dim(&m->cfg, lp[i]);
+        if (an) (*score)[i] = an[i].score;
+    }
+    free(pix);
+    free(lp);
+    free(an);
+    return rc;
+}
+
+static int cmd_ood(int argc, char **argv)
+{
+    cli_opts o = {0};
+    int rc = parse_opts(argc, argv, &o);
+    if (rc) return rc;
+    if (optind + 1 != argc) return usage("ood wants one weights file");
+    if (!o.in || o.nood == 0) return usage("ood wants --in SRC (in-distribution) and at least one --out SRC");
+    finc_engine *e = open_engine(argv[optind], &o);
+    if (!e) return 1;
+    const int cal = finc_engine_model(e)->anomaly != NULL;
+    double *in_bpd = NULL, *in_score = NULL, mean_raw = 0, mean_an = 0;
+    int n_in;
+    rc = ood_scores(e, o.in, &o, &in_bpd, &in_score, &n_in);
+    if (rc == 0 && !o.json) {
+        if (!cal) printf("(the model is not calibrated: bits/dim only; finc calibrate adds the anomaly score)\n");
+        printf("in: %s, %d images\n%-28s %7s  %-23s  %-23s\n", o.in, n_in, "out", "images",
+               "bits/dim AUROC AUPR FPR95", cal ? "anomaly  AUROC AUPR FPR95" : "");
+    }
+    for (int k = 0; rc == 0 && k < o.nood; k++) {
+        double *bpd = NULL, *score = NULL;
+        int n;
+        finc_ood_metrics raw, an = {0};
+        rc = ood_scores(e, o.ood[k], &o, &bpd, &score, &n);
+        if (rc == 0 && (finc_ood_measure(in_bpd, n_in, bpd, n, &raw) ||
+                        (cal && finc_ood_measure(in_score, n_in, score, n, &an))))
+            rc = fail("out of memory");
+        if (rc == 0) {
+            mean_raw += raw.auroc / o.nood;
+            mean_an += an.auroc / o.nood;
+            if (o.json) {
+                printf("{\"in\": ");
+                json_string(stdout, o.in);
+                printf(", \"out\": ");
+                json_string(stdout, o.ood[k]);
+                printf(", \"images_in\": %d, \"images_out\": %d, \"bits_per_dim\": {\"auroc\": %.6f, \"aupr\": %.6f, "
+                       "\"fpr95\": %.6f}",
+                       n_in, n, raw.auroc, raw.aupr, raw.fpr95);
+                if (cal)
+                    printf(", \"anomaly\": {\"auroc\": %.6f, \"aupr\": %.6f, \"fpr95\": %.6f}", an.auroc, an.aupr,
+                           an.fpr95);
+                printf("}\n");
+            } else {
+                printf("%-28.28s %7d  %5.3f %5.3f %5.3f        ", o.ood[k], n, raw.auroc, raw.aupr, raw.fpr95);
+                if (cal) printf("  %5.3f %5.3f %5.3f", an.auroc, an.aupr, an.fpr95);
+                printf("\n");
+            }
+        }
+        free(bpd);
+        free(score);
+    }
+    if (rc == 0 && !o.json) {
+        printf("%-28s %7s  %5.3f", "mean AUROC", "", mean_raw);
+        if (cal) printf("                    %5.3f", mean_an);
+        printf("\n");
+    }
+    free(in_bpd);
+    free(in_score);
+    finc_engine_free(e);
     return rc;
 }
 
@@ -546,6 +784,8 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "encode")) return cmd_encode(argc, argv);
     if (!strcmp(cmd, "decode")) return cmd_decode(argc, argv);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc, argv);
+    if (!strcmp(cmd, "calibrate")) return cmd_calibrate(argc, argv);
+    if (!strcmp(cmd, "ood")) return cmd_ood(argc, argv);
     if (!strcmp(cmd, "serve")) return finc_serve_main(argc, argv);
     if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) return cmd_version();
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {

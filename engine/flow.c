@@ -2,10 +2,12 @@
 #include "flow.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "anomaly.h"
 #include "check.h"
 #include "philox.h"
 
@@ -18,26 +20,39 @@ struct finc_engine {
     float *u;                     /* (B, D) dequantization offsets */
     float *lat;                   /* (B, D) latents */
     uint8_t *pix;                 /* (B, D) pixels, in and out */
-    double *logdet, *logp;        /* (B,) */
+    int nstats;                   /* stat_rows */
+    double *stats;                /* (nstats, B) */
     /* host staging */
     float *h_u;                   /* (B, D) */
-    double *h_ld, *h_lp;          /* (B,) */
+    double *h_stats;              /* (nstats, B) */
     float *h_lat;                 /* (B, D) */
+    /* anomaly features, made on first use */
+    int nscratch;
+    finc_anomaly_scratch **scratch; /* one per OpenMP thread */
+    double *h_img_stats;          /* (B, nstats) */
+    double *h_feat;               /* (B, d) */
 };
+
+/* Rows of e->stats, the statistics of finc_encode_stats: the pre-processing
+ * log-det, each coupling's log-det in chain order, each latent's Gaussian term. */
+static int stat_rows(const finc_model *m) { return finc_config_stat_count(&m->cfg); }
 
 static void engine_release(finc_engine *e)
 {
     if (e->be) {
         finc_backend *be = e->be;
-        void *bufs[] = {e->act[0], e->act[1], e->u, e->lat, e->pix, e->logdet, e->logp};
+        void *bufs[] = {e->act[0], e->act[1], e->u, e->lat, e->pix, e->stats};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) be->release(be, bufs[i]);
         be->destroy(be);
     }
     free(e->h_u);
-    free(e->h_ld);
-    free(e->h_lp);
+    free(e->h_stats);
     free(e->h_lat);
+    for (int i = 0; i < e->nscratch; i++) finc_anomaly_scratch_free(e->scratch[i]);
+    free(e->scratch);
+    free(e->h_img_stats);
+    free(e->h_feat);
     finc_model_free(&e->model);
     free(e);
 }
@@ -94,14 +109,14 @@ finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *
     e->u = be->alloc(be, BD * sizeof(float));
     e->lat = be->alloc(be, BD * sizeof(float));
     e->pix = be->alloc(be, BD);
-    e->logdet = be->alloc(be, B * sizeof(double));
-    e->logp = be->alloc(be, B * sizeof(double));
+    e->nstats = stat_rows(&e->model);
+    const size_t nstats = (size_t)e->nstats * B;
+    e->stats = be->alloc(be, nstats * sizeof(double));
     e->h_u = malloc(BD * sizeof(float));
     e->h_lat = malloc(BD * sizeof(float));
-    e->h_ld = malloc(B * sizeof(double));
-    e->h_lp = malloc(B * sizeof(double));
-    if (!e->act[0] || !e->act[1] || !e->u || !e->lat || !e->pix || !e->logdet || !e->logp ||
-        !e->h_u || !e->h_lat || !e->h_ld || !e->h_lp) {
+    e->h_stats = malloc(nstats * sizeof(double));
+    if (!e->act[0] || !e->act[1] || !e->u || !e->lat || !e->pix || !e->stats || !e->h_u || !e->h_lat ||
+        !e->h_stats) {
         snprintf(err, errlen, "out of memory for a batch of %d", B);
         engine_release(e);
         return NULL;
@@ -140,17 +155,19 @@ static void swap(float **a, float **b)
 }
 
 /* One chunk of B <= max_batch images whose pixels sit in e->pix and, when
- * has_u, offsets in e->u. */
+ * has_u, offsets in e->u. Every log-det and Gaussian term goes to its own row
+ * of e->stats, so the statistics cost no second pass. */
 static int encode_chunk(finc_engine *e, int B, int has_u, char *err, size_t errlen)
 {
     finc_backend *be = e->be;
     const finc_model *m = &e->model;
     const finc_config *cfg = &m->cfg;
-    be->zero(be, e->logdet, B * sizeof(double));
-    be->zero(be, e->logp, B * sizeof(double));
+    be->zero(be, e->stats, (size_t)e->nstats * B * sizeof(double));
+    double *row = e->stats;
     float *cur = e->act[0], *tmp = e->act[1];
-    be->preprocess(be, cur, e->logdet, e->pix, has_u ? e->u : NULL, B, cfg->c, cfg->h, cfg->w,
-                   cfg->alpha);
+    be->preprocess(be, cur, row, e->pix, has_u ? e->u : NULL, B, cfg->c, cfg->h, cfg->w, cfg->alpha);
+    row += B;
+    double *latent_rows = e->stats + (size_t)(e->nstats - cfg->levels) * B;
     int C = cfg->c, H = cfg->h, W = cfg->w, offset = 0;
     for (int l = 0; l < cfg->levels; l++) {
         const finc_level *lv = &m->levels[l];
@@ -158,26 +175,29 @@ static int encode_chunk(finc_engine *e, int B, int has_u, char *err, size_t errl
         swap(&cur, &tmp);
         C *= 4, H /= 2, W /= 2;
         const int HW = H * W;
-        for (int s = 0; s < lv->nsteps; s++) {
+        for (int s = 0; s < lv->nsteps; s++, row += B) {
             const finc_step *st = &lv->steps[s];
             be->finc_forward(be, tmp, cur, st, C, B, H, W, cfg->kernel);
             swap(&cur, &tmp);
             if (cfg->actnorm) be->actnorm_forward(be, cur, st, C, B, HW);
             be->conv1x1_forward(be, tmp, cur, st, C, B, HW);
             swap(&cur, &tmp);
-            be->coupling_forward(be, cur, e->logdet, &st->coupling, B, H, W);
+            be->coupling_forward(be, cur, row, &st->coupling, B, H, W);
         }
+        /* The split's latent is the upper half; the last level's is all of it. */
+        const float *z = cur;
+        int zc = C;
         if (lv->has_split) {
-            be->coupling_forward(be, cur, e->logdet, &lv->split, B, H, W);
-            const float *z = cur + (size_t)(C / 2) * B * HW;
-            be->latents_write(be, e->lat, e->D, offset, z, C / 2, B, HW);
-            be->gaussian_logp(be, e->logp, z, C / 2, B, HW);
-            offset += C / 2 * HW;
+            be->coupling_forward(be, cur, row, &lv->split, B, H, W);
+            row += B;
+            zc = C / 2;
+            z = cur + (size_t)zc * B * HW;
             C /= 2;
         }
+        be->latents_write(be, e->lat, e->D, offset, z, zc, B, HW);
+        be->gaussian_logp(be, latent_rows + (size_t)l * B, z, zc, B, HW);
+        offset += zc * HW;
     }
-    be->latents_write(be, e->lat, e->D, offset, cur, C, B, H * W);
-    be->gaussian_logp(be, e->logp, cur, C, B, H * W);
     return be->sync(be, err, errlen);
 }
 
@@ -190,23 +210,109 @@ static int check_n(const finc_engine *e, int n, char *err, size_t errlen)
     return 0;
 }
 
-int finc_encode(finc_engine *e, int n, const uint8_t *pixels, const float *u,
-                float *latents, double *logp, char *err, size_t errlen)
+int finc_encode_stats(finc_engine *e, int n, const uint8_t *pixels, const float *u, float *latents,
+                      double *logp, double *stats, char *err, size_t errlen)
 {
     if (check_n(e, n, err, errlen)) return -1;
     finc_backend *be = e->be;
+    const finc_model *m = &e->model;
+    const int S = e->nstats, L = m->cfg.levels;
     const size_t D = (size_t)e->D;
     const double k = logp_const(e);
+    /* logp_const's terms given to the rows they belong to, so that each
+     * statistic is a whole log-density term of its own */
+    const double pre_k = -(double)D * log(256.0) + (double)D * log1p(-2.0 * m->cfg.alpha);
     for (int i0 = 0; i0 < n; i0 += e->max_batch) {
         const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
         be->upload(be, e->pix, pixels + (size_t)i0 * D, (size_t)B * D);
         if (u) be->upload(be, e->u, u + (size_t)i0 * D, (size_t)B * D * sizeof(float));
         if (encode_chunk(e, B, u != NULL, err, errlen)) return -1;
-        be->download(be, e->h_ld, e->logdet, B * sizeof(double));
-        be->download(be, e->h_lp, e->logp, B * sizeof(double));
-        for (int b = 0; b < B; b++) logp[i0 + b] = e->h_lp[b] + e->h_ld[b] + k;
+        be->download(be, e->h_stats, e->stats, (size_t)S * B * sizeof(double));
+        const double *hs = e->h_stats;
+        for (int b = 0; b < B; b++) {
+            double sum = 0;
+            for (int r = 0; r < S; r++) sum += hs[(size_t)r * B + b];
+            logp[i0 + b] = sum + k;
+            if (!stats) continue;
+            double *st = stats + (size_t)(i0 + b) * S;
+            for (int r = 0; r < S; r++) st[r] = hs[(size_t)r * B + b];
+            st[0] += pre_k;
+            for (int l = 0; l < L; l++) st[S - L + l] -= 0.5 * m->level_latent_dim[l] * log(2.0 * M_PI);
+        }
         if (latents)
             be->download(be, latents + (size_t)i0 * D, e->lat, (size_t)B * D * sizeof(float));
+    }
+    return 0;
+}
+
+int finc_engine_stats_count(const finc_engine *e) { return e->nstats; }
+
+int finc_encode(finc_engine *e, int n, const uint8_t *pixels, const float *u,
+                float *latents, double *logp, char *err, size_t errlen)
+{
+    return finc_encode_stats(e, n, pixels, u, latents, logp, NULL, err, errlen);
+}
+
+static int features_init(finc_engine *e, char *err, size_t errlen)
+{
+    if (e->scratch) return 0;
+    const int T = omp_get_max_threads();
+    e->h_img_stats = malloc((size_t)e->max_batch * e->nstats * sizeof(double));
+    e->h_feat = malloc((size_t)e->max_batch * finc_anomaly_feature_count(&e->model.cfg) * sizeof(double));
+    e->scratch = calloc((size_t)T, sizeof *e->scratch);
+    if (e->scratch)
+        for (e->nscratch = 0; e->nscratch < T; e->nscratch++)
+            if (!(e->scratch[e->nscratch] = finc_anomaly_scratch_new(&e->model.cfg))) break;
+    if (!e->h_img_stats || !e->h_feat || !e->scratch || e->nscratch < T) {
+        snprintf(err, errlen, "out of memory for the anomaly features");
+        return -1;
+    }
+    return 0;
+}
+
+int finc_features(finc_engine *e, int n, const uint8_t *pixels, double *logp, double *feat, char *err,
+                  size_t errlen)
+{
+    if (check_n(e, n, err, errlen) || features_init(e, err, errlen)) return -1;
+    const finc_config *cfg = &e->model.cfg;
+    const int S = e->nstats, d = finc_anomaly_feature_count(cfg);
+    const size_t D = (size_t)e->D;
+    double lp[e->max_batch];
+    for (int i0 = 0; i0 < n; i0 += e->max_batch) {
+        const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
+        const uint8_t *px = pixels + (size_t)i0 * D;
+        if (finc_encode_stats(e, B, px, NULL, NULL, lp, e->h_img_stats, err, errlen)) return -1;
+        if (logp) memcpy(logp + i0, lp, (size_t)B * sizeof *lp);
+#pragma omp parallel for schedule(static) if (B > 1)
+        for (int b = 0; b < B; b++)
+            finc_anomaly_features(e->scratch[omp_get_thread_num()], cfg, e->h_img_stats + (size_t)b * S,
+                                  px + (size_t)b * D, feat + (size_t)(i0 + b) * d);
+    }
+    return 0;
+}
+
+int finc_score_anomaly(finc_engine *e, int n, const uint8_t *pixels, double *logp, finc_anomaly_result *an,
+                       char *err, size_t errlen)
+{
+    const struct finc_anomaly *a = e->model.anomaly;
+    if (!a) {
+        snprintf(err, errlen, "the model is not calibrated for anomaly scores (finc calibrate)");
+        return -1;
+    }
+    const int d = a->d, S = e->nstats;
+    if (features_init(e, err, errlen)) return -1;
+    const double *feat = e->h_feat;
+    for (int i0 = 0; i0 < n; i0 += e->max_batch) {
+        const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
+        if (finc_features(e, B, pixels + (size_t)i0 * e->D, logp ? logp + i0 : NULL, e->h_feat, err, errlen))
+            return -1;
+#pragma omp parallel for schedule(static) if (B > 1)
+        for (int b = 0; b < B; b++) {
+            finc_anomaly_result *r = &an[i0 + b];
+            r->score = finc_anomaly_score(a, feat + (size_t)b * d);
+            r->p_value = finc_anomaly_p_value(a, r->score);
+            r->complexity_bpd = feat[(size_t)b * d + S];
+        }
     }
     return 0;
 }

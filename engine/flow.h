@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "anomaly.h"
 #include "backend.h"
 #include "model.h"
 
@@ -35,6 +36,29 @@ int finc_engine_max_batch(const finc_engine *e);
  * latents != NULL and log p(v) in nats per image. Returns 0, or -1 with err. */
 int finc_encode(finc_engine *e, int n, const uint8_t *pixels, const float *u,
                 float *latents, double *logp, char *err, size_t errlen);
+
+/* finc_encode that also writes each image's statistics, stats (n, S) with S =
+ * finc_engine_stats_count: the terms whose sum is log p, from the same pass.
+ * Row i of an image holds statistic i, named by finc_config_stat_name:
+ * "preprocess.logdet" (model.md section 1, constants included), then each
+ * coupling's log-det in chain order ("levels.L.steps.S.coupling.logdet",
+ * "levels.L.split.coupling.logdet"), then each latent's log N(z; 0, I)
+ * ("levels.L.latent.logp"). log p is their sum plus the ActNorm and 1x1
+ * log-dets, which do not depend on the image. */
+int finc_encode_stats(finc_engine *e, int n, const uint8_t *pixels, const float *u, float *latents,
+                      double *logp, double *stats, char *err, size_t errlen);
+int finc_engine_stats_count(const finc_engine *e);
+
+/* The anomaly features (n, d) of n images (engine/anomaly.h: their encode
+ * statistics at midpoint dequantization, then complexity and pixel figures),
+ * and their midpoint log p when logp != NULL, from one pass. */
+int finc_features(finc_engine *e, int n, const uint8_t *pixels, double *logp, double *feat, char *err,
+                  size_t errlen);
+/* Anomaly score, p-value and complexity per image of a calibrated model
+ * (an error otherwise), from finc_features; the midpoint log p too when
+ * logp != NULL. */
+int finc_score_anomaly(finc_engine *e, int n, const uint8_t *pixels, double *logp, finc_anomaly_result *an,
+                       char *err, size_t errlen);
 
 /* Score: log p per image, midpoint dequantization when samples <= 1, else the
  * importance-weighted estimate ln mean_s exp(log p_s) over `samples` uniform

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/anomaly.h"
 #include "engine/check.h"
 #include "engine/safetensors.h"
 #include "engine/error.h"
@@ -550,9 +551,11 @@ static int assign(finc_model *m, want_list *wl, bump *b, char *err, size_t errle
             st->w1x1_inv = inv;
             if (assign_coupling(&st->coupling, wl, &ci, b, C, F, err, errlen))
                 return -1;
-            m->logdet_const += (double)lv->h * lv->w * (st->w1x1_logdet - st->an_logscale_sum);
+            m->level_logdet_const[l] += (double)lv->h * lv->w * (st->w1x1_logdet - st->an_logscale_sum);
         }
+        m->logdet_const += m->level_logdet_const[l];
         lv->has_split = l < cfg->levels - 1;
+        m->level_latent_dim[l] = (lv->has_split ? C / 2 : C) * lv->h * lv->w;
         if (lv->has_split && assign_coupling(&lv->split, wl, &ci, b, C, F, err, errlen))
             return -1;
     }
@@ -582,6 +585,17 @@ static int build(finc_model *m, want_list *wl, char *err, size_t errlen)
     return assign(m, wl, &b, err, errlen);
 }
 
+/* The optional calibration of the anomaly score (engine/anomaly.h). */
+static int load_anomaly(finc_model *m, const finc_st *st, char *err, size_t errlen)
+{
+    const char *json = finc_st_meta(st, "anomaly");
+    if (!json)
+        return 0;
+    if (!(m->anomaly = calloc(1, sizeof *m->anomaly)))
+        return finc_errorf(err, errlen, "out of memory");
+    return finc_anomaly_parse(m->anomaly, json, &m->cfg, err, errlen);
+}
+
 int finc_model_load(finc_model *m, const char *path, char *err, size_t errlen)
 {
     memset(m, 0, sizeof *m);
@@ -600,6 +614,8 @@ int finc_model_load(finc_model *m, const char *path, char *err, size_t errlen)
         rc = match_tensors(&wl, &st, &m->n_params, err, errlen);
     if (rc == 0)
         rc = build(m, &wl, err, errlen);
+    if (rc == 0)
+        rc = load_anomaly(m, &st, err, errlen);
     free(wl.v);
     finc_st_close(&st);
     if (rc)
@@ -614,9 +630,44 @@ void finc_model_free(finc_model *m)
     for (int l = 0; l < FINC_MAX_LEVELS; l++)
         free(m->levels[l].steps);
     free(m->block);
+    finc_anomaly_free(m->anomaly);
+    free(m->anomaly);
     finc_config_free(&m->cfg);
     memset(m, 0, sizeof *m);
     m->cfg.test_bpd = NAN;
+}
+
+int finc_config_stat_count(const finc_config *cfg)
+{
+    int n = 1 + cfg->levels + (cfg->levels - 1);
+    for (int l = 0; l < cfg->levels; l++) n += cfg->steps[l];
+    return n;
+}
+
+void finc_config_stat_name(const finc_config *cfg, int i, char *buf, size_t n)
+{
+    const int L = cfg->levels, S = finc_config_stat_count(cfg);
+    FINC_CHECK(i >= 0 && i < S);
+    if (i == 0) {
+        snprintf(buf, n, "preprocess.logdet");
+        return;
+    }
+    if (i >= S - L) {
+        snprintf(buf, n, "levels.%d.latent.logp", i - (S - L));
+        return;
+    }
+    int c = i - 1;
+    for (int l = 0; l < L; l++) {
+        if (c < cfg->steps[l]) {
+            snprintf(buf, n, "levels.%d.steps.%d.coupling.logdet", l, c);
+            return;
+        }
+        c -= cfg->steps[l];
+        if (l < L - 1 && c-- == 0) {
+            snprintf(buf, n, "levels.%d.split.coupling.logdet", l);
+            return;
+        }
+    }
 }
 
 const finc_coupling *finc_model_coupling(const finc_model *m, int i)

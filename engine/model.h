@@ -50,6 +50,8 @@ typedef struct {
     finc_coupling split;          /* valid when has_split */
 } finc_level;
 
+struct finc_anomaly;
+
 typedef struct {
     finc_config cfg;
     finc_level levels[FINC_MAX_LEVELS];
@@ -57,6 +59,9 @@ typedef struct {
     size_t block_floats;
     size_t n_params;              /* stored parameters (excludes derived tensors) */
     double logdet_const;          /* data-independent part of log-det: ActNorm + 1x1 */
+    double level_logdet_const[FINC_MAX_LEVELS];  /* the same, level by level */
+    int level_latent_dim[FINC_MAX_LEVELS];       /* values in latent l (its split's, or the final one) */
+    struct finc_anomaly *anomaly; /* the "anomaly" metadata block (engine/anomaly.h), NULL when uncalibrated */
 } finc_model;
 
 /* Parse and validate the config object (a JSON string) into cfg.
@@ -73,6 +78,11 @@ void finc_model_free(finc_model *m);
 /* Coupling i of the model in chain order (each level's steps, then its
  * split), or NULL past the last: how backends walk every coupling once. */
 const finc_coupling *finc_model_coupling(const finc_model *m, int i);
+
+/* The per-image statistics of an encode pass (engine/flow.h,
+ * finc_encode_stats): how many, and the name of statistic i. */
+int finc_config_stat_count(const finc_config *cfg);
+void finc_config_stat_name(const finc_config *cfg, int i, char *buf, size_t n);
 
 /* Floating-point operations (multiply-adds x2) of one image's pass through
  * the model's convolutions: the couplings' three dominate; the FInC units

@@ -1,0 +1,418 @@
+/* Anomaly scores: features, the whitened Gaussian KDE, conformal p-values, and
+ * the "anomaly" metadata block (docs/anomaly.md). */
+#include "engine/anomaly.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "engine/check.h"
+#include "engine/error.h"
+
+#define N_PIXEL_FEATURES 5
+static const char *const pixel_features[N_PIXEL_FEATURES] = {
+    "complexity_bpd", "pixel_mean", "pixel_std", "pixel_fraction_0", "pixel_fraction_255",
+};
+
+int finc_anomaly_feature_count(const finc_config *cfg)
+{
+    return finc_config_stat_count(cfg) + N_PIXEL_FEATURES;
+}
+
+void finc_anomaly_feature_name(const finc_config *cfg, int i, char *buf, size_t n)
+{
+    const int S = finc_config_stat_count(cfg);
+    if (i < S) finc_config_stat_name(cfg, i, buf, n);
+    else snprintf(buf, n, "%s", pixel_features[i - S]);
+}
+
+/* ---- features ------------------------------------------------------------- */
+
+struct finc_anomaly_scratch {
+    z_stream z;
+    uint8_t *rows, *out;       /* C*H*(W+1) filtered bytes, their deflated form */
+    size_t nrows, nout;
+};
+
+finc_anomaly_scratch *finc_anomaly_scratch_new(const finc_config *cfg)
+{
+    finc_anomaly_scratch *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->nrows = (size_t)cfg->c * cfg->h * (cfg->w + 1);
+    s->nout = compressBound((uLong)s->nrows);
+    s->rows = malloc(s->nrows);
+    s->out = malloc(s->nout);
+    /* compress2's parameters (window 15, memLevel 8), so zlib.compress(rows, 9) gives the same bytes. */
+    if (!s->rows || !s->out || deflateInit2(&s->z, 9, Z_DEFLATED, 15, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+        free(s->rows);
+        free(s->out);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void finc_anomaly_scratch_free(finc_anomaly_scratch *s)
+{
+    if (!s) return;
+    deflateEnd(&s->z);
+    free(s->rows);
+    free(s->out);
+    free(s);
+}
+
+static int paeth(int a, int b, int c)
+{
+    const int p = a + b - c, pa = abs(p - a), pb = abs(p - b), pc = abs(p - c);
+    return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+}
+
+double finc_anomaly_complexity(finc_anomaly_scratch *s, const uint8_t *pixels, int C, int H, int W)
+{
+    FINC_CHECK((size_t)C * H * (W + 1) <= s->nrows);
+    uint8_t *o = s->rows;
+    for (int c = 0; c < C; c++) {
+        const uint8_t *plane = pixels + (size_t)c * H * W;
+        for (int y = 0; y < H; y++) {
+            const uint8_t *row = plane + (size_t)y * W, *up = y ? row - W : NULL;
+            *o++ = 4;  /* PNG filter type: Paeth */
+            for (int x = 0; x < W; x++) {
+                const int a = x ? row[x - 1] : 0, b = up ? up[x] : 0, cc = x && up ? up[x - 1] : 0;
+                *o++ = (uint8_t)(row[x] - paeth(a, b, cc));
+            }
+        }
+    }
+    const size_t n = (size_t)(o - s->rows);
+    FINC_CHECK(deflateReset(&s->z) == Z_OK);
+    s->z.next_in = s->rows;
+    s->z.avail_in = (uInt)n;
+    s->z.next_out = s->out;
+    s->z.avail_out = (uInt)s->nout;
+    FINC_CHECK(deflate(&s->z, Z_FINISH) == Z_STREAM_END);
+    return 8.0 * (double)s->z.total_out / ((double)C * H * W);
+}
+
+void finc_anomaly_features(finc_anomaly_scratch *s, const finc_config *cfg, const double *stats,
+                           const uint8_t *pixels, double *feat)
+{
+    const int S = finc_config_stat_count(cfg);
+    const size_t D = (size_t)finc_config_dim(cfg);
+    memcpy(feat, stats, (size_t)S * sizeof *feat);
+    double sum = 0, sum2 = 0;
+    size_t zeros = 0, fulls = 0;
+    for (size_t i = 0; i < D; i++) {
+        const double v = pixels[i];
+        sum += v;
+        sum2 += v * v;
+        zeros += pixels[i] == 0;
+        fulls += pixels[i] == 255;
+    }
+    const double mean = sum / (double)D, var = sum2 / (double)D - mean * mean;
+    feat[S] = finc_anomaly_complexity(s, pixels, cfg->c, cfg->h, cfg->w);
+    feat[S + 1] = mean / 255.0;
+    feat[S + 2] = sqrt(var > 0 ? var : 0) / 255.0;
+    feat[S + 3] = (double)zeros / (double)D;
+    feat[S + 4] = (double)fulls / (double)D;
+}
+
+/* ---- the density ------------------------------------------------------------ */
+
+static void whiten(const struct finc_anomaly *a, const double *x, double *z)
+{
+    const int d = a->d;
+    for (int i = 0; i < d; i++) {
+        double acc = 0;
+        for (int j = 0; j <= i; j++) acc += a->whiten[(size_t)i * d + j] * (x[j] - a->mean[j]);
+        z[i] = acc;
+    }
+}
+
+/* -ln mean_i exp(-|z - p_i|^2 / 2h^2), accumulated against the nearest point. */
+static double kde_score(const struct finc_anomaly *a, const double *z)
+{
+    const int d = a->d;
+    const double inv2h2 = 1.0 / (2.0 * a->bandwidth * a->bandwidth);
+    double best = INFINITY, acc = 0;
+    for (int i = 0; i < a->n_fit; i++) {
+        const double *p = a->points + (size_t)i * d;
+        double r2 = 0;
+        for (int j = 0; j < d; j++) r2 += (z[j] - p[j]) * (z[j] - p[j]);
+        const double e = r2 * inv2h2;
+        if (e < best) {
+            acc = acc * exp(e - best) + 1.0;
+            best = e;
+        } else {
+            acc += exp(best - e);
+        }
+    }
+    return best - log(acc / a->n_fit);
+}
+
+double finc_anomaly_score(const struct finc_anomaly *a, const double *feat)
+{
+    double z[a->d];
+    whiten(a, feat, z);
+    return kde_score(a, z);
+}
+
+double finc_anomaly_p_value(const struct finc_anomaly *a, double score)
+{
+    /* first calibration score >= score */
+    int lo = 0, hi = a->n_cal;
+    while (lo < hi) {
+        const int mid = lo + (hi - lo) / 2;
+        if (a->cal[mid] >= score) hi = mid;
+        else lo = mid + 1;
+    }
+    return (1.0 + (a->n_cal - lo)) / (a->n_cal + 1.0);
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    const double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+void finc_anomaly_free(struct finc_anomaly *a)
+{
+    if (!a) return;
+    free(a->mean);
+    free(a->whiten);
+    free(a->points);
+    free(a->cal);
+    free(a->data);
+    memset(a, 0, sizeof *a);
+}
+
+static int alloc_arrays(struct finc_anomaly *a, int d, int n_fit, int n_cal, char *err, size_t errlen)
+{
+    a->d = d, a->n_fit = n_fit, a->n_cal = n_cal;
+    a->mean = calloc((size_t)d, sizeof(double));
+    a->whiten = calloc((size_t)d * d, sizeof(double));
+    a->points = calloc((size_t)n_fit * d, sizeof(double));
+    a->cal = calloc((size_t)n_cal, sizeof(double));
+    if (a->mean && a->whiten && a->points && a->cal) return 0;
+    finc_anomaly_free(a);
+    return finc_errorf(err, errlen, "out of memory");
+}
+
+/* The fit: centre, scale each feature by its standard deviation (1 for a
+ * constant one), whiten by the Cholesky factor of the correlations plus a
+ * small ridge, and use Scott's bandwidth n^(-1/(d+4)) in whitened units. */
+int finc_anomaly_fit(struct finc_anomaly *a, int d, const double *fit, int n_fit, const double *cal, int n_cal,
+                     const char *data, char *err, size_t errlen)
+{
+    memset(a, 0, sizeof *a);
+    if (n_fit < 2 * d || n_fit > FINC_ANOMALY_MAX_FIT)
+        return finc_errorf(err, errlen, "%d fit images for %d statistics: need %d..%d", n_fit, d, 2 * d,
+                           FINC_ANOMALY_MAX_FIT);
+    if (n_cal < 1 || n_cal > FINC_ANOMALY_MAX_CAL)
+        return finc_errorf(err, errlen, "%d calibration images: need 1..%d", n_cal, FINC_ANOMALY_MAX_CAL);
+    for (size_t i = 0; i < (size_t)n_fit * d; i++)
+        if (!isfinite(fit[i])) return finc_errorf(err, errlen, "fit image %zu has a non-finite statistic", i / d);
+    if (alloc_arrays(a, d, n_fit, n_cal, err, errlen)) return -1;
+    double *sd = calloc((size_t)d, sizeof *sd), *R = calloc((size_t)d * d, sizeof *R);
+    if (!sd || !R) {
+        free(sd);
+        free(R);
+        finc_anomaly_free(a);
+        return finc_errorf(err, errlen, "out of memory");
+    }
+    for (int j = 0; j < d; j++) {
+        double m = 0;
+        for (int i = 0; i < n_fit; i++) m += fit[(size_t)i * d + j];
+        a->mean[j] = m / n_fit;
+    }
+    for (int j = 0; j < d; j++) {
+        for (int k = 0; k <= j; k++) {
+            double c = 0;
+            for (int i = 0; i < n_fit; i++)
+                c += (fit[(size_t)i * d + j] - a->mean[j]) * (fit[(size_t)i * d + k] - a->mean[k]);
+            R[(size_t)j * d + k] = c / (n_fit - 1);
+        }
+        const double v = R[(size_t)j * d + j];
+        sd[j] = v > 1e-24 * (1.0 + a->mean[j] * a->mean[j]) ? sqrt(v) : 1.0;
+    }
+    /* correlations plus ridge, then Cholesky in place (lower triangle) */
+    for (int j = 0; j < d; j++)
+        for (int k = 0; k <= j; k++) R[(size_t)j * d + k] /= sd[j] * sd[k];
+    for (int j = 0; j < d; j++) R[(size_t)j * d + j] += 1e-6;
+    for (int j = 0; j < d; j++) {
+        for (int k = 0; k <= j; k++) {
+            double s = R[(size_t)j * d + k];
+            for (int q = 0; q < k; q++) s -= R[(size_t)j * d + q] * R[(size_t)k * d + q];
+            if (j == k) {
+                /* a correlation matrix plus a ridge is positive definite, short of rounding */
+                if (!(s > 0)) {
+                    free(sd);
+                    free(R);
+                    finc_anomaly_free(a);
+                    return finc_errorf(err, errlen, "the statistics' correlation matrix is singular");
+                }
+                R[(size_t)j * d + j] = sqrt(s);
+            } else {
+                R[(size_t)j * d + k] = s / R[(size_t)k * d + k];
+            }
+        }
+    }
+    /* whiten = Lc^-1 diag(1/sd), by forward substitution column by column */
+    for (int k = 0; k < d; k++) {
+        for (int j = k; j < d; j++) {
+            double s = j == k ? 1.0 : 0.0;
+            for (int q = k; q < j; q++) s -= R[(size_t)j * d + q] * a->whiten[(size_t)q * d + k];
+            a->whiten[(size_t)j * d + k] = s / R[(size_t)j * d + j];
+        }
+    }
+    for (int j = 0; j < d; j++)
+        for (int k = 0; k <= j; k++) a->whiten[(size_t)j * d + k] /= sd[k];
+    free(sd);
+    free(R);
+    for (int i = 0; i < n_fit; i++) whiten(a, fit + (size_t)i * d, a->points + (size_t)i * d);
+    a->bandwidth = pow((double)n_fit, -1.0 / (d + 4));
+    for (int i = 0; i < n_cal; i++) {
+        a->cal[i] = finc_anomaly_score(a, cal + (size_t)i * d);
+        if (!isfinite(a->cal[i])) {
+            finc_anomaly_free(a);
+            return finc_errorf(err, errlen, "calibration image %d has a non-finite score", i);
+        }
+    }
+    qsort(a->cal, (size_t)n_cal, sizeof *a->cal, cmp_double);
+    if (!(a->data = strdup(data ? data : ""))) {
+        finc_anomaly_free(a);
+        return finc_errorf(err, errlen, "out of memory");
+    }
+    return 0;
+}
+
+/* ---- the metadata block ------------------------------------------------------- */
+
+static cJSON *number_array(const double *v, size_t n)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; arr && i < n; i++) {
+        cJSON *x = cJSON_CreateNumber(v[i]);
+        if (!x) {
+            cJSON_Delete(arr);
+            return NULL;
+        }
+        cJSON_AddItemToArray(arr, x);
+    }
+    return arr;
+}
+
+char *finc_anomaly_to_json(const struct finc_anomaly *a, const finc_config *cfg)
+{
+    cJSON *o = cJSON_CreateObject(), *names = cJSON_AddArrayToObject(o, "features");
+    cJSON_AddStringToObject(o, "method", FINC_ANOMALY_METHOD);
+    cJSON_AddNumberToObject(o, "version", FINC_ANOMALY_VERSION);
+    cJSON_AddStringToObject(o, "data", a->data ? a->data : "");
+    for (int i = 0; i < a->d; i++) {
+        char name[96];
+        finc_anomaly_feature_name(cfg, i, name, sizeof name);
+        cJSON_AddItemToArray(names, cJSON_CreateString(name));
+    }
+    cJSON_AddNumberToObject(o, "bandwidth", a->bandwidth);
+    cJSON_AddItemToObject(o, "mean", number_array(a->mean, (size_t)a->d));
+    cJSON_AddItemToObject(o, "whiten", number_array(a->whiten, (size_t)a->d * a->d));
+    cJSON_AddNumberToObject(o, "fit_images", a->n_fit);
+    cJSON_AddItemToObject(o, "fit_points", number_array(a->points, (size_t)a->n_fit * a->d));
+    cJSON_AddItemToObject(o, "calibration_scores", number_array(a->cal, (size_t)a->n_cal));
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+/* An array of exactly n finite numbers into dst. */
+static int get_numbers(const cJSON *o, const char *key, double *dst, size_t n, char *err, size_t errlen)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v) return finc_errorf(err, errlen, "metadata 'anomaly': '%s' missing", key);
+    if (!cJSON_IsArray(v)) return finc_errorf(err, errlen, "metadata 'anomaly': '%s' is not an array", key);
+    size_t i = 0;
+    for (const cJSON *x = v->child; x; x = x->next, i++) {
+        if (i >= n)
+            return finc_errorf(err, errlen, "metadata 'anomaly': '%s' has more than %zu numbers", key, n);
+        if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble))
+            return finc_errorf(err, errlen, "metadata 'anomaly': '%s'[%zu] is not a finite number", key, i);
+        dst[i] = x->valuedouble;
+    }
+    if (i != n) return finc_errorf(err, errlen, "metadata 'anomaly': '%s' has %zu numbers, expected %zu", key, i, n);
+    return 0;
+}
+
+static int count_of(const cJSON *o, const char *key, int lo, int hi, int *out, char *err, size_t errlen)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v) return finc_errorf(err, errlen, "metadata 'anomaly': '%s' missing", key);
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo || v->valuedouble > hi)
+        return finc_errorf(err, errlen, "metadata 'anomaly': '%s' must be an integer in %d..%d", key, lo, hi);
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
+static int parse_block(struct finc_anomaly *a, const cJSON *o, const finc_config *cfg, char *err, size_t errlen)
+{
+    if (!cJSON_IsObject(o)) return finc_errorf(err, errlen, "metadata 'anomaly' is not a JSON object");
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(o, "method");
+    if (!cJSON_IsString(method) || strcmp(method->valuestring, FINC_ANOMALY_METHOD) != 0)
+        return finc_errorf(err, errlen, "metadata 'anomaly': 'method' must be \"" FINC_ANOMALY_METHOD "\"");
+    const cJSON *version = cJSON_GetObjectItemCaseSensitive(o, "version");
+    if (!cJSON_IsNumber(version) || version->valuedouble != FINC_ANOMALY_VERSION)
+        return finc_errorf(err, errlen, "metadata 'anomaly': 'version' must be %d", FINC_ANOMALY_VERSION);
+    const int d = finc_anomaly_feature_count(cfg);
+    const cJSON *names = cJSON_GetObjectItemCaseSensitive(o, "features");
+    if (!cJSON_IsArray(names) || cJSON_GetArraySize(names) != d)
+        return finc_errorf(err, errlen, "metadata 'anomaly': 'features' must list this model's %d statistics", d);
+    int i = 0;
+    for (const cJSON *x = names->child; x; x = x->next, i++) {
+        char want[96];
+        finc_anomaly_feature_name(cfg, i, want, sizeof want);
+        if (!cJSON_IsString(x) || strcmp(x->valuestring, want) != 0)
+            return finc_errorf(err, errlen, "metadata 'anomaly': features[%d] must be \"%s\" for this model", i, want);
+    }
+    int n_fit = 0, n_cal = 0;
+    if (count_of(o, "fit_images", 2 * d, FINC_ANOMALY_MAX_FIT, &n_fit, err, errlen)) return -1;
+    const cJSON *cal = cJSON_GetObjectItemCaseSensitive(o, "calibration_scores");
+    n_cal = cJSON_IsArray(cal) ? cJSON_GetArraySize(cal) : 0;
+    if (n_cal < 1 || n_cal > FINC_ANOMALY_MAX_CAL)
+        return finc_errorf(err, errlen, "metadata 'anomaly': 'calibration_scores' must be an array of 1..%d numbers",
+                           FINC_ANOMALY_MAX_CAL);
+    const cJSON *bw = cJSON_GetObjectItemCaseSensitive(o, "bandwidth");
+    if (!cJSON_IsNumber(bw) || !isfinite(bw->valuedouble) || !(bw->valuedouble > 1e-6) || bw->valuedouble > 1e6)
+        return finc_errorf(err, errlen, "metadata 'anomaly': 'bandwidth' must be a number in (1e-6, 1e6]");
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(o, "data");
+    if (data && !cJSON_IsString(data)) return finc_errorf(err, errlen, "metadata 'anomaly': 'data' is not a string");
+    if (alloc_arrays(a, d, n_fit, n_cal, err, errlen)) return -1;
+    a->bandwidth = bw->valuedouble;
+    if (get_numbers(o, "mean", a->mean, (size_t)d, err, errlen) ||
+        get_numbers(o, "whiten", a->whiten, (size_t)d * d, err, errlen) ||
+        get_numbers(o, "fit_points", a->points, (size_t)n_fit * d, err, errlen) ||
+        get_numbers(o, "calibration_scores", a->cal, (size_t)n_cal, err, errlen))
+        return -1;
+    for (int j = 0; j < d; j++) {
+        if (!(a->whiten[(size_t)j * d + j] > 0))
+            return finc_errorf(err, errlen, "metadata 'anomaly': 'whiten' diagonal entry %d is not positive", j);
+        for (int k = j + 1; k < d; k++)
+            if (a->whiten[(size_t)j * d + k] != 0)
+                return finc_errorf(err, errlen, "metadata 'anomaly': 'whiten' is not lower triangular (row %d)", j);
+    }
+    for (int c = 1; c < n_cal; c++)
+        if (a->cal[c] < a->cal[c - 1])
+            return finc_errorf(err, errlen, "metadata 'anomaly': 'calibration_scores' are not in ascending order");
+    if (!(a->data = strdup(data ? data->valuestring : ""))) return finc_errorf(err, errlen, "out of memory");
+    return 0;
+}
+
+int finc_anomaly_parse(struct finc_anomaly *a, const char *json, const finc_config *cfg, char *err, size_t errlen)
+{
+    memset(a, 0, sizeof *a);
+    cJSON *o = cJSON_Parse(json);
+    if (!o) return finc_errorf(err, errlen, "metadata 'anomaly' is not valid JSON");
+    const int rc = parse_block(a, o, cfg, err, errlen);
+    cJSON_Delete(o);
+    if (rc) finc_anomaly_free(a);
+    return rc;
+}

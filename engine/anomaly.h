@@ -1,0 +1,70 @@
+/* Anomaly scores (docs/anomaly.md): a density over statistics of each image,
+ * fitted on in-distribution images only, and a conformal p-value against
+ * calibration images that the fit never saw. The statistics are the
+ * log-density terms of the image's encode pass (finc_encode_stats), its
+ * lossless code length (complexity) and four figures of its pixel histogram.
+ * The fitted scorer lives in the weights file's "anomaly" metadata; this
+ * module fits it, writes and validates that block, and scores with it. */
+#ifndef FINC_ANOMALY_H
+#define FINC_ANOMALY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/model.h"
+
+#define FINC_ANOMALY_METHOD "whitened-gaussian-kde"
+#define FINC_ANOMALY_VERSION 1
+#define FINC_ANOMALY_MAX_FIT 20000      /* fit images kept in a block */
+#define FINC_ANOMALY_MAX_CAL 1000000    /* calibration scores kept in a block */
+
+struct finc_anomaly {
+    int d;                  /* features: finc_anomaly_feature_count */
+    int n_fit, n_cal;
+    double bandwidth;       /* kernel width in whitened units */
+    double *mean;           /* (d,) fit mean */
+    double *whiten;         /* (d, d) lower triangular, row-major: z = whiten (x - mean) */
+    double *points;         /* (n_fit, d) whitened fit features */
+    double *cal;            /* (n_cal,) calibration scores, ascending */
+    char *data;             /* what it was calibrated on, as given */
+};
+
+typedef struct {
+    double score;           /* higher is more anomalous */
+    double p_value;         /* (1 + #{calibration scores >= score}) / (n_cal + 1) */
+    double complexity_bpd;  /* lossless code length of the pixels, bits/dim */
+} finc_anomaly_result;
+
+/* Features of a model: its encode statistics, then the five pixel figures. */
+int finc_anomaly_feature_count(const finc_config *cfg);
+void finc_anomaly_feature_name(const finc_config *cfg, int i, char *buf, size_t n);
+
+/* Per-thread scratch for the complexity coder (a deflate stream and a row
+ * buffer for images of cfg's size). NULL when out of memory. */
+typedef struct finc_anomaly_scratch finc_anomaly_scratch;
+finc_anomaly_scratch *finc_anomaly_scratch_new(const finc_config *cfg);
+void finc_anomaly_scratch_free(finc_anomaly_scratch *s);
+
+/* Bits/dim of the pixels (C, H, W) as PNG would store them: each row
+ * Paeth-filtered within its channel plane, one filter byte per row, the lot
+ * deflated by zlib at level 9 (header and checksum included). */
+double finc_anomaly_complexity(finc_anomaly_scratch *s, const uint8_t *pixels, int C, int H, int W);
+
+/* The feature row (d,) of one image from its statistics (S,) and pixels. */
+void finc_anomaly_features(finc_anomaly_scratch *s, const finc_config *cfg, const double *stats,
+                           const uint8_t *pixels, double *feat);
+double finc_anomaly_score(const struct finc_anomaly *a, const double *feat);
+double finc_anomaly_p_value(const struct finc_anomaly *a, double score);
+
+/* Fits on fit (n_fit, d) and scores cal (n_cal, d) into the calibration
+ * set. Returns 0, or -1 with a message. */
+int finc_anomaly_fit(struct finc_anomaly *a, int d, const double *fit, int n_fit, const double *cal, int n_cal,
+                     const char *data, char *err, size_t errlen);
+/* The block as the JSON text stored in the metadata (malloc'd), or NULL. */
+char *finc_anomaly_to_json(const struct finc_anomaly *a, const finc_config *cfg);
+/* Parses and validates a block for a model of config cfg. Returns 0, or -1
+ * with one message naming the field at fault; nothing is kept on failure. */
+int finc_anomaly_parse(struct finc_anomaly *a, const char *json, const finc_config *cfg, char *err, size_t errlen);
+void finc_anomaly_free(struct finc_anomaly *a);
+
+#endif

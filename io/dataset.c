@@ -1,0 +1,147 @@
+#include "io/dataset.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "engine/error.h"
+#include "io/idx.h"
+#include "io/png.h"
+
+#define FMNIST_TRAIN FINC_FMNIST_DIR "/train-images-idx3-ubyte.gz"
+#define FMNIST_TEST FINC_FMNIST_DIR "/t10k-images-idx3-ubyte.gz"
+#define FMNIST_VAL_FIRST 55000
+#define MAX_FILES 10000000
+#define MAX_DEPTH 32
+
+typedef struct {
+    char **v;
+    size_t n, cap;
+} path_list;
+
+static int has_png_suffix(const char *name)
+{
+    const size_t n = strlen(name);
+    return n > 4 && strcasecmp(name + n - 4, ".png") == 0;
+}
+
+static int list_pngs(const char *dir, int depth, path_list *pl, char *err, size_t errlen)
+{
+    if (depth > MAX_DEPTH) return finc_errorf(err, errlen, "%s: folders nested deeper than %d", dir, MAX_DEPTH);
+    DIR *d = opendir(dir);
+    if (!d) return finc_errorf(err, errlen, "%s: %s", dir, strerror(errno));
+    int rc = 0;
+    for (struct dirent *de; rc == 0 && (de = readdir(d));) {
+        if (de->d_name[0] == '.') continue;
+        char *path = malloc(strlen(dir) + strlen(de->d_name) + 2);
+        if (!path) {
+            rc = finc_errorf(err, errlen, "out of memory");
+            break;
+        }
+        sprintf(path, "%s/%s", dir, de->d_name);
+        struct stat st;
+        if (stat(path, &st) != 0) {
+            rc = finc_errorf(err, errlen, "%s: %s", path, strerror(errno));
+        } else if (S_ISDIR(st.st_mode)) {
+            rc = list_pngs(path, depth + 1, pl, err, errlen);
+        } else if (S_ISREG(st.st_mode) && has_png_suffix(de->d_name)) {
+            if (pl->n == MAX_FILES) {
+                rc = finc_errorf(err, errlen, "%s: more than %d PNG files", dir, MAX_FILES);
+            } else {
+                if (pl->n == pl->cap) {
+                    size_t cap = pl->cap ? 2 * pl->cap : 256;
+                    char **nv = realloc(pl->v, cap * sizeof *nv);
+                    if (!nv) rc = finc_errorf(err, errlen, "out of memory");
+                    else pl->v = nv, pl->cap = cap;
+                }
+                if (rc == 0) {
+                    pl->v[pl->n++] = path;
+                    path = NULL;
+                }
+            }
+        }
+        free(path);
+    }
+    closedir(d);
+    return rc;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static int load_pngs(const char *dir, int C, int H, int W, long offset, long limit, uint8_t **pixels, int *n,
+                     char *err, size_t errlen)
+{
+    path_list pl = {0};
+    int rc = list_pngs(dir, 0, &pl, err, errlen);
+    if (rc == 0 && pl.n == 0) rc = finc_errorf(err, errlen, "%s: no .png files in it", dir);
+    if (rc == 0) qsort(pl.v, pl.n, sizeof *pl.v, cmp_str);
+    size_t first = (size_t)offset < pl.n ? (size_t)offset : pl.n, count = pl.n - first;
+    if (limit > 0 && (size_t)limit < count) count = (size_t)limit;
+    if (rc == 0 && count == 0) rc = finc_errorf(err, errlen, "%s: %zu images, none from %ld on", dir, pl.n, offset);
+    const size_t D = (size_t)C * H * W;
+    uint8_t *pix = rc == 0 ? malloc(count * D) : NULL;
+    if (rc == 0 && !pix) rc = finc_errorf(err, errlen, "out of memory for %zu images", count);
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        finc_png_image img;
+        char e2[256];
+        const char *path = pl.v[first + i];
+        if (finc_png_read_file(path, C, &img, e2, sizeof e2) != 0) {
+            rc = finc_errorf(err, errlen, "%s: %s", path, e2);
+            break;
+        }
+        if (finc_png_check_size(&img, H, W, e2, sizeof e2) != 0) rc = finc_errorf(err, errlen, "%s: %s", path, e2);
+        else memcpy(pix + i * D, img.pixels, D);
+        finc_png_image_free(&img);
+    }
+    for (size_t i = 0; i < pl.n; i++) free(pl.v[i]);
+    free(pl.v);
+    if (rc) {
+        free(pix);
+        return -1;
+    }
+    *pixels = pix;
+    *n = (int)count;
+    return 0;
+}
+
+int finc_dataset_load(const char *src, int C, int H, int W, long offset, long limit, uint8_t **pixels, int *n,
+                      char *err, size_t errlen)
+{
+    *pixels = NULL;
+    *n = 0;
+    if (offset < 0) return finc_errorf(err, errlen, "negative offset %ld", offset);
+    const char *path = src;
+    long first = 0;
+    if (!strcmp(src, "test")) path = FMNIST_TEST;
+    else if (!strcmp(src, "train")) path = FMNIST_TRAIN;
+    else if (!strcmp(src, "val")) path = FMNIST_TRAIN, first = FMNIST_VAL_FIRST;
+    struct stat st;
+    if (stat(path, &st) != 0) return finc_errorf(err, errlen, "%s: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) return load_pngs(path, C, H, W, offset, limit, pixels, n, err, errlen);
+
+    uint8_t *all;
+    int total, h, w;
+    char e2[256];
+    if (finc_idx_read_images(path, &all, &total, &h, &w, e2, sizeof e2) != 0)
+        return finc_errorf(err, errlen, "%s: %s", path, e2);
+    int rc = 0;
+    if (C != 1 || h != H || w != W)
+        rc = finc_errorf(err, errlen, "%s: images are 1x%dx%d, the model expects %dx%dx%d", path, h, w, C, H, W);
+    else if (first + offset >= total)
+        rc = finc_errorf(err, errlen, "%s: %ld images, none from %ld on", path, (long)total - first, offset);
+    if (rc) {
+        free(all);
+        return -1;
+    }
+    const long start = first + offset;
+    long count = total - start;
+    if (limit > 0 && limit < count) count = limit;
+    const size_t D = (size_t)H * W;
+    if (start > 0) memmove(all, all + (size_t)start * D, (size_t)count * D);
+    *pixels = all;
+    *n = (int)count;
+    return 0;
+}
