@@ -632,11 +632,11 @@ static int cmd_calibrate(int argc, char **argv)
     else if (!feat) rc = fail("out of memory");
     else if (n_fit > FINC_ANOMALY_MAX_FIT || n - n_fit > FINC_ANOMALY_MAX_FIT)
         rc = fail("%d images; calibrate takes at most %d (--limit)", n, 2 * FINC_ANOMALY_MAX_FIT);
-    else if (finc_features(e, n, pixels, NULL, feat, err, sizeof err)) rc = fail("%s", err);
+    else if (finc_features(e, n, pixels, NULL, feat, d, err, sizeof err)) rc = fail("%s", err);
     else {
         snprintf(what, sizeof what, "%s, images %d..%d (fit on the first %d)", o.data, o.offset, o.offset + n - 1,
                  n_fit);
-        if (finc_anomaly_fit(&a, d, feat, n_fit, feat + (size_t)n_fit * d, n - n_fit, what, err, sizeof err))
+        if (finc_anomaly_fit(&a, cfg, feat, pixels, n, n_fit, what, err, sizeof err))
             rc = fail("%s: %s", o.data, err);
         else if (!(block = finc_anomaly_to_json(&a, cfg))) rc = fail("out of memory");
         else if (write_calibrated(argv[optind], o.out, block, err, sizeof err)) rc = fail("%s: %s", o.out, err);

@@ -17,16 +17,47 @@ static const char *const pixel_features[N_PIXEL_FEATURES] = {
     "complexity_bpd", "pixel_mean", "pixel_std", "pixel_fraction_0", "pixel_fraction_255",
 };
 
-int finc_anomaly_feature_count(const finc_config *cfg)
-{
-    return finc_config_stat_count(cfg) + N_PIXEL_FEATURES;
-}
+int finc_anomaly_base_count(const finc_config *cfg) { return finc_config_stat_count(cfg) + N_PIXEL_FEATURES; }
+
+int finc_anomaly_feature_count(const finc_config *cfg) { return finc_anomaly_base_count(cfg) + FINC_ANOMALY_PCA + 1; }
 
 void finc_anomaly_feature_name(const finc_config *cfg, int i, char *buf, size_t n)
 {
-    const int S = finc_config_stat_count(cfg);
+    const int S = finc_config_stat_count(cfg), base = S + N_PIXEL_FEATURES;
     if (i < S) finc_config_stat_name(cfg, i, buf, n);
-    else snprintf(buf, n, "%s", pixel_features[i - S]);
+    else if (i < base) snprintf(buf, n, "%s", pixel_features[i - S]);
+    else if (i < base + FINC_ANOMALY_PCA) snprintf(buf, n, "layout.pc%d", i - base);
+    else snprintf(buf, n, "layout.residual");
+}
+
+/* The pooling factor: halve until the image fits FINC_ANOMALY_PCA_SIDE^2. */
+static int pool_factor(const finc_config *cfg)
+{
+    int p = 1;
+    while ((cfg->h / p) * (cfg->w / p) > FINC_ANOMALY_PCA_SIDE * FINC_ANOMALY_PCA_SIDE) p *= 2;
+    return p;
+}
+
+int finc_anomaly_pooled_dim(const finc_config *cfg)
+{
+    const int p = pool_factor(cfg);
+    return cfg->c * (cfg->h / p) * (cfg->w / p);
+}
+
+/* pixels (C, H, W) -> means of p x p blocks / 255 (C, H/p, W/p); a remainder
+ * row or column past the last whole block is left out. */
+static void pool(const finc_config *cfg, const uint8_t *pixels, double *out)
+{
+    const int p = pool_factor(cfg), hp = cfg->h / p, wp = cfg->w / p;
+    const double scale = 1.0 / (255.0 * p * p);
+    for (int c = 0; c < cfg->c; c++)
+        for (int i = 0; i < hp; i++)
+            for (int j = 0; j < wp; j++) {
+                unsigned sum = 0;
+                for (int y = 0; y < p; y++)
+                    for (int x = 0; x < p; x++) sum += pixels[((size_t)c * cfg->h + i * p + y) * cfg->w + j * p + x];
+                *out++ = sum * scale;
+            }
 }
 
 /* ---- features ------------------------------------------------------------- */
@@ -35,6 +66,7 @@ struct finc_anomaly_scratch {
     z_stream z;
     uint8_t *rows, *out;       /* C*H*(W+1) filtered bytes, their deflated form */
     size_t nrows, nout;
+    double *pooled;            /* (pooled dim,) */
 };
 
 finc_anomaly_scratch *finc_anomaly_scratch_new(const finc_config *cfg)
@@ -45,10 +77,12 @@ finc_anomaly_scratch *finc_anomaly_scratch_new(const finc_config *cfg)
     s->nout = compressBound((uLong)s->nrows);
     s->rows = malloc(s->nrows);
     s->out = malloc(s->nout);
+    s->pooled = malloc((size_t)finc_anomaly_pooled_dim(cfg) * sizeof *s->pooled);
     /* compress2's parameters (window 15, memLevel 8), so zlib.compress(rows, 9) gives the same bytes. */
-    if (!s->rows || !s->out || deflateInit2(&s->z, 9, Z_DEFLATED, 15, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+    if (!s->rows || !s->out || !s->pooled || deflateInit2(&s->z, 9, Z_DEFLATED, 15, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
         free(s->rows);
         free(s->out);
+        free(s->pooled);
         free(s);
         return NULL;
     }
@@ -61,6 +95,7 @@ void finc_anomaly_scratch_free(finc_anomaly_scratch *s)
     deflateEnd(&s->z);
     free(s->rows);
     free(s->out);
+    free(s->pooled);
     free(s);
 }
 
@@ -116,6 +151,30 @@ void finc_anomaly_features(finc_anomaly_scratch *s, const finc_config *cfg, cons
     feat[S + 2] = sqrt(var > 0 ? var : 0) / 255.0;
     feat[S + 3] = (double)zeros / (double)D;
     feat[S + 4] = (double)fulls / (double)D;
+}
+
+/* Coordinates in the principal subspace and ln(mean squared residual). */
+static void layout_features(const struct finc_anomaly *a, double *x, double *feat)
+{
+    const int P = a->pca_dim;
+    for (int j = 0; j < P; j++) x[j] -= a->pca_mean[j];
+    double r2 = 0;
+    for (int j = 0; j < P; j++) r2 += x[j] * x[j];
+    for (int k = 0; k < FINC_ANOMALY_PCA; k++) {
+        const double *v = a->pca_basis + (size_t)k * P;
+        double c = 0;
+        for (int j = 0; j < P; j++) c += v[j] * x[j];
+        feat[k] = c;
+        r2 -= c * c;
+    }
+    feat[FINC_ANOMALY_PCA] = log((r2 > 0 ? r2 : 0) / P + 1e-12);
+}
+
+void finc_anomaly_complete(finc_anomaly_scratch *s, const struct finc_anomaly *a, const finc_config *cfg,
+                           const uint8_t *pixels, double *feat)
+{
+    pool(cfg, pixels, s->pooled);
+    layout_features(a, s->pooled, feat + finc_anomaly_base_count(cfg));
 }
 
 /* ---- the density ------------------------------------------------------------ */
@@ -183,18 +242,22 @@ void finc_anomaly_free(struct finc_anomaly *a)
     free(a->whiten);
     free(a->points);
     free(a->cal);
+    free(a->pca_mean);
+    free(a->pca_basis);
     free(a->data);
     memset(a, 0, sizeof *a);
 }
 
-static int alloc_arrays(struct finc_anomaly *a, int d, int n_fit, int n_cal, char *err, size_t errlen)
+static int alloc_arrays(struct finc_anomaly *a, int d, int n_fit, int n_cal, int pca_dim, char *err, size_t errlen)
 {
-    a->d = d, a->n_fit = n_fit, a->n_cal = n_cal;
+    a->d = d, a->n_fit = n_fit, a->n_cal = n_cal, a->pca_dim = pca_dim;
     a->mean = calloc((size_t)d, sizeof(double));
     a->whiten = calloc((size_t)d * d, sizeof(double));
     a->points = calloc((size_t)n_fit * d, sizeof(double));
     a->cal = calloc((size_t)n_cal, sizeof(double));
-    if (a->mean && a->whiten && a->points && a->cal) return 0;
+    a->pca_mean = calloc((size_t)pca_dim, sizeof(double));
+    a->pca_basis = calloc((size_t)FINC_ANOMALY_PCA * pca_dim, sizeof(double));
+    if (a->mean && a->whiten && a->points && a->cal && a->pca_mean && a->pca_basis) return 0;
     finc_anomaly_free(a);
     return finc_errorf(err, errlen, "out of memory");
 }
@@ -202,23 +265,15 @@ static int alloc_arrays(struct finc_anomaly *a, int d, int n_fit, int n_cal, cha
 /* The fit: centre, scale each feature by its standard deviation (1 for a
  * constant one), whiten by the Cholesky factor of the correlations plus a
  * small ridge, and use Scott's bandwidth n^(-1/(d+4)) in whitened units. */
-int finc_anomaly_fit(struct finc_anomaly *a, int d, const double *fit, int n_fit, const double *cal, int n_cal,
-                     const char *data, char *err, size_t errlen)
+static int fit_kde(struct finc_anomaly *a, const double *fit, const double *cal, char *err, size_t errlen)
 {
-    memset(a, 0, sizeof *a);
-    if (n_fit < 2 * d || n_fit > FINC_ANOMALY_MAX_FIT)
-        return finc_errorf(err, errlen, "%d fit images for %d statistics: need %d..%d", n_fit, d, 2 * d,
-                           FINC_ANOMALY_MAX_FIT);
-    if (n_cal < 1 || n_cal > FINC_ANOMALY_MAX_CAL)
-        return finc_errorf(err, errlen, "%d calibration images: need 1..%d", n_cal, FINC_ANOMALY_MAX_CAL);
+    const int d = a->d, n_fit = a->n_fit, n_cal = a->n_cal;
     for (size_t i = 0; i < (size_t)n_fit * d; i++)
         if (!isfinite(fit[i])) return finc_errorf(err, errlen, "fit image %zu has a non-finite statistic", i / d);
-    if (alloc_arrays(a, d, n_fit, n_cal, err, errlen)) return -1;
     double *sd = calloc((size_t)d, sizeof *sd), *R = calloc((size_t)d * d, sizeof *R);
     if (!sd || !R) {
         free(sd);
         free(R);
-        finc_anomaly_free(a);
         return finc_errorf(err, errlen, "out of memory");
     }
     for (int j = 0; j < d; j++) {
@@ -249,7 +304,6 @@ int finc_anomaly_fit(struct finc_anomaly *a, int d, const double *fit, int n_fit
                 if (!(s > 0)) {
                     free(sd);
                     free(R);
-                    finc_anomaly_free(a);
                     return finc_errorf(err, errlen, "the statistics' correlation matrix is singular");
                 }
                 R[(size_t)j * d + j] = sqrt(s);
@@ -274,17 +328,99 @@ int finc_anomaly_fit(struct finc_anomaly *a, int d, const double *fit, int n_fit
     a->bandwidth = pow((double)n_fit, -1.0 / (d + 4));
     for (int i = 0; i < n_cal; i++) {
         a->cal[i] = finc_anomaly_score(a, cal + (size_t)i * d);
-        if (!isfinite(a->cal[i])) {
-            finc_anomaly_free(a);
-            return finc_errorf(err, errlen, "calibration image %d has a non-finite score", i);
-        }
+        if (!isfinite(a->cal[i])) return finc_errorf(err, errlen, "calibration image %d has a non-finite score", i);
     }
     qsort(a->cal, (size_t)n_cal, sizeof *a->cal, cmp_double);
-    if (!(a->data = strdup(data ? data : ""))) {
-        finc_anomaly_free(a);
-        return finc_errorf(err, errlen, "out of memory");
-    }
     return 0;
+}
+
+/* Modified Gram-Schmidt on the rows of V (k, P); a row that vanishes (the
+ * images span fewer than k directions) is left zero. */
+static void orthonormalize(double *V, int k, int P)
+{
+    for (int i = 0; i < k; i++) {
+        double *v = V + (size_t)i * P;
+        for (int j = 0; j < i; j++) {
+            const double *u = V + (size_t)j * P;
+            double dot = 0;
+            for (int q = 0; q < P; q++) dot += u[q] * v[q];
+            for (int q = 0; q < P; q++) v[q] -= dot * u[q];
+        }
+        double nrm = 0;
+        for (int q = 0; q < P; q++) nrm += v[q] * v[q];
+        nrm = sqrt(nrm);
+        for (int q = 0; q < P; q++) v[q] = nrm > 1e-12 ? v[q] / nrm : 0.0;
+    }
+}
+
+/* The principal subspace of the fit images' pooled pixels, by subspace
+ * iteration: V <- orth(X^T X V). Any basis of it gives the same scores, since
+ * the features are whitened and the kernel is isotropic. */
+#define PCA_ITERATIONS 100
+static int fit_pca(struct finc_anomaly *a, const finc_config *cfg, const uint8_t *pixels, char *err, size_t errlen)
+{
+    const int P = a->pca_dim, K = FINC_ANOMALY_PCA, n = a->n_fit;
+    const size_t D = (size_t)finc_config_dim(cfg);
+    double *X = malloc((size_t)n * P * sizeof *X), *Y = malloc((size_t)n * K * sizeof *Y);
+    if (!X || !Y) {
+        free(X);
+        free(Y);
+        return finc_errorf(err, errlen, "out of memory for the principal components");
+    }
+    for (int i = 0; i < n; i++) pool(cfg, pixels + i * D, X + (size_t)i * P);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < P; j++) a->pca_mean[j] += X[(size_t)i * P + j] / n;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < P; j++) X[(size_t)i * P + j] -= a->pca_mean[j];
+    double *V = a->pca_basis;
+    uint32_t h = 2463534242u;  /* xorshift: a fixed start, so a fit is reproducible */
+    for (size_t q = 0; q < (size_t)K * P; q++) {
+        h ^= h << 13, h ^= h >> 17, h ^= h << 5;
+        V[q] = h / 4294967296.0 - 0.5;
+    }
+    orthonormalize(V, K, P);
+    for (int it = 0; it < PCA_ITERATIONS; it++) {
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < K; k++) {
+                double acc = 0;
+                for (int j = 0; j < P; j++) acc += X[(size_t)i * P + j] * V[(size_t)k * P + j];
+                Y[(size_t)i * K + k] = acc;
+            }
+#pragma omp parallel for schedule(static)
+        for (int j = 0; j < P; j++)
+            for (int k = 0; k < K; k++) {
+                double acc = 0;
+                for (int i = 0; i < n; i++) acc += X[(size_t)i * P + j] * Y[(size_t)i * K + k];
+                V[(size_t)k * P + j] = acc;
+            }
+        orthonormalize(V, K, P);
+    }
+    free(X);
+    free(Y);
+    return 0;
+}
+
+int finc_anomaly_fit(struct finc_anomaly *a, const finc_config *cfg, double *feat, const uint8_t *pixels, int n,
+                     int n_fit, const char *data, char *err, size_t errlen)
+{
+    memset(a, 0, sizeof *a);
+    const int d = finc_anomaly_feature_count(cfg), n_cal = n - n_fit;
+    if (n_fit < 2 * d || n_fit > FINC_ANOMALY_MAX_FIT)
+        return finc_errorf(err, errlen, "%d fit images for %d statistics: need %d..%d", n_fit, d, 2 * d,
+                           FINC_ANOMALY_MAX_FIT);
+    if (n_cal < 1 || n_cal > FINC_ANOMALY_MAX_CAL)
+        return finc_errorf(err, errlen, "%d calibration images: need 1..%d", n_cal, FINC_ANOMALY_MAX_CAL);
+    if (alloc_arrays(a, d, n_fit, n_cal, finc_anomaly_pooled_dim(cfg), err, errlen)) return -1;
+    finc_anomaly_scratch *s = finc_anomaly_scratch_new(cfg);
+    int rc = s ? fit_pca(a, cfg, pixels, err, errlen) : finc_errorf(err, errlen, "out of memory");
+    const size_t D = (size_t)finc_config_dim(cfg);
+    for (int i = 0; rc == 0 && i < n; i++) finc_anomaly_complete(s, a, cfg, pixels + i * D, feat + (size_t)i * d);
+    finc_anomaly_scratch_free(s);
+    if (rc == 0) rc = fit_kde(a, feat, feat + (size_t)n_fit * d, err, errlen);
+    if (rc == 0 && !(a->data = strdup(data ? data : ""))) rc = finc_errorf(err, errlen, "out of memory");
+    if (rc) finc_anomaly_free(a);
+    return rc;
 }
 
 /* ---- the metadata block ------------------------------------------------------- */
@@ -320,6 +456,8 @@ char *finc_anomaly_to_json(const struct finc_anomaly *a, const finc_config *cfg)
     cJSON_AddNumberToObject(o, "fit_images", a->n_fit);
     cJSON_AddItemToObject(o, "fit_points", number_array(a->points, (size_t)a->n_fit * a->d));
     cJSON_AddItemToObject(o, "calibration_scores", number_array(a->cal, (size_t)a->n_cal));
+    cJSON_AddItemToObject(o, "layout_mean", number_array(a->pca_mean, (size_t)a->pca_dim));
+    cJSON_AddItemToObject(o, "layout_basis", number_array(a->pca_basis, (size_t)FINC_ANOMALY_PCA * a->pca_dim));
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;
@@ -385,9 +523,12 @@ static int parse_block(struct finc_anomaly *a, const cJSON *o, const finc_config
         return finc_errorf(err, errlen, "metadata 'anomaly': 'bandwidth' must be a number in (1e-6, 1e6]");
     const cJSON *data = cJSON_GetObjectItemCaseSensitive(o, "data");
     if (data && !cJSON_IsString(data)) return finc_errorf(err, errlen, "metadata 'anomaly': 'data' is not a string");
-    if (alloc_arrays(a, d, n_fit, n_cal, err, errlen)) return -1;
+    const int P = finc_anomaly_pooled_dim(cfg);
+    if (alloc_arrays(a, d, n_fit, n_cal, P, err, errlen)) return -1;
     a->bandwidth = bw->valuedouble;
-    if (get_numbers(o, "mean", a->mean, (size_t)d, err, errlen) ||
+    if (get_numbers(o, "layout_mean", a->pca_mean, (size_t)P, err, errlen) ||
+        get_numbers(o, "layout_basis", a->pca_basis, (size_t)FINC_ANOMALY_PCA * P, err, errlen) ||
+        get_numbers(o, "mean", a->mean, (size_t)d, err, errlen) ||
         get_numbers(o, "whiten", a->whiten, (size_t)d * d, err, errlen) ||
         get_numbers(o, "fit_points", a->points, (size_t)n_fit * d, err, errlen) ||
         get_numbers(o, "calibration_scores", a->cal, (size_t)n_cal, err, errlen))

@@ -2,7 +2,9 @@
  * fitted on in-distribution images only, and a conformal p-value against
  * calibration images that the fit never saw. The statistics are the
  * log-density terms of the image's encode pass (finc_encode_stats), its
- * lossless code length (complexity) and four figures of its pixel histogram.
+ * lossless code length (complexity), four figures of its pixel histogram,
+ * and its place in and distance from the principal subspace of the fit
+ * images' pixels (the layout, which the flow's likelihood barely weighs).
  * The fitted scorer lives in the weights file's "anomaly" metadata; this
  * module fits it, writes and validates that block, and scores with it. */
 #ifndef FINC_ANOMALY_H
@@ -17,6 +19,8 @@
 #define FINC_ANOMALY_VERSION 1
 #define FINC_ANOMALY_MAX_FIT 20000      /* fit images kept in a block */
 #define FINC_ANOMALY_MAX_CAL 1000000    /* calibration scores kept in a block */
+#define FINC_ANOMALY_PCA 8              /* principal components of the layout */
+#define FINC_ANOMALY_PCA_SIDE 32        /* images are average-pooled by 2 until H x W <= 32 x 32 */
 
 struct finc_anomaly {
     int d;                  /* features: finc_anomaly_feature_count */
@@ -26,6 +30,9 @@ struct finc_anomaly {
     double *whiten;         /* (d, d) lower triangular, row-major: z = whiten (x - mean) */
     double *points;         /* (n_fit, d) whitened fit features */
     double *cal;            /* (n_cal,) calibration scores, ascending */
+    int pca_dim;            /* values of a pooled image: finc_anomaly_pooled_dim */
+    double *pca_mean;       /* (pca_dim,) of the fit images, pixels / 255 */
+    double *pca_basis;      /* (FINC_ANOMALY_PCA, pca_dim) orthonormal rows */
     char *data;             /* what it was calibrated on, as given */
 };
 
@@ -35,8 +42,12 @@ typedef struct {
     double complexity_bpd;  /* lossless code length of the pixels, bits/dim */
 } finc_anomaly_result;
 
-/* Features of a model: its encode statistics, then the five pixel figures. */
+/* Features of a model: its encode statistics and five pixel figures (the
+ * base, which the engine computes: finc_features), then the principal
+ * subspace's coordinates and the log of the residual (finc_anomaly_complete). */
+int finc_anomaly_base_count(const finc_config *cfg);
 int finc_anomaly_feature_count(const finc_config *cfg);
+int finc_anomaly_pooled_dim(const finc_config *cfg);
 void finc_anomaly_feature_name(const finc_config *cfg, int i, char *buf, size_t n);
 
 /* Per-thread scratch for the complexity coder (a deflate stream and a row
@@ -50,16 +61,20 @@ void finc_anomaly_scratch_free(finc_anomaly_scratch *s);
  * deflated by zlib at level 9 (header and checksum included). */
 double finc_anomaly_complexity(finc_anomaly_scratch *s, const uint8_t *pixels, int C, int H, int W);
 
-/* The feature row (d,) of one image from its statistics (S,) and pixels. */
+/* The base of one image's feature row from its statistics (S,) and pixels. */
 void finc_anomaly_features(finc_anomaly_scratch *s, const finc_config *cfg, const double *stats,
+                           const uint8_t *pixels, double *feat);
+/* The rest of the row (d,) whose base is filled, from the pixels. */
+void finc_anomaly_complete(finc_anomaly_scratch *s, const struct finc_anomaly *a, const finc_config *cfg,
                            const uint8_t *pixels, double *feat);
 double finc_anomaly_score(const struct finc_anomaly *a, const double *feat);
 double finc_anomaly_p_value(const struct finc_anomaly *a, double score);
 
-/* Fits on fit (n_fit, d) and scores cal (n_cal, d) into the calibration
- * set. Returns 0, or -1 with a message. */
-int finc_anomaly_fit(struct finc_anomaly *a, int d, const double *fit, int n_fit, const double *cal, int n_cal,
-                     const char *data, char *err, size_t errlen);
+/* Fits on the first n_fit of n images and scores the rest into the
+ * calibration set: feat (n, d) with each row's base filled (the rest is
+ * filled here), pixels (n, C, H, W). Returns 0, or -1 with a message. */
+int finc_anomaly_fit(struct finc_anomaly *a, const finc_config *cfg, double *feat, const uint8_t *pixels, int n,
+                     int n_fit, const char *data, char *err, size_t errlen);
 /* The block as the JSON text stored in the metadata (malloc'd), or NULL. */
 char *finc_anomaly_to_json(const struct finc_anomaly *a, const finc_config *cfg);
 /* Parses and validates a block for a model of config cfg. Returns 0, or -1

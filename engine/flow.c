@@ -270,12 +270,12 @@ static int features_init(finc_engine *e, char *err, size_t errlen)
     return 0;
 }
 
-int finc_features(finc_engine *e, int n, const uint8_t *pixels, double *logp, double *feat, char *err,
+int finc_features(finc_engine *e, int n, const uint8_t *pixels, double *logp, double *feat, int stride, char *err,
                   size_t errlen)
 {
     if (check_n(e, n, err, errlen) || features_init(e, err, errlen)) return -1;
     const finc_config *cfg = &e->model.cfg;
-    const int S = e->nstats, d = finc_anomaly_feature_count(cfg);
+    const int S = e->nstats;
     const size_t D = (size_t)e->D;
     double lp[e->max_batch];
     for (int i0 = 0; i0 < n; i0 += e->max_batch) {
@@ -286,7 +286,7 @@ int finc_features(finc_engine *e, int n, const uint8_t *pixels, double *logp, do
 #pragma omp parallel for schedule(static) if (B > 1)
         for (int b = 0; b < B; b++)
             finc_anomaly_features(e->scratch[omp_get_thread_num()], cfg, e->h_img_stats + (size_t)b * S,
-                                  px + (size_t)b * D, feat + (size_t)(i0 + b) * d);
+                                  px + (size_t)b * D, feat + (size_t)(i0 + b) * stride);
     }
     return 0;
 }
@@ -301,14 +301,16 @@ int finc_score_anomaly(finc_engine *e, int n, const uint8_t *pixels, double *log
     }
     const int d = a->d, S = e->nstats;
     if (features_init(e, err, errlen)) return -1;
-    const double *feat = e->h_feat;
+    double *feat = e->h_feat;
     for (int i0 = 0; i0 < n; i0 += e->max_batch) {
         const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
-        if (finc_features(e, B, pixels + (size_t)i0 * e->D, logp ? logp + i0 : NULL, e->h_feat, err, errlen))
-            return -1;
+        const uint8_t *px = pixels + (size_t)i0 * e->D;
+        if (finc_features(e, B, px, logp ? logp + i0 : NULL, feat, d, err, errlen)) return -1;
 #pragma omp parallel for schedule(static) if (B > 1)
         for (int b = 0; b < B; b++) {
             finc_anomaly_result *r = &an[i0 + b];
+            finc_anomaly_complete(e->scratch[omp_get_thread_num()], a, &e->model.cfg, px + (size_t)b * e->D,
+                                  feat + (size_t)b * d);
             r->score = finc_anomaly_score(a, feat + (size_t)b * d);
             r->p_value = finc_anomaly_p_value(a, r->score);
             r->complexity_bpd = feat[(size_t)b * d + S];

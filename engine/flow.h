@@ -49,10 +49,11 @@ int finc_encode_stats(finc_engine *e, int n, const uint8_t *pixels, const float 
                       double *logp, double *stats, char *err, size_t errlen);
 int finc_engine_stats_count(const finc_engine *e);
 
-/* The anomaly features (n, d) of n images (engine/anomaly.h: their encode
- * statistics at midpoint dequantization, then complexity and pixel figures),
- * and their midpoint log p when logp != NULL, from one pass. */
-int finc_features(finc_engine *e, int n, const uint8_t *pixels, double *logp, double *feat, char *err,
+/* The base of n images' anomaly feature rows (engine/anomaly.h: their encode
+ * statistics at midpoint dequantization, complexity and pixel figures) into
+ * feat, rows `stride` apart, and their midpoint log p when logp != NULL, from
+ * one pass. */
+int finc_features(finc_engine *e, int n, const uint8_t *pixels, double *logp, double *feat, int stride, char *err,
                   size_t errlen);
 /* Anomaly score, p-value and complexity per image of a calibrated model
  * (an error otherwise), from finc_features; the midpoint log p too when
