@@ -23,6 +23,7 @@ typedef struct {
     batch_seg *seg;           /* (max_batch,) */
     uint8_t *pix;             /* (max_batch, D): score input, sample output */
     double *logp;             /* (max_batch,) */
+    finc_anomaly_result *an;  /* (max_batch,) */
     float *lat;               /* (max_batch, D) sample latents */
     uint64_t *seed, *index;   /* (max_batch,) score: each image's dequantization key */
     char err[256];
@@ -280,8 +281,17 @@ static int batch_run(finc_batcher *b, batch *bt)
             int k = 0;
             for (s1 = s0; s1 < bt->nseg && draws(bt->seg[s1].job) == samples; s1++) k += bt->seg[s1].k;
             const int off = bt->seg[s0].off;
-            if (finc_score_keyed(e, k, bt->pix + (size_t)off * D, samples, bt->seed + off, bt->index + off,
-                                 bt->logp + off, bt->err, sizeof bt->err) != 0) {
+            const uint8_t *px = bt->pix + (size_t)off * D;
+            /* A calibrated model's anomaly results come from the midpoint pass, which
+             * is also the score unless importance-weighted draws were asked for. */
+            const int anomaly = b->model->anomaly != NULL, midpoint = samples <= 1;
+            int rc = anomaly ? finc_score_anomaly(e, k, px, midpoint ? bt->logp + off : NULL, bt->an + off, bt->err,
+                                                  sizeof bt->err)
+                             : 0;
+            if (rc == 0 && (!anomaly || !midpoint))
+                rc = finc_score_keyed(e, k, px, samples, bt->seed + off, bt->index + off, bt->logp + off, bt->err,
+                                      sizeof bt->err);
+            if (rc != 0) {
                 failed = 1;
                 for (int s = s0; s < s1; s++) bt->seg[s].failed = 1;
             }
@@ -310,6 +320,8 @@ static void batch_finish(finc_batcher *b, batch *bt)
                 memcpy(j->images + (size_t)sg->i0 * D, bt->pix + (size_t)sg->off * D, (size_t)sg->k * D);
             else
                 memcpy(j->logp + sg->i0, bt->logp + sg->off, (size_t)sg->k * sizeof(double));
+            if (bt->kind == FINC_JOB_SCORE && j->anomaly)
+                memcpy(j->anomaly + sg->i0, bt->an + sg->off, (size_t)sg->k * sizeof *bt->an);
             j->finished += sg->k;
             if (j->finished == j->n) {
                 j->status = FINC_JOB_OK;
@@ -441,10 +453,11 @@ static void engine_main(void *arg)
         bt->seg = calloc(B, sizeof *bt->seg);
         bt->pix = malloc(B * D);
         bt->logp = malloc(B * sizeof *bt->logp);
+        bt->an = malloc(B * sizeof *bt->an);
         bt->lat = malloc(B * D * sizeof *bt->lat);
         bt->seed = malloc(B * sizeof *bt->seed);
         bt->index = malloc(B * sizeof *bt->index);
-        if (!bt->seg || !bt->pix || !bt->logp || !bt->lat || !bt->seed || !bt->index) {
+        if (!bt->seg || !bt->pix || !bt->logp || !bt->an || !bt->lat || !bt->seed || !bt->index) {
             snprintf(err, sizeof err, "out of memory for batch buffers");
             finc_engine_free(e);
             e = NULL;
@@ -496,6 +509,7 @@ static void free_memory(finc_batcher *b)
     free(b->batch.seg);
     free(b->batch.pix);
     free(b->batch.logp);
+    free(b->batch.an);
     free(b->batch.lat);
     free(b->batch.seed);
     free(b->batch.index);

@@ -41,6 +41,7 @@ struct finc_job {
     const uint8_t *pixels;    /* score input (n, C, H, W) */
     uint8_t *images;          /* sample output (n, C, H, W) */
     double *logp;             /* score output (n,) nats */
+    finc_anomaly_result *anomaly;  /* score output (n,) for a calibrated model, else NULL */
     double deadline;          /* finc_mono_now() seconds; 0 for none */
     int fd;                   /* client socket polled for hang-up, or -1 */
     finc_job_done_fn done;

@@ -50,6 +50,8 @@ static const opt_spec specs[] = {
     {"unhealthy-after", "FINC_UNHEALTHY_AFTER", OPT_INT, F(unhealthy_after), 0, 1000000,
      "failed engine batches in a row before /healthz and /readyz answer 503 (0: never)"},
     {"retry-after", "FINC_RETRY_AFTER", OPT_INT, F(retry_after), 0, 3600, "Retry-After seconds on 503"},
+    {"anomaly-alpha", "FINC_ANOMALY_ALPHA", OPT_DOUBLE, F(anomaly_alpha), 1e-9, 0.999999,
+     "default alpha of the anomaly verdicts: an image is anomalous when its p-value <= alpha"},
     {"log", "FINC_LOG", OPT_STR, F(log), 0, 0, "request log on stderr: json or off"},
 };
 #define NSPECS (sizeof specs / sizeof specs[0])
@@ -77,6 +79,7 @@ void finc_server_config_defaults(finc_server_config *c)
     c->drain_timeout = 30;
     c->unhealthy_after = 3;
     c->retry_after = 1;
+    c->anomaly_alpha = 0.01;
     snprintf(c->log, sizeof c->log, "json");
 }
 

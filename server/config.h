@@ -30,6 +30,7 @@ typedef struct {
     double drain_timeout;      /* seconds SIGTERM waits for queued and running work */
     int unhealthy_after;       /* failed engine batches in a row before health and readiness 503; 0 never */
     int retry_after;           /* seconds, in Retry-After on 503 */
+    double anomaly_alpha;      /* default significance of the anomaly verdicts */
     char log[8];               /* json or off */
     char api_key[512];         /* "" for none: FINC_API_KEY or --api-key-file */
 } finc_server_config;

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine/anomaly.h"
 #include "server/http_internal.h"
 #include "server/httputil.h"
 
@@ -124,6 +125,7 @@ static void request_free(finc_request *r)
     free(r->body);
     free(r->pixels);
     free(r->logp);
+    free(r->anomaly);
     free(r->names);
     free(r);
 }
@@ -235,6 +237,16 @@ static enum MHD_Result handle_models(finc_request *r)
     if (isnan(mi->test_bpd)) cJSON_AddNullToObject(o, "test_bits_per_dim");
     else cJSON_AddNumberToObject(o, "test_bits_per_dim", mi->test_bpd);
     cJSON_AddStringToObject(o, "backend", finc_batcher_backend(s->batcher));
+    cJSON *an = cJSON_AddObjectToObject(o, "anomaly");
+    cJSON_AddBoolToObject(an, "calibrated", m->anomaly != NULL);
+    if (m->anomaly) {
+        cJSON_AddStringToObject(an, "method", FINC_ANOMALY_METHOD);
+        cJSON_AddStringToObject(an, "data", m->anomaly->data);
+        cJSON_AddNumberToObject(an, "fit_images", m->anomaly->n_fit);
+        cJSON_AddNumberToObject(an, "calibration_images", m->anomaly->n_cal);
+        cJSON_AddNumberToObject(an, "statistics", m->anomaly->d);
+        cJSON_AddNumberToObject(an, "default_alpha", c->anomaly_alpha);
+    }
     cJSON *lim = cJSON_AddObjectToObject(root, "limits");
     cJSON_AddNumberToObject(lim, "max_batch", c->max_batch);
     cJSON_AddNumberToObject(lim, "max_delay_ms", c->max_delay_ms);

@@ -62,6 +62,8 @@ typedef struct finc_request {
     double temperature;       /* as asked (the job holds the float the engine uses) */
     uint8_t *pixels;          /* (n, C, H, W): score input or sample output */
     double *logp;             /* (n,) */
+    finc_anomaly_result *anomaly;  /* (n,) for a calibrated model, else NULL */
+    double alpha;             /* the verdicts' significance level */
     char (*names)[128];       /* (n,) multipart file names, or NULL */
     double timeout_ms;
 

@@ -249,9 +249,27 @@ static int check_color(const uint8_t *p, size_t len, int C, char *err, size_t er
     return 0;
 }
 
-static enum MHD_Result score_options(finc_request *r, const char *samples, const char *seed, double *S,
-                                     double *X, int *have_seed)
+static enum MHD_Result bad_alpha(finc_request *r)
 {
+    return finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL,
+                           "alpha must be a number in (0, 1): an image is anomalous when its p-value <= alpha");
+}
+
+/* A significance level written as a decimal number in (0, 1). */
+static int text_alpha(const char *s, double *out)
+{
+    if (!s || !*s || strlen(s) > 32) return -1;
+    char *end;
+    const double a = strtod(s, &end);
+    if (*end || !(a > 0 && a < 1)) return -1;
+    *out = a;
+    return 0;
+}
+
+static enum MHD_Result score_options(finc_request *r, const char *samples, const char *seed, const char *alpha,
+                                     double *S, double *X, int *have_seed)
+{
+    if (alpha && text_alpha(alpha, &r->alpha) != 0) return bad_alpha(r);
     if (samples && text_int(samples, 1, r->srv->cfg.max_samples, S) != 0)
         return finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL, "samples must be an integer in 1..%d",
                                r->srv->cfg.max_samples);
@@ -277,6 +295,7 @@ enum MHD_Result finc_handle_score(finc_request *r)
     cJSON *root = NULL;
     uint8_t *scratch = NULL;
     enum MHD_Result rc;
+    r->alpha = NAN;  /* until a request field sets it */
 
 #define FAIL(...)                     \
     do {                              \
@@ -290,7 +309,8 @@ enum MHD_Result finc_handle_score(finc_request *r)
         imgs[0] = (image_ref){(const uint8_t *)r->body, r->len, NULL};
         nimg = 1;
         rc = score_options(r, MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "samples"),
-                           MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "seed"), &samples, &seed,
+                           MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "seed"),
+                           MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "alpha"), &samples, &seed,
                            &have_seed);
         if (r->answered) goto out;
     } else if (finc_media_is(ct, "multipart/form-data")) {
@@ -303,24 +323,25 @@ enum MHD_Result finc_handle_score(finc_request *r)
         if (!parts || !imgs) FAIL(finc_http_error(r, 500, FINC_ERR_INTERNAL, NULL, "out of memory"));
         int np = finc_multipart_parse((const uint8_t *)r->body, r->len, boundary, parts, max_parts, err, sizeof err);
         if (np < 0) FAIL(finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL, "%s", err));
-        const char *samples_text = NULL, *seed_text = NULL;
-        char field[2][32];
+        static const char *const field_names[3] = {"samples", "seed", "alpha"};
+        const char *field_text[3] = {NULL, NULL, NULL};
+        char field[3][40];
         for (int i = 0; i < np; i++) {
             finc_part *p = &parts[i];
-            const int is_field = !p->has_filename && (!strcmp(p->name, "samples") || !strcmp(p->name, "seed"));
-            if (!is_field) {
+            int which = -1;
+            for (int f = 0; f < 3 && !p->has_filename; f++)
+                if (!strcmp(p->name, field_names[f])) which = f;
+            if (which < 0) {
                 imgs[nimg++] = (image_ref){p->data, p->len, p->has_filename ? p->filename : p->name};
                 continue;
             }
-            const int which = !strcmp(p->name, "seed");
             if (p->len >= sizeof field[0])
                 FAIL(finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL, "form field '%s' is too long", p->name));
             memcpy(field[which], p->data, p->len);
             field[which][p->len] = '\0';
-            if (which) seed_text = field[1];
-            else samples_text = field[0];
+            field_text[which] = field[which];
         }
-        rc = score_options(r, samples_text, seed_text, &samples, &seed, &have_seed);
+        rc = score_options(r, field_text[0], field_text[1], field_text[2], &samples, &seed, &have_seed);
         if (r->answered) goto out;
     } else if (is_json_body(r, ct)) {
         /* Unlike /sample's, an empty body here has no defaults to fall back on
@@ -345,11 +366,14 @@ enum MHD_Result finc_handle_score(finc_request *r)
                     FAIL(finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL,
                                          "seed must be an integer in 0..9007199254740991"));
                 have_seed = 1;
+            } else if (!strcmp(it->string, "alpha")) {
+                if (!cJSON_IsNumber(it) || !(it->valuedouble > 0 && it->valuedouble < 1)) FAIL(bad_alpha(r));
+                r->alpha = it->valuedouble;
             } else {
                 char name[64];
                 snprintf(name, sizeof name, "%s", it->string);
                 FAIL(finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL,
-                                     "unknown field '%s' (/log-likelihood takes images, samples, seed)", name));
+                                     "unknown field '%s' (/log-likelihood takes images, samples, seed, alpha)", name));
             }
         }
         if (!cJSON_IsArray(list))
@@ -388,10 +412,16 @@ enum MHD_Result finc_handle_score(finc_request *r)
     if (nimg > max_images)
         FAIL(finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL, "%d images, at most %d per request", nimg,
                              max_images));
+    const int calibrated = finc_batcher_model(s->batcher)->anomaly != NULL;
+    if (!calibrated && !isnan(r->alpha))
+        FAIL(finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL,
+                             "alpha given, but the model is not calibrated for anomaly verdicts (finc calibrate)"));
+    if (isnan(r->alpha)) r->alpha = s->cfg.anomaly_alpha;
     r->pixels = malloc((size_t)nimg * (size_t)mi->D);
     r->logp = malloc((size_t)nimg * sizeof *r->logp);
+    if (calibrated) r->anomaly = malloc((size_t)nimg * sizeof *r->anomaly);
     if (parts) r->names = calloc((size_t)nimg, sizeof *r->names);
-    if (!r->pixels || !r->logp || (parts && !r->names))
+    if (!r->pixels || !r->logp || (calibrated && !r->anomaly) || (parts && !r->names))
         FAIL(finc_http_error(r, 500, FINC_ERR_INTERNAL, NULL, "out of memory"));
     for (int i = 0; i < nimg; i++) {
         char err[256], what[200];
@@ -411,6 +441,7 @@ enum MHD_Result finc_handle_score(finc_request *r)
     r->job.seed = samples > 1 ? (have_seed ? (uint64_t)seed : random_seed()) : 0;
     r->job.pixels = r->pixels;
     r->job.logp = r->logp;
+    r->job.anomaly = r->anomaly;
     rc = finc_http_enqueue(r);
 out:
     free(imgs);
@@ -445,8 +476,19 @@ static enum MHD_Result answer_score(finc_request *r)
         if (r->names) cJSON_AddStringToObject(o, "name", r->names[i]);
         cJSON_AddNumberToObject(o, "log_likelihood", r->logp[i]);
         cJSON_AddNumberToObject(o, "bits_per_dim", finc_bits_per_dim(cfg, r->logp[i]));
+        if (r->anomaly) {
+            const finc_anomaly_result *a = &r->anomaly[i];
+            const int anomalous = a->p_value <= r->alpha;
+            cJSON *an = cJSON_AddObjectToObject(o, "anomaly");
+            cJSON_AddNumberToObject(an, "score", a->score);
+            cJSON_AddNumberToObject(an, "p_value", a->p_value);
+            cJSON_AddNumberToObject(an, "complexity_bits_per_dim", a->complexity_bpd);
+            cJSON_AddBoolToObject(an, "anomalous", anomalous);
+            finc_metrics_anomaly(r->srv->metrics, a->p_value, anomalous);
+        }
         cJSON_AddItemToArray(list, o);
     }
+    if (r->anomaly) cJSON_AddNumberToObject(root, "alpha", r->alpha);
     return finc_http_json(r, 200, root);
 }
 

@@ -31,6 +31,7 @@ static const double latency_le[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
                                     0.5, 1, 2.5, 5, 10, 30, 60};
 static const double wait_le[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                  0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+static const double p_value_le[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75};
 static const double engine_le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                    0.25, 0.5, 1, 2.5, 5, 10, 30};
 
@@ -47,6 +48,8 @@ struct finc_metrics {
     uint64_t images[FINC_METRICS_KINDS];
     uint64_t dropped[FINC_METRICS_KINDS][FINC_DROP_COUNT];
     long depth[FINC_METRICS_KINDS];
+    histogram p_value;
+    uint64_t anomalous;
     char version[64], backend[64], model[128];
 };
 
@@ -95,6 +98,7 @@ finc_metrics *finc_metrics_new(int max_batch)
         hist_init(&m->batch_size[k], m->batch_le, nb);
         hist_init(&m->engine[k], engine_le, (int)(sizeof engine_le / sizeof engine_le[0]));
     }
+    hist_init(&m->p_value, p_value_le, (int)(sizeof p_value_le / sizeof p_value_le[0]));
     snprintf(m->version, sizeof m->version, "unknown");
     snprintf(m->backend, sizeof m->backend, "none");
     snprintf(m->model, sizeof m->model, "none");
@@ -174,6 +178,14 @@ void finc_metrics_dropped(finc_metrics *m, int kind, finc_drop_reason why, int i
     if (kind < 0 || kind >= FINC_METRICS_KINDS || why >= FINC_DROP_COUNT) return;
     pthread_mutex_lock(&m->mu);
     m->dropped[kind][why] += (uint64_t)images;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void finc_metrics_anomaly(finc_metrics *m, double p_value, int anomalous)
+{
+    pthread_mutex_lock(&m->mu);
+    hist_observe(&m->p_value, p_value);
+    m->anomalous += anomalous != 0;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -395,6 +407,12 @@ char *finc_metrics_render(finc_metrics *m, size_t *len)
         for (int r = 0; r < FINC_DROP_COUNT; r++)
             sb_printf(&sb, "finc_images_dropped_total{kind=\"%s\",reason=\"%s\"} %llu\n", kind_names[k],
                       drop_names[r], (unsigned long long)m->dropped[k][r]);
+    header(&sb, "finc_anomaly_p_value", "histogram",
+           "Conformal p-values of the images scored by a calibrated model (near 0: unlike the calibration images).");
+    hist_render(&sb, "finc_anomaly_p_value", "", &m->p_value);
+    header(&sb, "finc_anomalous_images_total", "counter",
+           "Scored images whose p-value was at most the request's alpha.");
+    sb_printf(&sb, "finc_anomalous_images_total %llu\n", (unsigned long long)m->anomalous);
     pthread_mutex_unlock(&m->mu);
 
     render_process(&sb);
