@@ -318,10 +318,16 @@ static int cmd_info(int argc, char **argv)
     cJSON *meta = c->metadata_json ? cJSON_Parse(c->metadata_json) : NULL;
     const cJSON *it;
     cJSON_ArrayForEach(it, meta) {
-        if (cJSON_IsString(it) && strcmp(it->string, "config") && strcmp(it->string, "format"))
+        if (cJSON_IsString(it) && strcmp(it->string, "config") && strcmp(it->string, "format") &&
+            strcmp(it->string, "anomaly"))
             printf("%-12s %s\n", it->string, it->valuestring);
     }
     cJSON_Delete(meta);
+    if (m.anomaly)
+        printf("anomaly      calibrated (%s): %d statistics fitted on %d images, %d calibration scores; %s\n",
+               FINC_ANOMALY_METHOD, m.anomaly->d, m.anomaly->n_fit, m.anomaly->n_cal, m.anomaly->data);
+    else
+        printf("anomaly      not calibrated (finc calibrate)\n");
     if (o.tensors) {
         printf("tensors:\n");
         finc_config_each_tensor(c, tensor_print, NULL);

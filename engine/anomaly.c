@@ -425,11 +425,20 @@ int finc_anomaly_fit(struct finc_anomaly *a, const finc_config *cfg, double *fea
 
 /* ---- the metadata block ------------------------------------------------------- */
 
+/* 17 significant digits: cJSON's own printing drops the last bits of some
+ * doubles, and a calibration read back must score exactly as the one fitted. */
+static cJSON *exact_number(double v)
+{
+    char buf[40];
+    snprintf(buf, sizeof buf, "%.17g", v);
+    return cJSON_CreateRaw(buf);
+}
+
 static cJSON *number_array(const double *v, size_t n)
 {
     cJSON *arr = cJSON_CreateArray();
     for (size_t i = 0; arr && i < n; i++) {
-        cJSON *x = cJSON_CreateNumber(v[i]);
+        cJSON *x = exact_number(v[i]);
         if (!x) {
             cJSON_Delete(arr);
             return NULL;
@@ -450,7 +459,7 @@ char *finc_anomaly_to_json(const struct finc_anomaly *a, const finc_config *cfg)
         finc_anomaly_feature_name(cfg, i, name, sizeof name);
         cJSON_AddItemToArray(names, cJSON_CreateString(name));
     }
-    cJSON_AddNumberToObject(o, "bandwidth", a->bandwidth);
+    cJSON_AddItemToObject(o, "bandwidth", exact_number(a->bandwidth));
     cJSON_AddItemToObject(o, "mean", number_array(a->mean, (size_t)a->d));
     cJSON_AddItemToObject(o, "whiten", number_array(a->whiten, (size_t)a->d * a->d));
     cJSON_AddNumberToObject(o, "fit_images", a->n_fit);
