@@ -24,6 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <png.h>
+
+#include "engine/anomaly.h"
 #include "engine/flow.h"
 #include "io/png.h"
 #include "server/base64.h"
@@ -1324,6 +1327,248 @@ START_TEST(metrics_promtool_and_histograms)
 }
 END_TEST
 
+/* ---- anomaly verdicts --------------------------------------------------------------- */
+
+/* The test model's weights with an anomaly block fitted on 120 images of the
+ * fixture's family (80 fit, 40 calibration). */
+static void set_anomaly_meta(testmodel_file *f, void *user) { testmodel_set_meta(f, "anomaly", user); }
+
+static void write_calibrated(const char *path)
+{
+    enum { N = 120, NFIT = 80 };
+    char err[512];
+    finc_engine *e = engine();
+    const finc_config *cfg = &finc_engine_model(e)->cfg;
+    const int d = finc_anomaly_feature_count(cfg);
+    uint8_t *px = malloc((size_t)N * D);
+    uint64_t x = 99;
+    for (int i = 0; i < N; i++)
+        for (int p = 0; p < D; p++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            const int r = p / W, c = p % W;
+            px[i * D + p] = (uint8_t)(((r * (i % 5 + 1) * 7 + c * 5 * (i % 3 + 2)) + (int)(x >> 59)) % 256);
+        }
+    double *feat = malloc((size_t)N * d * sizeof *feat);
+    ck_assert_int_eq(finc_features(e, N, px, NULL, feat, d, err, sizeof err), 0);
+    struct finc_anomaly a;
+    ck_assert_msg(finc_anomaly_fit(&a, cfg, feat, px, N, NFIT, "fixture", err, sizeof err) == 0, "%s", err);
+    char *block = finc_anomaly_to_json(&a, cfg);
+    testmodel_spec spec = fmnist_spec();
+    ck_assert_int_eq(testmodel_write_hook(path, &spec, 11, set_anomaly_meta, block), 0);
+    free(block);
+    finc_anomaly_free(&a);
+    free(feat);
+    free(px);
+    finc_engine_free(e);
+}
+
+/* One PNG of the given libpng colour type and depth holding gray pixels
+ * (palette: a gray ramp; alpha: opaque), so decoding gives them back. */
+static uint8_t *png_variant(const uint8_t *pix, int color, int depth, size_t *len)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/variant.png", dir);
+    FILE *f = fopen(path, "wb");
+    png_structp p = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png_create_info_struct(p);
+    png_init_io(p, f);
+    png_set_IHDR(p, info, W, H, depth, color, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+                 PNG_FILTER_TYPE_DEFAULT);
+    png_color pal[256];
+    for (int i = 0; i < 256; i++) pal[i].red = pal[i].green = pal[i].blue = (png_byte)i;
+    if (color == PNG_COLOR_TYPE_PALETTE) png_set_PLTE(p, info, pal, 256);
+    png_write_info(p, info);
+    uint8_t row[W * 4];
+    for (int y = 0; y < H; y++) {
+        for (int x = 0; x < W; x++) {
+            const uint8_t v = pix[y * W + x];
+            if (depth == 16) row[2 * x] = row[2 * x + 1] = v;                 /* v * 257, big-endian */
+            else if (color == PNG_COLOR_TYPE_GRAY_ALPHA) row[2 * x] = v, row[2 * x + 1] = 255;
+            else row[x] = v;                                                    /* gray or palette index */
+        }
+        png_write_row(p, row);
+    }
+    png_write_end(p, NULL);
+    png_destroy_write_struct(&p, &info);
+    fclose(f);
+    f = fopen(path, "rb");
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    rewind(f);
+    uint8_t *buf = malloc(*len);
+    ck_assert_int_eq(fread(buf, 1, *len, f), *len);
+    fclose(f);
+    return buf;
+}
+
+typedef struct {
+    const uint8_t *png[4];
+    size_t len[4];
+    const char *alpha;
+} variant_parts;
+
+static curl_mime *variant_mime(CURL *c, void *user)
+{
+    variant_parts *v = user;
+    curl_mime *m = curl_mime_init(c);
+    for (int i = 0; i < 4; i++) {
+        curl_mimepart *p = curl_mime_addpart(m);
+        curl_mime_name(p, "image");
+        curl_mime_filename(p, "v.png");
+        curl_mime_data(p, (const char *)v->png[i], v->len[i]);
+    }
+    if (v->alpha) {
+        curl_mimepart *p = curl_mime_addpart(m);
+        curl_mime_name(p, "alpha");
+        curl_mime_data(p, v->alpha, CURL_ZERO_TERMINATED);
+    }
+    return m;
+}
+
+/* JSON numbers are printed to 15 significant digits */
+#define JSON_TOL 1e-14
+
+static const cJSON *result_anomaly(const resp *r, int i)
+{
+    const cJSON *res = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r->json, "results"), i);
+    ck_assert_ptr_nonnull(res);
+    return cJSON_GetObjectItemCaseSensitive(res, "anomaly");
+}
+
+START_TEST(anomaly_fields_verdicts_and_metrics)
+{
+    char cal[400], err[512];
+    snprintf(cal, sizeof cal, "%s/calibrated.safetensors", dir);
+    write_calibrated(cal);
+    finc_server_config c;
+    test_config(&c);
+    snprintf(c.weights, sizeof c.weights, "%s", cal);
+    start(&c);
+
+    /* each result against the engine on the same pixels */
+    finc_engine_opts o = {.backend = "cpu", .max_batch = 64, .threads = 1};
+    finc_engine *e = finc_engine_open(cal, &o, err, sizeof err);
+    ck_assert_msg(e != NULL, "%s", err);
+    finc_anomaly_result want[NIMG];
+    double lp[NIMG];
+    ck_assert_int_eq(finc_score_anomaly(e, NIMG, &img_pix[0][0], lp, want, err, sizeof err), 0);
+    finc_engine_free(e);
+    resp r;
+    int scored = 0, flagged = 0;
+    for (int i = 0; i < NIMG; i++) {
+        req q = {.path = i % 2 ? "/log-likelihood?alpha=0.5" : "/log-likelihood", .ctype = "image/png",
+                 .body = img_png[i], .len = (long)img_len[i]};
+        http(&q, &r);
+        ck_assert_int_eq(r.status, 200);
+        const double alpha = i % 2 ? 0.5 : 0.01;
+        ck_assert_double_eq(jnum(r.json, "alpha"), alpha);
+        const cJSON *an = result_anomaly(&r, 0);
+        ck_assert_ptr_nonnull(an);
+        ck_assert_double_eq_tol(jnum(an, "score"), want[i].score, JSON_TOL * fabs(want[i].score));
+        ck_assert_double_eq_tol(jnum(an, "p_value"), want[i].p_value, JSON_TOL * fabs(want[i].p_value));
+        ck_assert_double_eq_tol(jnum(an, "complexity_bits_per_dim"), want[i].complexity_bpd, JSON_TOL * fabs(want[i].complexity_bpd));
+        const int anomalous = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(an, "anomalous"));
+        ck_assert_int_eq(anomalous, want[i].p_value <= alpha);
+        scored++, flagged += anomalous;
+        resp_free(&r);
+    }
+
+    /* the same pixels in four encodings, alpha as a form field: one answer */
+    variant_parts v = {.alpha = "0.2"};
+    v.png[0] = img_png[2], v.len[0] = img_len[2];
+    uint8_t *pal = png_variant(img_pix[2], PNG_COLOR_TYPE_PALETTE, 8, &v.len[1]);
+    uint8_t *g16 = png_variant(img_pix[2], PNG_COLOR_TYPE_GRAY, 16, &v.len[2]);
+    uint8_t *ga = png_variant(img_pix[2], PNG_COLOR_TYPE_GRAY_ALPHA, 8, &v.len[3]);
+    v.png[1] = pal, v.png[2] = g16, v.png[3] = ga;
+    req q = {.path = "/log-likelihood", .mime = variant_mime, .mime_user = &v};
+    http(&q, &r);
+    ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+    ck_assert_double_eq(jnum(r.json, "alpha"), 0.2);
+    for (int i = 0; i < 4; i++) {
+        const cJSON *an = result_anomaly(&r, i);
+        ck_assert_double_eq_tol(jnum(an, "score"), want[2].score, JSON_TOL * fabs(want[2].score));
+        ck_assert_double_eq_tol(jnum(an, "p_value"), want[2].p_value, JSON_TOL * fabs(want[2].p_value));
+        flagged += want[2].p_value <= 0.2;
+    }
+    scored += 4;
+    resp_free(&r);
+
+    /* JSON bodies: alpha as a number */
+    char *b = b64(img_png[3], img_len[3]), body[8192];
+    snprintf(body, sizeof body, "{\"images\": [\"%s\"], \"alpha\": 0.9}", b);
+    post_json("/log-likelihood", body, &r);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_int_eq(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result_anomaly(&r, 0), "anomalous")),
+                     want[3].p_value <= 0.9);
+    flagged += want[3].p_value <= 0.9, scored++;
+    resp_free(&r);
+
+    /* bad alphas: 400 with a message, nothing scored */
+    const char *bad_q[] = {"/log-likelihood?alpha=0", "/log-likelihood?alpha=1", "/log-likelihood?alpha=abc",
+                           "/log-likelihood?alpha=-0.1", "/log-likelihood?alpha=0.5x", "/log-likelihood?alpha="};
+    for (size_t i = 0; i < sizeof bad_q / sizeof bad_q[0]; i++) {
+        req bq = {.path = bad_q[i], .ctype = "image/png", .body = img_png[0], .len = (long)img_len[0]};
+        http(&bq, &r);
+        ck_assert_msg(r.status == 400, "%s: %ld", bad_q[i], r.status);
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(r.json, "error");
+        ck_assert_msg(cJSON_IsString(m) && strstr(m->valuestring, "alpha must be a number in (0, 1)"), "%s", r.body);
+        resp_free(&r);
+    }
+    const char *bad_json[] = {"\"0.1\"", "2", "null", "[0.1]"};
+    for (size_t i = 0; i < sizeof bad_json / sizeof bad_json[0]; i++) {
+        snprintf(body, sizeof body, "{\"images\": [\"%s\"], \"alpha\": %s}", b, bad_json[i]);
+        post_json("/log-likelihood", body, &r);
+        ck_assert_msg(r.status == 400 && strstr(r.body, "alpha"), "alpha %s: %ld %s", bad_json[i], r.status, r.body);
+        resp_free(&r);
+    }
+    v.alpha = "1.5";
+    http(&q, &r);
+    ck_assert_msg(r.status == 400 && strstr(r.body, "alpha"), "%ld %s", r.status, r.body);
+    resp_free(&r);
+    free(b);
+
+    get("/v1/models", &r);
+    const cJSON *an = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(
+        cJSON_GetObjectItemCaseSensitive(r.json, "models"), 0), "anomaly");
+    ck_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(an, "calibrated")));
+    ck_assert_double_eq(jnum(an, "fit_images"), 80);
+    ck_assert_double_eq(jnum(an, "calibration_images"), 40);
+    ck_assert_double_eq(jnum(an, "default_alpha"), 0.01);
+    resp_free(&r);
+
+    char *text = scrape();
+    ck_assert_double_eq(metric(text, "finc_anomaly_p_value_count"), scored);
+    ck_assert_double_eq(metric(text, "finc_anomalous_images_total"), flagged);
+    free(text);
+    free(pal);
+    free(g16);
+    free(ga);
+}
+END_TEST
+
+START_TEST(uncalibrated_model_has_no_verdicts)
+{
+    start_default();
+    resp r;
+    req q = {.path = "/log-likelihood", .ctype = "image/png", .body = img_png[0], .len = (long)img_len[0]};
+    http(&q, &r);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_null(result_anomaly(&r, 0));
+    ck_assert_ptr_null(cJSON_GetObjectItemCaseSensitive(r.json, "alpha"));
+    resp_free(&r);
+    req qa = {.path = "/log-likelihood?alpha=0.05", .ctype = "image/png", .body = img_png[0], .len = (long)img_len[0]};
+    http(&qa, &r);
+    ck_assert_msg(r.status == 400 && strstr(r.body, "not calibrated"), "%ld %s", r.status, r.body);
+    resp_free(&r);
+    get("/v1/models", &r);
+    const cJSON *an = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(
+        cJSON_GetObjectItemCaseSensitive(r.json, "models"), 0), "anomaly");
+    ck_assert(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(an, "calibrated")));
+    resp_free(&r);
+    ck_assert_double_eq(metric_now("finc_anomaly_p_value_count"), 0);
+}
+END_TEST
+
 /* ---- the benchmark's load generator ----------------------------------------------------- */
 
 /* build/loadgen's JSON line for one rate against this server. */
@@ -1537,6 +1782,8 @@ static Suite *server_suite(void)
     tcase_add_test(tc, deadline_expires_while_queued_504);
     tcase_add_test(tc, client_hangup_drops_queued_work);
     tcase_add_test(tc, metrics_promtool_and_histograms);
+    tcase_add_test(tc, anomaly_fields_verdicts_and_metrics);
+    tcase_add_test(tc, uncalibrated_model_has_no_verdicts);
     tcase_add_test(tc, loadgen_drives_both_endpoints);
     tcase_add_test(tc, sigterm_drains_accepted_requests);
     tcase_add_test(tc, serve_exit_statuses);
