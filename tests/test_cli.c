@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "engine/anomaly.h"
 #include "engine/flow.h"
 #include "io/npy.h"
 #include "io/png.h"
@@ -204,6 +205,91 @@ START_TEST(eval_on_idx_file)
 }
 END_TEST
 
+/* A folder of n PNGs (nested one level, to check the recursive search) of
+ * images from one family: smooth gradients with a little noise. */
+static void write_png_folder(const char *folder, int n, int constant)
+{
+    char path[1024], err[256];
+    snprintf(path, sizeof path, "mkdir -p '%s/a' '%s/b'", folder, folder);
+    ck_assert_int_eq(system(path), 0);
+    uint64_t x = 1234;
+    for (int i = 0; i < n; i++) {
+        uint8_t px[64];
+        for (int p = 0; p < 64; p++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            px[p] = constant ? (uint8_t)(i * 2) : (uint8_t)((p / 8 * (i % 4 + 1) * 9 + p % 8 * 7 + (int)(x >> 60)) % 256);
+        }
+        snprintf(path, sizeof path, "%s/%s/%03d.png", folder, i % 2 ? "a" : "b", i);
+        ck_assert_int_eq(finc_png_write_file(path, px, 1, 8, 8, err, sizeof err), 0);
+    }
+}
+
+START_TEST(calibrate_score_eval_ood)
+{
+    char data[300], flat[300], cal[300], one[400];
+    snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(flat, sizeof flat, "%s/flat", dir);
+    snprintf(cal, sizeof cal, "%s/cal.safetensors", dir);
+    write_png_folder(data, 120, 0);
+    write_png_folder(flat, 30, 1);
+    /* arguments and too little data */
+    ck_assert_int_eq(run("./finc calibrate %s -o %s", weights, cal), 2);
+    ck_assert_int_eq(run("./finc calibrate %s --data %s", weights, data), 2);
+    ck_assert_int_eq(run("./finc ood %s --in %s", weights, data), 2);
+    ck_assert_int_eq(run("./finc score %s x.png --alpha 1", weights), 2);
+    ck_assert_int_eq(run("./finc calibrate %s --data %s --limit 20 -o %s", weights, data, cal), 1);
+    ck_assert_msg(strstr(out, "fit images") != NULL, "%s", out);
+    ck_assert_int_eq(run("./finc calibrate %s --data %s/none -o %s", weights, dir, cal), 1);
+
+    /* uncalibrated: no anomaly fields */
+    snprintf(one, sizeof one, "%s/a/001.png", data);
+    ck_assert_int_eq(run("./finc score %s %s --json", weights, one), 0);
+    ck_assert_msg(strstr(out, "anomaly") == NULL, "%s", out);
+
+    ck_assert_int_eq(run("./finc calibrate %s --data %s -o %s", weights, data, cal), 0);
+    ck_assert_msg(strstr(out, "fitted on 60 images, 60 calibration scores") != NULL, "%s", out);
+    ck_assert_int_eq(run("./finc info %s", cal), 0);
+    ck_assert_msg(strstr(out, "anomaly      calibrated") != NULL, "%s", out);
+
+    /* finc score --json equals the engine on the same pixels */
+    char err[512];
+    finc_engine *e = finc_engine_open(cal, NULL, err, sizeof err);
+    ck_assert_msg(e != NULL, "%s", err);
+    int h, w;
+    uint8_t *px = read_png(one, &h, &w);
+    finc_anomaly_result want;
+    double lp;
+    ck_assert_int_eq(finc_score_anomaly(e, 1, px, &lp, &want, err, sizeof err), 0);
+    free(px);
+    finc_engine_free(e);
+    ck_assert_int_eq(run("./finc score %s %s --json --alpha 0.5", cal, one), 0);
+    double score, p, cbpd, alpha;
+    char *a = strstr(out, "\"anomaly\": ");
+    ck_assert_msg(a != NULL, "%s", out);
+    ck_assert_int_eq(sscanf(a, "\"anomaly\": {\"score\": %lf, \"p_value\": %lf, \"complexity_bits_per_dim\": %lf, "
+                               "\"alpha\": %lf",
+                            &score, &p, &cbpd, &alpha),
+                     4);
+    /* printed to 10 significant digits */
+    ck_assert_double_eq_tol(score, want.score, 1e-9 * fabs(want.score));
+    ck_assert_double_eq_tol(p, want.p_value, 1e-9);
+    ck_assert_double_eq_tol(cbpd, want.complexity_bpd, 1e-9 * want.complexity_bpd);
+    ck_assert_double_eq(alpha, 0.5);
+    ck_assert_ptr_nonnull(strstr(out, want.p_value <= 0.5 ? "\"anomalous\": true" : "\"anomalous\": false"));
+    ck_assert_int_eq(run("./finc score %s %s", cal, one), 0);
+    ck_assert_msg(strstr(out, "anomaly ") && strstr(out, "p = "), "%s", out);
+
+    /* eval reports the flagged fractions; a set against itself ranks as a coin */
+    ck_assert_int_eq(run("./finc eval %s --data %s --json", cal, data), 0);
+    ck_assert_msg(strstr(out, "\"images\": 120") && strstr(out, "\"flagged\": {\"0.01\": "), "%s", out);
+    ck_assert_int_eq(run("./finc ood %s --in %s --out %s --out %s --json", cal, data, data, flat), 0);
+    ck_assert_msg(strstr(out, "\"anomaly\": {\"auroc\": 0.500000, \"aupr\": ") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "\"images_in\": 120, \"images_out\": 30") != NULL, "%s", out);
+    ck_assert_int_eq(run("./finc ood %s --in %s --out %s", cal, data, flat), 0);
+    ck_assert_msg(strstr(out, "mean AUROC") != NULL, "%s", out);
+}
+END_TEST
+
 static Suite *cli_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -214,6 +300,7 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, bad_files_exit_1);
     tcase_add_test(tc, info_sample_score_encode_decode);
     tcase_add_test(tc, eval_on_idx_file);
+    tcase_add_test(tc, calibrate_score_eval_ood);
     suite_add_tcase(s, tc);
     return s;
 }
