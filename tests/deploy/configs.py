@@ -7,6 +7,7 @@ turned into loopback ones, and nginx's access log summed up.
   configs.py nginx-log ACCESS_LOG       -> "requests non-200 retried why"
 """
 import json
+import os
 import re
 import sys
 
@@ -46,6 +47,9 @@ def prometheus(src, out, *targets):
     if len(jobs) != 1 or len(jobs[0]["static_configs"]) != 1 or len(jobs[0]["static_configs"][0]["targets"]) != 3:
         sys.exit(f"{src}: expected one job 'finc' with one static_configs entry of 3 targets")
     jobs[0]["static_configs"][0]["targets"] = list(targets)
+    # rule files are relative to the config, which moves
+    here = os.path.dirname(os.path.abspath(src))
+    cfg["rule_files"] = [os.path.join(here, r) for r in cfg.get("rule_files", [])]
     yaml.safe_dump(cfg, open(out, "w"))
 
 

@@ -64,6 +64,8 @@ run "yamllint: ${#yamls[@]} files (deploy/**/*.yaml, *.yml)" \
     yamllint -s -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: {check-keys: false}}}' "${yamls[@]}"
 run "docker-compose config: deploy/compose.yaml" docker-compose -f deploy/compose.yaml config -q
 run "promtool check config: deploy/prometheus/prometheus.yml" promtool check config deploy/prometheus/prometheus.yml
+run "promtool check rules: deploy/prometheus/alerts.yml" promtool check rules deploy/prometheus/alerts.yml
+run "promtool test rules: tests/deploy/alerts_test.yml (FincAnomalyRateHigh)" promtool test rules tests/deploy/alerts_test.yml
 mkdir -p "$tmp/nginx"
 "$PY" tests/deploy/configs.py nginx deploy/nginx/nginx.conf "$tmp/nginx/nginx.conf" 18080 "$tmp/nginx" 18081 18082 18083
 run "nginx -t: deploy/nginx/nginx.conf with loopback upstreams" \
