@@ -1,7 +1,8 @@
 /* Engine benchmarks (make bench): encode throughput and sample latency of a
  * weights file at batch 1 and 64, achieved GFLOP/s against this machine's
  * measured sgemm rate, and the FInC wavefront inverse against a raster-order
- * solve. Prints JSON lines; tools/bench.sh joins them with the PyTorch
+ * solve, and scoring with the anomaly fields against scoring without them.
+ * Prints JSON lines; tools/bench.sh joins them with the PyTorch
  * baseline measured in the same run. Medians of several runs after a warm-up. */
 #include <math.h>
 #include <omp.h>
@@ -107,6 +108,47 @@ static void bench_model(const char *path, const char *backend, int threads)
     finc_engine_free(e);
 }
 
+/* Scoring a calibrated model with and without the anomaly fields
+ * (finc_score_anomaly against the plain midpoint finc_encode), in
+ * alternating runs so that drift on a noisy machine falls on both. */
+static void bench_anomaly(const char *path, int threads)
+{
+    char err[512];
+    finc_engine_opts o = {.backend = "cpu", .max_batch = 64, .threads = threads};
+    finc_engine *e = finc_engine_open(path, &o, err, sizeof err);
+    if (!e || !finc_engine_model(e)->anomaly) {
+        fprintf(stderr, "bench: %s: %s\n", path, e ? "not calibrated (finc calibrate)" : err);
+        exit(1);
+    }
+    const int D = finc_config_dim(&finc_engine_model(e)->cfg), batches[] = {1, 64};
+    uint8_t *pix = malloc((size_t)64 * D);
+    double lp[64];
+    finc_anomaly_result an[64];
+    srand(3);
+    /* dark background, brighter object: the shipped model's kind of image */
+    for (int i = 0; i < 64 * D; i++) pix[i] = (uint8_t)(i % D / 28 % 27 > 6 && i % 28 > 6 ? rand() % 200 + 40 : 0);
+    for (int bi = 0; bi < 2; bi++) {
+        const int B = batches[bi], reps = 21;
+        double tp[21], ta[21];
+        engine_ok(finc_score_anomaly(e, B, pix, lp, an, err, sizeof err), err);
+        for (int r = 0; r < reps; r++) {
+            double t0 = now();
+            engine_ok(finc_encode(e, B, pix, NULL, NULL, lp, err, sizeof err), err);
+            tp[r] = now() - t0;
+            t0 = now();
+            engine_ok(finc_score_anomaly(e, B, pix, lp, an, err, sizeof err), err);
+            ta[r] = now() - t0;
+        }
+        const double mp = median(tp, reps), ma = median(ta, reps);
+        printf("{\"bench\": \"anomaly\", \"model\": \"%s\", \"threads\": %d, \"batch\": %d, "
+               "\"score_ms\": %.3f, \"score_anomaly_ms\": %.3f, \"throughput_ratio\": %.3f}\n",
+               path, omp_get_max_threads(), B, mp * 1e3, ma * 1e3, mp / ma);
+        fflush(stdout);
+    }
+    free(pix);
+    finc_engine_free(e);
+}
+
 /* One FInC unit of C channels on an n x n image, batch 1. */
 static void bench_finc(int n, int k, int C)
 {
@@ -146,14 +188,16 @@ static void bench_finc(int n, int k, int C)
 int main(int argc, char **argv)
 {
     int threads = 0, finc = 0;
-    const char *backend = "cpu";
+    const char *backend = "cpu", *anomaly = NULL;
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--backend") && i + 1 < argc) backend = argv[++i];
         else if (!strcmp(argv[i], "--finc")) finc = 1;
+        else if (!strcmp(argv[i], "--anomaly") && i + 1 < argc) anomaly = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_engine [--backend cpu|cuda|auto] [--threads N] [--finc] [WEIGHTS...]\n");
+            fprintf(stderr, "usage: bench_engine [--backend cpu|cuda|auto] [--threads N] [--finc] "
+                            "[--anomaly CALIBRATED_WEIGHTS] [WEIGHTS...]\n");
             return 2;
         }
     }
@@ -162,6 +206,7 @@ int main(int argc, char **argv)
     printf("{\"bench\": \"sgemm\", \"threads\": %d, \"shape\": \"512x25088x512\", \"gflops\": %.2f}\n",
            omp_get_max_threads(), sgemm_rate());
     for (; i < argc; i++) bench_model(argv[i], backend, threads);
+    if (anomaly) bench_anomaly(anomaly, threads);
     if (finc) {
         const int sizes[] = {16, 32, 64, 128, 256}, ks[] = {3, 5, 7};
         for (int a = 0; a < 5; a++)

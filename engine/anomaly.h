@@ -29,6 +29,7 @@ struct finc_anomaly {
     double *mean;           /* (d,) fit mean */
     double *whiten;         /* (d, d) lower triangular, row-major: z = whiten (x - mean) */
     double *points;         /* (n_fit, d) whitened fit features */
+    double *points_t;       /* (d, n_fit) the same, feature-major: what scoring reads */
     double *cal;            /* (n_cal,) calibration scores, ascending */
     int pca_dim;            /* values of a pooled image: finc_anomaly_pooled_dim */
     double *pca_mean;       /* (pca_dim,) of the fit images, pixels / 255 */
