@@ -6,6 +6,7 @@
 #   make bench    benchmarks (docs/benchmarks.md)
 #   make test-deploy  deploy/ validated, and three replicas behind nginx under faults
 #   make fuzz     the parsers of untrusted bytes and the HTTP server under libFuzzer, ASan, UBSan
+#   make ood      anomaly detection on the probe sets (make probes), raw bits/dim against the anomaly score
 
 CC       ?= gcc
 ARCH     ?= -march=native
@@ -114,6 +115,14 @@ bench-server: finc $(BUILD)/loadgen
 
 vectors:
 	$(PYTHON) tools/make_vectors.py
+
+# make probes: out-of-distribution probe sets (build/probes/*.idx); make ood:
+# the shipped model's AUROC on each, raw bits/dim beside the anomaly score.
+.PHONY: probes ood
+probes: deps
+	@bash tools/probes.sh
+ood: probes finc
+	./finc ood $(WEIGHTS) --in test $(foreach p,noise constant inverted vflip glyphs natural faces,--out build/probes/$(p).idx)
 
 run: deps finc
 	./finc serve --weights $(WEIGHTS) --port $(PORT) --backend $(BACKEND)

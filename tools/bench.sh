@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: the CPU engine against the PyTorch + Cython baseline on the same
 # weights in the same run, and the FInC wavefront inverse against a raster
-# solve. Raw JSON lines go to build/bench/results.jsonl; the tables to stdout
+# solve, and scoring with the anomaly fields against scoring without them
+# (the shipped, calibrated model). Raw JSON lines go to build/bench/results.jsonl; the tables to stdout
 # (docs/benchmarks.md keeps a copy). Time on a quiet machine: the load average
 # is printed with the figures.
 set -euo pipefail
@@ -22,5 +23,6 @@ for m in f128 f512; do
         | $PY -c 'import json,sys; d=json.load(sys.stdin); d["bench"]="torch"; print(json.dumps(d))' >> "$out"
 done
 build/bench/bench_engine --threads "$THREADS" --finc | grep -v '"sgemm"' >> "$out"
+build/bench/bench_engine --threads "$THREADS" --anomaly weights/fashion-mnist.safetensors | grep '"anomaly"' >> "$out"
 build/bench/bench_engine --threads "$THREADS" | grep '"sgemm"' >> "$out"
 $PY tools/bench_report.py "$out"

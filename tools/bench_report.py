@@ -56,6 +56,15 @@ def main(path):
             print(f"| {r['size']}x{r['size']} | {r['k']} | {r['forward_ms']:.3f} ms | {r['wavefront_ms']:.3f} ms "
                   f"| {r['units_ms']:.3f} ms | {r['raster_ms']:.3f} ms | {r['raster_over_wavefront']:.2f}x "
                   f"| {r['raster_over_units']:.2f}x |")
+    anomaly = [r for r in rows if r["bench"] == "anomaly"]
+    if anomaly:
+        print("\nScoring the shipped model with the anomaly fields (finc_score_anomaly) against the plain midpoint "
+              "score (finc_encode), alternating runs, median of 21:\n")
+        print("| batch | score | score + anomaly | throughput with / without (aim >= 0.95) |")
+        print("|---|---|---|---|")
+        for r in anomaly:
+            print(f"| {r['batch']} | {r['score_ms']:.2f} ms | {r['score_anomaly_ms']:.2f} ms "
+                  f"| {r['throughput_ratio']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 set -eu
 pkgs=(build-essential pkg-config check libcjson-dev libpng-dev zlib1g-dev libdnnl-dev
       libopenblas-dev libmicrohttpd-dev libuv1-dev libcurl4-openssl-dev
-      python3-torch python3-numpy cython3 dataset-fashion-mnist prometheus nginx-light
+      python3-torch python3-numpy python3-pil fonts-dejavu-core cython3 dataset-fashion-mnist prometheus nginx-light
       clang libclang-rt-dev libomp-dev)
 missing=()
 for p in "${pkgs[@]}"; do
