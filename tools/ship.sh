@@ -2,8 +2,8 @@
 # Ships the best Fashion-MNIST checkpoint as weights/fashion-mnist.safetensors:
 # exports it, measures test bits/dim with the C engine (all 10,000 test images,
 # midpoint and importance-weighted, and the 256-image subset the regression test
-# checks), records the figures in the file's metadata, and draws the sample grids
-# shown in the README.
+# checks), records the figures in the file's metadata, calibrates its anomaly
+# score on the 5,000 validation images, and draws the sample grids shown in the README.
 #   tools/ship.sh [CHECKPOINT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,9 @@ $PY tools/export.py $ck --out "$out" --test-bpd "$(field bits_per_dim <<<"$mid")
     --meta "test_bpd_iw$S=$(field bits_per_dim <<<"$iw")" \
     --meta "test_subset256_bpd=$(field bits_per_dim <<<"$sub")"
 rm -f "$tmp" build/ship.pt
+# the anomaly score, fitted and calibrated on the validation images (docs/anomaly.md)
+./finc calibrate "$out" --data val -o "$out"
+./finc eval "$out" --data test | tail -n 2
 ./finc sample "$out" -n 64 -t 0.7 --seed 1 -o docs/samples-t0.7.png
 ./finc sample "$out" -n 64 -t 1.0 --seed 1 -o docs/samples-t1.0.png
 ./finc info "$out"
