@@ -1450,8 +1450,9 @@ START_TEST(anomaly_fields_verdicts_and_metrics)
     finc_engine *e = finc_engine_open(cal, &o, err, sizeof err);
     ck_assert_msg(e != NULL, "%s", err);
     finc_anomaly_result want[NIMG];
-    double lp[NIMG];
+    double lp[NIMG], iw;
     ck_assert_int_eq(finc_score_anomaly(e, NIMG, &img_pix[0][0], lp, want, err, sizeof err), 0);
+    ck_assert_int_eq(finc_score(e, 1, img_pix[1], 3, 5, 0, &iw, err, sizeof err), 0);
     finc_engine_free(e);
     resp r;
     int scored = 0, flagged = 0;
@@ -1472,6 +1473,17 @@ START_TEST(anomaly_fields_verdicts_and_metrics)
         scored++, flagged += anomalous;
         resp_free(&r);
     }
+
+    /* importance-weighted: that log p, and the verdict of the midpoint pass */
+    req qiw = {.path = "/log-likelihood?samples=3&seed=5", .ctype = "image/png", .body = img_png[1],
+               .len = (long)img_len[1]};
+    http(&qiw, &r);
+    ck_assert_int_eq(r.status, 200);
+    const cJSON *res0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r.json, "results"), 0);
+    ck_assert_double_eq_tol(jnum(res0, "log_likelihood"), iw, JSON_TOL * fabs(iw));
+    ck_assert_double_eq_tol(jnum(result_anomaly(&r, 0), "score"), want[1].score, JSON_TOL * fabs(want[1].score));
+    flagged += want[1].p_value <= 0.01, scored++;
+    resp_free(&r);
 
     /* the same pixels in four encodings, alpha as a form field: one answer */
     variant_parts v = {.alpha = "0.2"};
