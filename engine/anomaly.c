@@ -498,7 +498,12 @@ char *finc_anomaly_to_json(const struct finc_anomaly *a, const finc_config *cfg)
     return s;
 }
 
-/* An array of exactly n finite numbers into dst. */
+/* Any larger magnitude could overflow the squared distances of the score
+ * (a fit's values are within a few thousand). */
+#define MAX_MAGNITUDE 1e30
+
+/* An array of exactly n finite numbers of magnitude <= MAX_MAGNITUDE, into
+ * dst; dst NULL only checks (before anything is allocated for it). */
 static int get_numbers(const cJSON *o, const char *key, double *dst, size_t n, char *err, size_t errlen)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -508,9 +513,10 @@ static int get_numbers(const cJSON *o, const char *key, double *dst, size_t n, c
     for (const cJSON *x = v->child; x; x = x->next, i++) {
         if (i >= n)
             return finc_errorf(err, errlen, "metadata 'anomaly': '%s' has more than %zu numbers", key, n);
-        if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble))
-            return finc_errorf(err, errlen, "metadata 'anomaly': '%s'[%zu] is not a finite number", key, i);
-        dst[i] = x->valuedouble;
+        if (!cJSON_IsNumber(x) || !(fabs(x->valuedouble) <= MAX_MAGNITUDE))
+            return finc_errorf(err, errlen, "metadata 'anomaly': '%s'[%zu] is not a number within +-%g", key, i,
+                               MAX_MAGNITUDE);
+        if (dst) dst[i] = x->valuedouble;
     }
     if (i != n) return finc_errorf(err, errlen, "metadata 'anomaly': '%s' has %zu numbers, expected %zu", key, i, n);
     return 0;
@@ -559,15 +565,20 @@ static int parse_block(struct finc_anomaly *a, const cJSON *o, const finc_config
     const cJSON *data = cJSON_GetObjectItemCaseSensitive(o, "data");
     if (data && !cJSON_IsString(data)) return finc_errorf(err, errlen, "metadata 'anomaly': 'data' is not a string");
     const int P = finc_anomaly_pooled_dim(cfg);
-    if (alloc_arrays(a, d, n_fit, n_cal, P, err, errlen)) return -1;
-    a->bandwidth = bw->valuedouble;
-    if (get_numbers(o, "layout_mean", a->pca_mean, (size_t)P, err, errlen) ||
-        get_numbers(o, "layout_basis", a->pca_basis, (size_t)FINC_ANOMALY_PCA * P, err, errlen) ||
-        get_numbers(o, "mean", a->mean, (size_t)d, err, errlen) ||
-        get_numbers(o, "whiten", a->whiten, (size_t)d * d, err, errlen) ||
-        get_numbers(o, "fit_points", a->points, (size_t)n_fit * d, err, errlen) ||
-        get_numbers(o, "calibration_scores", a->cal, (size_t)n_cal, err, errlen))
-        return -1;
+    /* Checked first, so that memory follows the numbers present, not the counts claimed. */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            if (alloc_arrays(a, d, n_fit, n_cal, P, err, errlen)) return -1;
+            a->bandwidth = bw->valuedouble;
+        }
+        if (get_numbers(o, "layout_mean", a->pca_mean, (size_t)P, err, errlen) ||
+            get_numbers(o, "layout_basis", a->pca_basis, (size_t)FINC_ANOMALY_PCA * P, err, errlen) ||
+            get_numbers(o, "mean", a->mean, (size_t)d, err, errlen) ||
+            get_numbers(o, "whiten", a->whiten, (size_t)d * d, err, errlen) ||
+            get_numbers(o, "fit_points", a->points, (size_t)n_fit * d, err, errlen) ||
+            get_numbers(o, "calibration_scores", a->cal, (size_t)n_cal, err, errlen))
+            return -1;
+    }
     for (int j = 0; j < d; j++) {
         if (!(a->whiten[(size_t)j * d + j] > 0))
             return finc_errorf(err, errlen, "metadata 'anomaly': 'whiten' diagonal entry %d is not positive", j);

@@ -247,6 +247,14 @@ START_TEST(corrupt_blocks_are_refused)
     ck_assert_msg(strstr(err, "lower triangular"), "%s", err);
     free(bad);
     cJSON_Delete(o);
+    /* a number that would overflow the score's distances */
+    o = cJSON_Parse(json);
+    cJSON_ReplaceItemInArray(cJSON_GetObjectItemCaseSensitive(o, "fit_points"), 7, cJSON_CreateNumber(1e200));
+    bad = cJSON_PrintUnformatted(o);
+    ck_assert_int_eq(finc_anomaly_parse(&b, bad, &cfg, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "'fit_points'[7] is not a number within"), "%s", err);
+    free(bad);
+    cJSON_Delete(o);
     ck_assert_int_eq(finc_anomaly_parse(&b, "{\"method\": ", &cfg, err, sizeof err), -1);
     ck_assert_msg(strstr(err, "not valid JSON"), "%s", err);
     ck_assert_int_eq(finc_anomaly_parse(&b, "[1]", &cfg, err, sizeof err), -1);

@@ -1,6 +1,7 @@
 /* Writes the fuzz targets' starting corpora (make fuzz) with the project's own
  * writers: valid inputs the fuzzer mutates from.
- *   seeds DIR   -> DIR/weights, DIR/config, DIR/png, DIR/npy, DIR/idx, DIR/multipart, DIR/http */
+ *   seeds DIR   -> DIR/weights, DIR/config, DIR/anomaly, DIR/png, DIR/npy, DIR/idx, DIR/multipart,
+ *                  DIR/http */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include "engine/anomaly.h"
 #include "io/npy.h"
 #include "io/png.h"
 #include "server/base64.h"
@@ -49,6 +51,86 @@ static void weights(const char *name, testmodel_spec s)
     snprintf(json_name, sizeof json_name, "%.*s.json", (int)(strcspn(name, ".")), name);
     if (config) put("config", json_name, config, strlen(config));
     finc_st_close(&f);
+}
+
+/* An anomaly block fitted by finc_anomaly_fit for the config JSON, on n
+ * images of which the first n_fit are the fit set: pseudo-random statistics
+ * and pixels from seed, into *a and *cfg (the caller frees both); exits on failure. */
+static void anomaly_fit(struct finc_anomaly *a, finc_config *cfg, const char *config_json, int n, int n_fit,
+                        const char *data, uint32_t seed)
+{
+    char err[256];
+    if (finc_config_parse(cfg, config_json, err, sizeof err) != 0) {
+        fprintf(stderr, "seeds: %s\n", err);
+        exit(1);
+    }
+    const int d = finc_anomaly_feature_count(cfg), base = finc_anomaly_base_count(cfg);
+    const size_t D = (size_t)finc_config_dim(cfg);
+    double *feat = calloc((size_t)n * d, sizeof *feat);
+    uint8_t *pixels = malloc((size_t)n * D);
+    if (!feat || !pixels) exit(1);
+    uint32_t h = seed ? seed : 1;  /* xorshift */
+#define NEXT() (h ^= h << 13, h ^= h >> 17, h ^= h << 5, h)
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < base; j++) feat[(size_t)i * d + j] = (double)NEXT() / 4294967296.0 * (j + 1) - 0.5 * j;
+    for (size_t i = 0; i < (size_t)n * D; i++) pixels[i] = (uint8_t)(NEXT() >> 24);
+#undef NEXT
+    if (finc_anomaly_fit(a, cfg, feat, pixels, n, n_fit, data, err, sizeof err) != 0) {
+        fprintf(stderr, "seeds: finc_anomaly_fit: %s\n", err);
+        exit(1);
+    }
+    free(feat);
+    free(pixels);
+}
+
+static void put_block(const char *name, const struct finc_anomaly *a, const finc_config *cfg, size_t keep)
+{
+    char *json = finc_anomaly_to_json(a, cfg);
+    if (!json) {
+        fprintf(stderr, "seeds: finc_anomaly_to_json failed\n");
+        exit(1);
+    }
+    const size_t len = strlen(json);
+    put("anomaly", name, json, keep && keep < len ? keep : len);
+    free(json);
+}
+
+/* Blocks for fuzz_anomaly's model (1 x 8 x 8, 2 levels of 1 step: 20
+ * features, so at least 40 fit images): valid ones, and ones it refuses. */
+static void anomaly_seeds(void)
+{
+    static const char config[] = "{\"image\":[1,8,8],\"levels\":2,\"steps\":[1,1],\"kernel\":3,"
+                                 "\"coupling_width\":8,\"actnorm\":true}";
+    struct finc_anomaly a;
+    finc_config cfg;
+    anomaly_fit(&a, &cfg, config, 50, 40, "seed", 1);
+    put_block("valid.json", &a, &cfg, 0);
+    put_block("truncated.json", &a, &cfg, 2000);
+    char *json = finc_anomaly_to_json(&a, &cfg), *m = json ? strstr(json, FINC_ANOMALY_METHOD) : NULL;
+    if (!m) exit(1);
+    memcpy(m, "whitened-gaussian-kdf", strlen(FINC_ANOMALY_METHOD));
+    put("anomaly", "wrong-method.json", json, strlen(json));
+    free(json);
+    a.cal[0] = a.cal[a.n_cal - 1] + 1;  /* no longer ascending */
+    put_block("unsorted-calibration.json", &a, &cfg, 0);
+    a.cal[0] = a.cal[1] - 1;
+    a.whiten[1] = 0.5;  /* above the diagonal */
+    put_block("whiten-not-triangular.json", &a, &cfg, 0);
+    finc_anomaly_free(&a);
+    finc_config_free(&cfg);
+
+    anomaly_fit(&a, &cfg, config, 41, 40, "one \"calibration\" image\n\u00e9", 2);
+    put_block("valid-one-calibration.json", &a, &cfg, 0);
+    finc_anomaly_free(&a);
+    finc_config_free(&cfg);
+
+    /* A model with one more step: 21 features, not this one's 20. */
+    static const char config3[] = "{\"image\":[1,8,8],\"levels\":2,\"steps\":[2,1],\"kernel\":3,"
+                                  "\"coupling_width\":8,\"actnorm\":true}";
+    anomaly_fit(&a, &cfg, config3, 52, 42, "seed", 3);
+    put_block("wrong-feature-count.json", &a, &cfg, 0);
+    finc_anomaly_free(&a);
+    finc_config_free(&cfg);
 }
 
 /* A PNG of C x H x W; the caller frees it. */
@@ -137,6 +219,8 @@ int main(int argc, char **argv)
     s.dtype = FINC_ST_F16;
     s.levels = 1;
     weights("tiny-f16-one-level.safetensors", s);
+
+    anomaly_seeds();
 
     png("gray-28.png", 1, 28, 28);
     png("color-28.png", 3, 28, 28);
