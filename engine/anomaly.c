@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
 #include "engine/check.h"
 #include "engine/error.h"
@@ -63,9 +62,6 @@ static void pool(const finc_config *cfg, const uint8_t *pixels, double *out)
 /* ---- features ------------------------------------------------------------- */
 
 struct finc_anomaly_scratch {
-    z_stream z;
-    uint8_t *rows, *out;       /* C*H*(W+1) filtered bytes, their deflated form */
-    size_t nrows, nout;
     double *pooled;            /* (pooled dim,) */
 };
 
@@ -73,16 +69,8 @@ finc_anomaly_scratch *finc_anomaly_scratch_new(const finc_config *cfg)
 {
     finc_anomaly_scratch *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    s->nrows = (size_t)cfg->c * cfg->h * (cfg->w + 1);
-    s->nout = compressBound((uLong)s->nrows);
-    s->rows = malloc(s->nrows);
-    s->out = malloc(s->nout);
     s->pooled = malloc((size_t)finc_anomaly_pooled_dim(cfg) * sizeof *s->pooled);
-    /* compress2's parameters (window 15, memLevel 8), so zlib.compress(rows, 9) gives the same bytes. */
-    if (!s->rows || !s->out || !s->pooled || deflateInit2(&s->z, 9, Z_DEFLATED, 15, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
-        free(s->rows);
-        free(s->out);
-        free(s->pooled);
+    if (!s->pooled) {
         free(s);
         return NULL;
     }
@@ -92,9 +80,6 @@ finc_anomaly_scratch *finc_anomaly_scratch_new(const finc_config *cfg)
 void finc_anomaly_scratch_free(finc_anomaly_scratch *s)
 {
     if (!s) return;
-    deflateEnd(&s->z);
-    free(s->rows);
-    free(s->out);
     free(s->pooled);
     free(s);
 }
@@ -105,33 +90,49 @@ static int paeth(int a, int b, int c)
     return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
 }
 
-double finc_anomaly_complexity(finc_anomaly_scratch *s, const uint8_t *pixels, int C, int H, int W)
+/* Magnitude classes of a residual in -128..127: 0 for 0, else 1 + floor(log2 |r|). */
+#define N_CLASSES 9
+#define N_CONTEXTS 3
+
+static int magnitude_class(int r)
 {
-    FINC_CHECK((size_t)C * H * (W + 1) <= s->nrows);
-    uint8_t *o = s->rows;
+    int m = abs(r), k = 0;
+    while (m) k++, m >>= 1;
+    return k;
+}
+
+/* The code length of a simple lossless image coder: each pixel predicted by
+ * PNG's Paeth filter from its left, upper and upper-left neighbours in its
+ * channel plane (0 outside), the residual (mod 256, as a signed byte) coded
+ * as its magnitude class under an adaptive Krichevsky-Trofimov model (one of
+ * three contexts, by the class of the residual to the left: 0, 1-2, 3+), then
+ * the class's raw low bits and a sign bit. An arithmetic coder would write
+ * this many bits, give or take two bytes. */
+double finc_anomaly_complexity(const uint8_t *pixels, int C, int H, int W)
+{
+    double bits = 0;
     for (int c = 0; c < C; c++) {
+        int count[N_CONTEXTS][N_CLASSES] = {{0}}, total[N_CONTEXTS] = {0};
         const uint8_t *plane = pixels + (size_t)c * H * W;
         for (int y = 0; y < H; y++) {
             const uint8_t *row = plane + (size_t)y * W, *up = y ? row - W : NULL;
-            *o++ = 4;  /* PNG filter type: Paeth */
+            int left_class = 0;
             for (int x = 0; x < W; x++) {
                 const int a = x ? row[x - 1] : 0, b = up ? up[x] : 0, cc = x && up ? up[x - 1] : 0;
-                *o++ = (uint8_t)(row[x] - paeth(a, b, cc));
+                const int r = (int8_t)(uint8_t)(row[x] - paeth(a, b, cc));
+                const int k = magnitude_class(r), ctx = left_class == 0 ? 0 : left_class <= 2 ? 1 : 2;
+                bits -= log2((2.0 * count[ctx][k] + 1.0) / (2.0 * total[ctx] + N_CLASSES));
+                bits += k == 0 ? 0 : k;  /* k - 1 low bits below the leading one, and the sign */
+                count[ctx][k]++;
+                total[ctx]++;
+                left_class = k;
             }
         }
     }
-    const size_t n = (size_t)(o - s->rows);
-    FINC_CHECK(deflateReset(&s->z) == Z_OK);
-    s->z.next_in = s->rows;
-    s->z.avail_in = (uInt)n;
-    s->z.next_out = s->out;
-    s->z.avail_out = (uInt)s->nout;
-    FINC_CHECK(deflate(&s->z, Z_FINISH) == Z_STREAM_END);
-    return 8.0 * (double)s->z.total_out / ((double)C * H * W);
+    return bits / ((double)C * H * W);
 }
 
-void finc_anomaly_features(finc_anomaly_scratch *s, const finc_config *cfg, const double *stats,
-                           const uint8_t *pixels, double *feat)
+void finc_anomaly_features(const finc_config *cfg, const double *stats, const uint8_t *pixels, double *feat)
 {
     const int S = finc_config_stat_count(cfg);
     const size_t D = (size_t)finc_config_dim(cfg);
@@ -146,7 +147,7 @@ void finc_anomaly_features(finc_anomaly_scratch *s, const finc_config *cfg, cons
         fulls += pixels[i] == 255;
     }
     const double mean = sum / (double)D, var = sum2 / (double)D - mean * mean;
-    feat[S] = finc_anomaly_complexity(s, pixels, cfg->c, cfg->h, cfg->w);
+    feat[S] = finc_anomaly_complexity(pixels, cfg->c, cfg->h, cfg->w);
     feat[S + 1] = mean / 255.0;
     feat[S + 2] = sqrt(var > 0 ? var : 0) / 255.0;
     feat[S + 3] = (double)zeros / (double)D;
@@ -190,32 +191,39 @@ static void whiten(const struct finc_anomaly *a, const double *x, double *z)
 }
 
 /* -ln mean_i exp(-|z - p_i|^2 / 2h^2), by chunks of points: squared
- * distances first (feature-major, so the loop over points vectorizes), then
- * the exponentials of the terms that can still count. A term more than 36
- * e-folds below its chunk's largest is under 2.3e-16 of the sum, which holds
- * at least 1: it is below double rounding and skipped. */
+ * distances first, in float from a feature-major float copy of the points
+ * (the loop over points vectorizes, and the copy is half the bytes to stream:
+ * the distances are bound by memory; float rounding moves a score by about
+ * 1e-5 per unit of distance, below the float32 engine's own noise), then the
+ * exponentials of the terms that count. Terms more than 20 e-folds below
+ * their chunk's largest are left out: together they are under n e^-20 of the
+ * sum, which holds at least 1, so the score moves by less than 2.1e-9 n
+ * (5e-6 for 2,500 fit images, far below the float32 engine's own noise), and
+ * the exponentials drop to a tenth. */
 #define KDE_CHUNK 256
-#define KDE_CUTOFF 36.0
+#define KDE_CUTOFF 20.0
 static double kde_score(const struct finc_anomaly *a, const double *z)
 {
     const int d = a->d, n = a->n_fit;
     const double inv2h2 = 1.0 / (2.0 * a->bandwidth * a->bandwidth);
-    double e[KDE_CHUNK], best = INFINITY, acc = 0;
+    float zf[d], e[KDE_CHUNK];
+    for (int j = 0; j < d; j++) zf[j] = (float)z[j];
+    double best = INFINITY, acc = 0;
     for (int i0 = 0; i0 < n; i0 += KDE_CHUNK) {
         const int m = n - i0 < KDE_CHUNK ? n - i0 : KDE_CHUNK;
         for (int i = 0; i < m; i++) e[i] = 0;
         for (int j = 0; j < d; j++) {
-            const double *p = a->points_t + (size_t)j * n + i0, zj = z[j];
+            const float *p = a->points_t + (size_t)j * n + i0, zj = zf[j];
             for (int i = 0; i < m; i++) e[i] += (zj - p[i]) * (zj - p[i]);
         }
         double lo = INFINITY;
-        for (int i = 0; i < m; i++) {
-            e[i] *= inv2h2;
-            lo = e[i] < lo ? e[i] : lo;
-        }
+        for (int i = 0; i < m; i++) lo = e[i] < lo ? e[i] : lo;
+        lo *= inv2h2;
         double s = 0;
-        for (int i = 0; i < m; i++)
-            if (e[i] - lo < KDE_CUTOFF) s += exp(lo - e[i]);
+        for (int i = 0; i < m; i++) {
+            const double ei = e[i] * inv2h2;
+            if (ei - lo < KDE_CUTOFF) s += exp(lo - ei);
+        }
         if (lo < best) {
             acc = acc * exp(lo - best) + s;
             best = lo;
@@ -230,7 +238,7 @@ static double kde_score(const struct finc_anomaly *a, const double *z)
 static void transpose_points(struct finc_anomaly *a)
 {
     for (int i = 0; i < a->n_fit; i++)
-        for (int j = 0; j < a->d; j++) a->points_t[(size_t)j * a->n_fit + i] = a->points[(size_t)i * a->d + j];
+        for (int j = 0; j < a->d; j++) a->points_t[(size_t)j * a->n_fit + i] = (float)a->points[(size_t)i * a->d + j];
 }
 
 double finc_anomaly_score(const struct finc_anomaly *a, const double *feat)
@@ -278,7 +286,7 @@ static int alloc_arrays(struct finc_anomaly *a, int d, int n_fit, int n_cal, int
     a->mean = calloc((size_t)d, sizeof(double));
     a->whiten = calloc((size_t)d * d, sizeof(double));
     a->points = calloc((size_t)n_fit * d, sizeof(double));
-    a->points_t = calloc((size_t)n_fit * d, sizeof(double));
+    a->points_t = calloc((size_t)n_fit * d, sizeof(float));
     a->cal = calloc((size_t)n_cal, sizeof(double));
     a->pca_mean = calloc((size_t)pca_dim, sizeof(double));
     a->pca_basis = calloc((size_t)FINC_ANOMALY_PCA * pca_dim, sizeof(double));

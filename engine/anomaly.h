@@ -29,7 +29,7 @@ struct finc_anomaly {
     double *mean;           /* (d,) fit mean */
     double *whiten;         /* (d, d) lower triangular, row-major: z = whiten (x - mean) */
     double *points;         /* (n_fit, d) whitened fit features */
-    double *points_t;       /* (d, n_fit) the same, feature-major: what scoring reads */
+    float *points_t;        /* (d, n_fit) the same in float, feature-major: what scoring reads */
     double *cal;            /* (n_cal,) calibration scores, ascending */
     int pca_dim;            /* values of a pooled image: finc_anomaly_pooled_dim */
     double *pca_mean;       /* (pca_dim,) of the fit images, pixels / 255 */
@@ -51,20 +51,19 @@ int finc_anomaly_feature_count(const finc_config *cfg);
 int finc_anomaly_pooled_dim(const finc_config *cfg);
 void finc_anomaly_feature_name(const finc_config *cfg, int i, char *buf, size_t n);
 
-/* Per-thread scratch for the complexity coder (a deflate stream and a row
- * buffer for images of cfg's size). NULL when out of memory. */
+/* Per-thread scratch for the layout features of images of cfg's size. NULL
+ * when out of memory. */
 typedef struct finc_anomaly_scratch finc_anomaly_scratch;
 finc_anomaly_scratch *finc_anomaly_scratch_new(const finc_config *cfg);
 void finc_anomaly_scratch_free(finc_anomaly_scratch *s);
 
-/* Bits/dim of the pixels (C, H, W) as PNG would store them: each row
- * Paeth-filtered within its channel plane, one filter byte per row, the lot
- * deflated by zlib at level 9 (header and checksum included). */
-double finc_anomaly_complexity(finc_anomaly_scratch *s, const uint8_t *pixels, int C, int H, int W);
+/* The pixels' (C, H, W) lossless code length in bits/dim: Paeth prediction,
+ * residual magnitude classes under an adaptive model, raw low bits and sign
+ * (docs/anomaly.md). */
+double finc_anomaly_complexity(const uint8_t *pixels, int C, int H, int W);
 
 /* The base of one image's feature row from its statistics (S,) and pixels. */
-void finc_anomaly_features(finc_anomaly_scratch *s, const finc_config *cfg, const double *stats,
-                           const uint8_t *pixels, double *feat);
+void finc_anomaly_features(const finc_config *cfg, const double *stats, const uint8_t *pixels, double *feat);
 /* The rest of the row (d,) whose base is filled, from the pixels. */
 void finc_anomaly_complete(finc_anomaly_scratch *s, const struct finc_anomaly *a, const finc_config *cfg,
                            const uint8_t *pixels, double *feat);

@@ -285,8 +285,8 @@ int finc_features(finc_engine *e, int n, const uint8_t *pixels, double *logp, do
         if (logp) memcpy(logp + i0, lp, (size_t)B * sizeof *lp);
 #pragma omp parallel for schedule(static) if (B > 1)
         for (int b = 0; b < B; b++)
-            finc_anomaly_features(e->scratch[omp_get_thread_num()], cfg, e->h_img_stats + (size_t)b * S,
-                                  px + (size_t)b * D, feat + (size_t)(i0 + b) * stride);
+            finc_anomaly_features(cfg, e->h_img_stats + (size_t)b * S, px + (size_t)b * D,
+                                  feat + (size_t)(i0 + b) * stride);
     }
     return 0;
 }

@@ -1,5 +1,5 @@
 /* The anomaly score (engine/anomaly.h): the encode statistics add up to log p,
- * the complexity is PNG's Paeth rows deflated, p-values count calibration
+ * the complexity is the coder's code length, p-values count calibration
  * scores, the fit whitens, every corrupt calibration block is refused with a
  * message naming its field (through the loader too), and on held-out
  * Fashion-MNIST images the p-values are valid: calibrated on one half of the
@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "engine/anomaly.h"
 #include "engine/flow.h"
@@ -71,36 +70,36 @@ START_TEST(statistics_add_up_to_logp)
 }
 END_TEST
 
-START_TEST(complexity_is_paeth_rows_deflated)
+/* Code lengths worked out by hand: a flat image predicts itself after its
+ * first pixel, and a 1x2 image pays for two classes under a fresh model. */
+START_TEST(complexity_is_the_coders_code_length)
 {
-    testmodel_spec spec = testmodel_tiny();
-    char *json = testmodel_config_json(&spec), err[256];
-    finc_config cfg;
-    ck_assert_int_eq(finc_config_parse(&cfg, json, err, sizeof err), 0);
-    uint8_t px[64], rows[8 * 9];
-    for (int i = 0; i < 64; i++) px[i] = (uint8_t)(i % 8 < 4 ? 200 : uniform() * 40);
-    /* Paeth by the PNG specification's own formulation */
-    for (int y = 0; y < 8; y++) {
-        rows[y * 9] = 4;
-        for (int x = 0; x < 8; x++) {
-            const int a = x ? px[y * 8 + x - 1] : 0, b = y ? px[(y - 1) * 8 + x] : 0,
-                      c = x && y ? px[(y - 1) * 8 + x - 1] : 0;
-            const int p = a + b - c, pa = abs(p - a), pb = abs(p - b), pc = abs(p - c);
-            const int pred = (pa <= pb && pa <= pc) ? a : (pb <= pc) ? b : c;
-            rows[y * 9 + 1 + x] = (uint8_t)(px[y * 8 + x] - pred);
-        }
+    /* 1x1x2, pixels 0 and 5: residuals 0 (class 0) then 5 (class 3, after class 0 to its left)
+     * first: -log2(1/9); second, context 0 again: -log2(1/11) + 2 low bits + sign */
+    const uint8_t two[2] = {0, 5};
+    const double want2 = (log2(9.0) + log2(11.0) + 3.0) / 2;
+    ck_assert_double_eq_tol(finc_anomaly_complexity(two, 1, 1, 2), want2, 1e-12);
+    /* 1x4x4 of 7s: the first residual is 7 (class 3), then all 0 (class 0) */
+    uint8_t flat[16];
+    memset(flat, 7, sizeof flat);
+    double bits = log2(9.0) + 3.0;  /* class 3 in context 0, 2 low bits + sign */
+    int c0 = 0, t0 = 1, c1 = 0, t1 = 0;  /* context 0: 1 seen (class 3); context 2: none */
+    for (int i = 1; i < 16; i++) {
+        /* left of pixel i: class 3 for i == 1 (context 2), class 0 after; a row start has no left (context 0) */
+        const int ctx = (i == 1) ? 2 : 0;
+        if (ctx == 2) bits -= log2((2.0 * c1 + 1) / (2.0 * t1 + 9)), c1++, t1++;
+        else bits -= log2((2.0 * c0 + 1) / (2.0 * t0 + 9)), c0++, t0++;
     }
-    uint8_t out[256];
-    uLongf len = sizeof out;
-    ck_assert_int_eq(compress2(out, &len, rows, sizeof rows, 9), Z_OK);
-    finc_anomaly_scratch *s = finc_anomaly_scratch_new(&cfg);
-    ck_assert_ptr_nonnull(s);
-    ck_assert_double_eq(finc_anomaly_complexity(s, px, 1, 8, 8), 8.0 * len / 64);
-    /* again on the same stream: reset between images */
-    ck_assert_double_eq(finc_anomaly_complexity(s, px, 1, 8, 8), 8.0 * len / 64);
-    finc_anomaly_scratch_free(s);
-    finc_config_free(&cfg);
-    free(json);
+    ck_assert_double_eq_tol(finc_anomaly_complexity(flat, 1, 4, 4), bits / 16, 1e-12);
+    /* noise costs more than a gradient, which costs more than a flat image */
+    uint8_t noise[64], grad[64];
+    for (int i = 0; i < 64; i++) noise[i] = (uint8_t)(uniform() * 256), grad[i] = (uint8_t)(i * 3);
+    ck_assert(finc_anomaly_complexity(noise, 1, 8, 8) > 6.0);
+    ck_assert(finc_anomaly_complexity(grad, 1, 8, 8) < finc_anomaly_complexity(noise, 1, 8, 8));
+    /* channel planes are coded apart: two copies of a plane cost twice its bits */
+    uint8_t twice[128];
+    memcpy(twice, noise, 64), memcpy(twice + 64, noise, 64);
+    ck_assert_double_eq_tol(finc_anomaly_complexity(twice, 2, 8, 8), finc_anomaly_complexity(noise, 1, 8, 8), 1e-12);
 }
 END_TEST
 
@@ -385,7 +384,7 @@ static Suite *anomaly_suite(void)
     Suite *s = suite_create("anomaly");
     TCase *tc = tcase_create("units");
     tcase_add_test(tc, statistics_add_up_to_logp);
-    tcase_add_test(tc, complexity_is_paeth_rows_deflated);
+    tcase_add_test(tc, complexity_is_the_coders_code_length);
     tcase_add_test(tc, p_value_counts_calibration_scores);
     tcase_add_test(tc, fit_whitens_the_fit_images);
     tcase_add_test(tc, corrupt_blocks_are_refused);

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import sys
-import zlib
 
 import numpy as np
 import torch
@@ -100,17 +99,36 @@ def _paeth_residuals(plane):
     return ((p - pred) & 0xFF).astype(np.uint8)
 
 
-def complexity_bytes(image):
-    """Deflated size of one (C, H, W) uint8 image as PNG-style Paeth rows, zlib level 9."""
-    image = np.asarray(image, dtype=np.uint8)
-    H = image.shape[1]
-    rows = [np.concatenate([np.full((H, 1), 4, np.uint8), _paeth_residuals(plane)], 1) for plane in image]
-    # zlib.compress(data, 9) and the engine's deflateInit2(9, 15, 8, default) emit the same stream.
-    return len(zlib.compress(np.concatenate(rows, 0).tobytes(), 9))
+N_CLASSES = 9  # residual magnitude classes: 0, then 1 + floor(log2 |r|) for |r| in 1..128
+
+
+def complexity_bits(image):
+    """Code length in bits of one (C, H, W) uint8 image under the engine's coder: Paeth
+    residuals as signed bytes, each coded as its magnitude class under an adaptive
+    Krichevsky-Trofimov model in one of three contexts (the class to its left: 0, 1-2,
+    3+), plus the class's raw low bits and a sign bit."""
+    bits = 0.0
+    for plane in np.asarray(image, dtype=np.uint8):
+        r = _paeth_residuals(plane).astype(np.int8).astype(np.int64)
+        cls = np.zeros_like(r)
+        nz = r != 0
+        cls[nz] = np.floor(np.log2(np.abs(r[nz]))).astype(np.int64) + 1
+        count = np.zeros((3, N_CLASSES))
+        total = np.zeros(3)
+        for row in cls:
+            left = 0
+            for k in row:
+                ctx = 0 if left == 0 else (1 if left <= 2 else 2)
+                bits -= math.log2((2 * count[ctx, k] + 1) / (2 * total[ctx] + N_CLASSES))
+                bits += k  # k - 1 low bits and a sign bit; none for 0
+                count[ctx, k] += 1
+                total[ctx] += 1
+                left = k
+    return bits
 
 
 def complexity_bpd(image):
-    return 8.0 * complexity_bytes(image) / np.asarray(image).size
+    return complexity_bits(image) / np.asarray(image).size
 
 
 def pixel_features(pixels):
