@@ -623,6 +623,7 @@ static int cmd_calibrate(int argc, char **argv)
     if (optind + 1 != argc) return usage("calibrate wants one weights file");
     if (!o.data) return usage("calibrate wants --data SRC: held-out in-distribution images");
     if (!o.out) return usage("calibrate wants -o OUT.safetensors");
+    o.eng.uncalibrated = 1;  /* a stale or broken block is what calibrate is for */
     finc_engine *e = open_engine(argv[optind], &o);
     if (!e) return 1;
     const finc_config *cfg = &finc_engine_model(e)->cfg;

@@ -154,21 +154,23 @@ void finc_anomaly_features(const finc_config *cfg, const double *stats, const ui
     feat[S + 4] = (double)fulls / (double)D;
 }
 
-/* Coordinates in the principal subspace and ln(mean squared residual). */
+/* Coordinates in the principal subspace and ln(mean squared residual). The
+ * coordinates accumulate pixel by pixel over the transposed basis, so the
+ * inner loop runs across components and vectorizes. */
 static void layout_features(const struct finc_anomaly *a, double *x, double *feat)
 {
-    const int P = a->pca_dim;
-    for (int j = 0; j < P; j++) x[j] -= a->pca_mean[j];
-    double r2 = 0;
-    for (int j = 0; j < P; j++) r2 += x[j] * x[j];
-    for (int k = 0; k < FINC_ANOMALY_PCA; k++) {
-        const double *v = a->pca_basis + (size_t)k * P;
-        double c = 0;
-        for (int j = 0; j < P; j++) c += v[j] * x[j];
-        feat[k] = c;
-        r2 -= c * c;
+    const int P = a->pca_dim, K = FINC_ANOMALY_PCA;
+    double c[FINC_ANOMALY_PCA] = {0}, r2 = 0;
+    for (int j = 0; j < P; j++) {
+        const double xj = x[j] - a->pca_mean[j], *v = a->pca_basis_t + (size_t)j * K;
+        r2 += xj * xj;
+        for (int k = 0; k < K; k++) c[k] += v[k] * xj;
     }
-    feat[FINC_ANOMALY_PCA] = log((r2 > 0 ? r2 : 0) / P + 1e-12);
+    for (int k = 0; k < K; k++) {
+        feat[k] = c[k];
+        r2 -= c[k] * c[k];
+    }
+    feat[K] = log((r2 > 0 ? r2 : 0) / P + 1e-12);
 }
 
 void finc_anomaly_complete(finc_anomaly_scratch *s, const struct finc_anomaly *a, const finc_config *cfg,
@@ -234,11 +236,15 @@ static double kde_score(const struct finc_anomaly *a, const double *z)
     return best - log(acc / n);
 }
 
-/* points_t from points. */
-static void transpose_points(struct finc_anomaly *a)
+/* The transposed copies scoring reads: points_t from points, pca_basis_t
+ * from pca_basis. */
+static void transpose(struct finc_anomaly *a)
 {
     for (int i = 0; i < a->n_fit; i++)
         for (int j = 0; j < a->d; j++) a->points_t[(size_t)j * a->n_fit + i] = (float)a->points[(size_t)i * a->d + j];
+    for (int k = 0; k < FINC_ANOMALY_PCA; k++)
+        for (int j = 0; j < a->pca_dim; j++)
+            a->pca_basis_t[(size_t)j * FINC_ANOMALY_PCA + k] = a->pca_basis[(size_t)k * a->pca_dim + j];
 }
 
 double finc_anomaly_score(const struct finc_anomaly *a, const double *feat)
@@ -276,6 +282,7 @@ void finc_anomaly_free(struct finc_anomaly *a)
     free(a->cal);
     free(a->pca_mean);
     free(a->pca_basis);
+    free(a->pca_basis_t);
     free(a->data);
     memset(a, 0, sizeof *a);
 }
@@ -290,7 +297,9 @@ static int alloc_arrays(struct finc_anomaly *a, int d, int n_fit, int n_cal, int
     a->cal = calloc((size_t)n_cal, sizeof(double));
     a->pca_mean = calloc((size_t)pca_dim, sizeof(double));
     a->pca_basis = calloc((size_t)FINC_ANOMALY_PCA * pca_dim, sizeof(double));
-    if (a->mean && a->whiten && a->points && a->points_t && a->cal && a->pca_mean && a->pca_basis) return 0;
+    a->pca_basis_t = calloc((size_t)FINC_ANOMALY_PCA * pca_dim, sizeof(double));
+    if (a->mean && a->whiten && a->points && a->points_t && a->cal && a->pca_mean && a->pca_basis && a->pca_basis_t)
+        return 0;
     finc_anomaly_free(a);
     return finc_errorf(err, errlen, "out of memory");
 }
@@ -358,7 +367,7 @@ static int fit_kde(struct finc_anomaly *a, const double *fit, const double *cal,
     free(sd);
     free(R);
     for (int i = 0; i < n_fit; i++) whiten(a, fit + (size_t)i * d, a->points + (size_t)i * d);
-    transpose_points(a);
+    transpose(a);
     a->bandwidth = pow((double)n_fit, -1.0 / (d + 4));
     for (int i = 0; i < n_cal; i++) {
         a->cal[i] = finc_anomaly_score(a, cal + (size_t)i * d);
@@ -432,6 +441,7 @@ static int fit_pca(struct finc_anomaly *a, const finc_config *cfg, const uint8_t
     }
     free(X);
     free(Y);
+    transpose(a);  /* the basis, for the layout features of every image */
     return 0;
 }
 
@@ -594,7 +604,7 @@ static int parse_block(struct finc_anomaly *a, const cJSON *o, const finc_config
             if (a->whiten[(size_t)j * d + k] != 0)
                 return finc_errorf(err, errlen, "metadata 'anomaly': 'whiten' is not lower triangular (row %d)", j);
     }
-    transpose_points(a);
+    transpose(a);
     for (int c = 1; c < n_cal; c++)
         if (a->cal[c] < a->cal[c - 1])
             return finc_errorf(err, errlen, "metadata 'anomaly': 'calibration_scores' are not in ascending order");

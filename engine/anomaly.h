@@ -19,7 +19,7 @@
 #define FINC_ANOMALY_VERSION 1
 #define FINC_ANOMALY_MAX_FIT 20000      /* fit images kept in a block */
 #define FINC_ANOMALY_MAX_CAL 1000000    /* calibration scores kept in a block */
-#define FINC_ANOMALY_PCA 8              /* principal components of the layout */
+#define FINC_ANOMALY_PCA 32              /* principal components of the layout */
 #define FINC_ANOMALY_PCA_SIDE 32        /* images are average-pooled by 2 until H x W <= 32 x 32 */
 
 struct finc_anomaly {
@@ -34,6 +34,7 @@ struct finc_anomaly {
     int pca_dim;            /* values of a pooled image: finc_anomaly_pooled_dim */
     double *pca_mean;       /* (pca_dim,) of the fit images, pixels / 255 */
     double *pca_basis;      /* (FINC_ANOMALY_PCA, pca_dim) orthonormal rows */
+    double *pca_basis_t;    /* (pca_dim, FINC_ANOMALY_PCA) the same, transposed: what scoring reads */
     char *data;             /* what it was calibrated on, as given */
 };
 

@@ -90,7 +90,7 @@ finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    if (finc_model_load(&e->model, weights_path, err, errlen) != 0) {
+    if ((o.uncalibrated ? finc_model_load_uncalibrated : finc_model_load)(&e->model, weights_path, err, errlen) != 0) {
         free(e);
         return NULL;
     }

@@ -18,6 +18,7 @@ typedef struct {
     const char *backend;   /* "cpu" (default), "cuda" or "auto" */
     int max_batch;         /* largest batch run at once (default 64); larger n is chunked */
     int threads;           /* CPU threads; <= 0 for all cores */
+    int uncalibrated;      /* leave out the weights' anomaly block (finc calibrate replaces it) */
 } finc_engine_opts;
 
 /* Load the weights and start a backend. Returns NULL with a message in err. */

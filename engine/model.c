@@ -596,7 +596,7 @@ static int load_anomaly(finc_model *m, const finc_st *st, char *err, size_t errl
     return finc_anomaly_parse(m->anomaly, json, &m->cfg, err, errlen);
 }
 
-int finc_model_load(finc_model *m, const char *path, char *err, size_t errlen)
+static int model_load(finc_model *m, const char *path, int anomaly, char *err, size_t errlen)
 {
     memset(m, 0, sizeof *m);
     m->cfg.test_bpd = NAN;
@@ -614,13 +614,23 @@ int finc_model_load(finc_model *m, const char *path, char *err, size_t errlen)
         rc = match_tensors(&wl, &st, &m->n_params, err, errlen);
     if (rc == 0)
         rc = build(m, &wl, err, errlen);
-    if (rc == 0)
+    if (rc == 0 && anomaly)
         rc = load_anomaly(m, &st, err, errlen);
     free(wl.v);
     finc_st_close(&st);
     if (rc)
         finc_model_free(m);
     return rc;
+}
+
+int finc_model_load(finc_model *m, const char *path, char *err, size_t errlen)
+{
+    return model_load(m, path, 1, err, errlen);
+}
+
+int finc_model_load_uncalibrated(finc_model *m, const char *path, char *err, size_t errlen)
+{
+    return model_load(m, path, 0, err, errlen);
 }
 
 void finc_model_free(finc_model *m)

@@ -73,6 +73,9 @@ void finc_config_free(finc_config *cfg);
 /* Load and validate a weights file. Returns 0, or -1 with a message naming
  * the offending tensor or field in err; on failure nothing is allocated. */
 int finc_model_load(finc_model *m, const char *path, char *err, size_t errlen);
+/* finc_model_load that leaves out the "anomaly" block, valid or not: what
+ * finc calibrate reads, since it replaces the block. */
+int finc_model_load_uncalibrated(finc_model *m, const char *path, char *err, size_t errlen);
 void finc_model_free(finc_model *m);
 
 /* Coupling i of the model in chain order (each level's steps, then its

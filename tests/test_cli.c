@@ -230,7 +230,7 @@ START_TEST(calibrate_score_eval_ood)
     snprintf(data, sizeof data, "%s/data", dir);
     snprintf(flat, sizeof flat, "%s/flat", dir);
     snprintf(cal, sizeof cal, "%s/cal.safetensors", dir);
-    write_png_folder(data, 120, 0);
+    write_png_folder(data, 240, 0);
     write_png_folder(flat, 30, 1);
     /* arguments and too little data */
     ck_assert_int_eq(run("./finc calibrate %s -o %s", weights, cal), 2);
@@ -247,7 +247,9 @@ START_TEST(calibrate_score_eval_ood)
     ck_assert_msg(strstr(out, "anomaly") == NULL, "%s", out);
 
     ck_assert_int_eq(run("./finc calibrate %s --data %s -o %s", weights, data, cal), 0);
-    ck_assert_msg(strstr(out, "fitted on 60 images, 60 calibration scores") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "fitted on 120 images, 120 calibration scores") != NULL, "%s", out);
+    /* again, in place: calibrate reads past the block it replaces */
+    ck_assert_int_eq(run("./finc calibrate %s --data %s -o %s", cal, data, cal), 0);
     ck_assert_int_eq(run("./finc info %s", cal), 0);
     ck_assert_msg(strstr(out, "anomaly      calibrated") != NULL, "%s", out);
 
@@ -281,10 +283,10 @@ START_TEST(calibrate_score_eval_ood)
 
     /* eval reports the flagged fractions; a set against itself ranks as a coin */
     ck_assert_int_eq(run("./finc eval %s --data %s --json", cal, data), 0);
-    ck_assert_msg(strstr(out, "\"images\": 120") && strstr(out, "\"flagged\": {\"0.01\": "), "%s", out);
+    ck_assert_msg(strstr(out, "\"images\": 240") && strstr(out, "\"flagged\": {\"0.01\": "), "%s", out);
     ck_assert_int_eq(run("./finc ood %s --in %s --out %s --out %s --json", cal, data, data, flat), 0);
     ck_assert_msg(strstr(out, "\"anomaly\": {\"auroc\": 0.500000, \"aupr\": ") != NULL, "%s", out);
-    ck_assert_msg(strstr(out, "\"images_in\": 120, \"images_out\": 30") != NULL, "%s", out);
+    ck_assert_msg(strstr(out, "\"images_in\": 240, \"images_out\": 30") != NULL, "%s", out);
     ck_assert_int_eq(run("./finc ood %s --in %s --out %s", cal, data, flat), 0);
     ck_assert_msg(strstr(out, "mean AUROC") != NULL, "%s", out);
 }

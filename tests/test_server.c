@@ -1329,13 +1329,13 @@ END_TEST
 
 /* ---- anomaly verdicts --------------------------------------------------------------- */
 
-/* The test model's weights with an anomaly block fitted on 120 images of the
- * fixture's family (80 fit, 40 calibration). */
+/* The test model's weights with an anomaly block fitted on 160 images of the
+ * fixture's family (120 fit, 40 calibration). */
 static void set_anomaly_meta(testmodel_file *f, void *user) { testmodel_set_meta(f, "anomaly", user); }
 
 static void write_calibrated(const char *path)
 {
-    enum { N = 120, NFIT = 80 };
+    enum { N = 160, NFIT = 120 };
     char err[512];
     finc_engine *e = engine();
     const finc_config *cfg = &finc_engine_model(e)->cfg;
@@ -1543,7 +1543,7 @@ START_TEST(anomaly_fields_verdicts_and_metrics)
     const cJSON *an = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(
         cJSON_GetObjectItemCaseSensitive(r.json, "models"), 0), "anomaly");
     ck_assert(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(an, "calibrated")));
-    ck_assert_double_eq(jnum(an, "fit_images"), 80);
+    ck_assert_double_eq(jnum(an, "fit_images"), 120);
     ck_assert_double_eq(jnum(an, "calibration_images"), 40);
     ck_assert_double_eq(jnum(an, "default_alpha"), 0.01);
     resp_free(&r);

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import finc_torch as ft  # noqa: E402
 
-PCA = 8                 # principal components of the layout
+PCA = 32                # principal components of the layout (FINC_ANOMALY_PCA)
 PCA_SIDE = 32           # pool until the pooled plane fits 32 x 32
 PIXEL_FEATURES = ("complexity_bpd", "pixel_mean", "pixel_std", "pixel_fraction_0", "pixel_fraction_255")
 

@@ -59,9 +59,11 @@ POINTS_TOL = 5e-4
 # the whitened error times the gradient |z - p| / h^2. Measured max 2.2e-4 on
 # calibration images; the scaled term covers far-out images whose |z - p| is large.
 SCORE_TOL_ABS, SCORE_TOL_REL = 1e-3, 2e-5
-# Projector onto the stored layout basis vs numpy's top-8 eigenvectors: both
-# float64, eigengap 234 vs 287 over the 8th/9th. Measured 4.5e-11.
-PROJECTOR_TOL = 1e-8
+# The stored layout subspace (subspace iteration, float64) against numpy's eigh:
+# the share of the top-32 variance it misses, and how far the top 8 eigenvectors
+# are from it (Frobenius). Measured 2.6e-5 and 4e-15.
+CAPTURED_TOL = 1e-3
+LEADING, LEADING_TOL = 8, 1e-3
 
 
 def read_idx_images(path, first, n):
@@ -168,7 +170,7 @@ class CalibrateScoreTest(unittest.TestCase):
         self.assertLessEqual(np.abs(fit["points"] - b["fit_points"]).max(), POINTS_TOL)
         # n^(-1/(d+4)) from integers: the same libm pow on both sides.
         self.assertAlmostEqual(b["bandwidth"], N_FIT ** (-1.0 / (len(b["mean"]) + 4)), delta=1e-15)
-        self.assertEqual(fit["bandwidth"], N_FIT ** (-1.0 / 38))
+        self.assertEqual(fit["bandwidth"], N_FIT ** (-1.0 / (len(b["mean"]) + 4)))
 
     def test_calibration_scores(self):
         ref = np.sort(self.ref.score(self.feat[N_FIT:], self.fit))  # the reference's own fit throughout
@@ -185,9 +187,14 @@ class CalibrateScoreTest(unittest.TestCase):
         top = evecs[:, -ar.PCA:]
         V = self.block["layout_basis"]
         np.testing.assert_allclose(V @ V.T, np.eye(ar.PCA), rtol=0, atol=1e-12)
-        self.assertLess(np.linalg.norm(V.T @ V - top @ top.T), PROJECTOR_TOL)
+        # Subspace iteration converges slowly where the tail eigenvalues crowd
+        # (the 32nd and 33rd differ by ~1%), so the check is the variance the
+        # subspace holds, which is what the residual feature measures, and that
+        # the leading directions, well separated, lie inside it.
         captured = np.trace(V @ (xc.T @ xc) @ V.T)
-        self.assertLess(abs(captured - evals[-ar.PCA:].sum()), 1e-9 * evals[-ar.PCA:].sum())
+        self.assertGreater(captured, (1 - CAPTURED_TOL) * evals[-ar.PCA:].sum())
+        lead = evecs[:, -LEADING:]
+        self.assertLess(np.linalg.norm(lead - V.T @ (V @ lead)), LEADING_TOL)
 
     def test_score_json(self):
         self.assertEqual(len(self.scored), len(self.pngs))

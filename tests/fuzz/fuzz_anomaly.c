@@ -1,5 +1,5 @@
 /* The "anomaly" calibration block, a JSON string in a weights file's metadata,
- * for a fixed small model (1 x 8 x 8, 2 levels of 1 step: 20 features, 64
+ * for a fixed small model (1 x 8 x 8, 2 levels of 1 step: 44 features, 64
  * pooled pixels). A block that parses must hold what the scorer relies on and
  * come back unchanged through finc_anomaly_to_json; a refusal must say why
  * and keep nothing. */
@@ -63,7 +63,8 @@ static void check(const struct finc_anomaly *a, const finc_config *cfg)
     if (a->d != d || a->pca_dim != P) abort();
     if (a->n_fit < 2 * d || a->n_fit > FINC_ANOMALY_MAX_FIT || a->n_cal < 1 || a->n_cal > FINC_ANOMALY_MAX_CAL) abort();
     if (!(a->bandwidth > 1e-6 && a->bandwidth <= 1e6)) abort();
-    if (!a->mean || !a->whiten || !a->points || !a->points_t || !a->cal || !a->pca_mean || !a->pca_basis || !a->data)
+    if (!a->mean || !a->whiten || !a->points || !a->points_t || !a->cal || !a->pca_mean || !a->pca_basis ||
+        !a->pca_basis_t || !a->data)
         abort();
     if (!all_finite(a->mean, (size_t)d) || !all_finite(a->whiten, (size_t)d * d) ||
         !all_finite(a->points, (size_t)a->n_fit * d) || !all_finite(a->cal, (size_t)a->n_cal) ||
@@ -79,6 +80,9 @@ static void check(const struct finc_anomaly *a, const finc_config *cfg)
     for (int i = 0; i < a->n_fit; i++)  /* what scoring reads: the points, feature-major */
         for (int j = 0; j < d; j++)
             if (a->points_t[(size_t)j * a->n_fit + i] != (float)a->points[(size_t)i * d + j]) abort();
+    for (int k = 0; k < FINC_ANOMALY_PCA; k++)
+        for (int j = 0; j < a->pca_dim; j++)
+            if (a->pca_basis_t[(size_t)j * FINC_ANOMALY_PCA + k] != a->pca_basis[(size_t)k * a->pca_dim + j]) abort();
 
     /* The p-value at the edges and at every calibration score. */
     check_p_value(a, -INFINITY);
@@ -148,12 +152,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (finc_anomaly_parse(&a, json, cfg, err, sizeof err) == 0) {
         check(&a, cfg);
         finc_anomaly_free(&a);
-        if (a.mean || a.points_t || a.data || a.d) abort();
+        if (a.mean || a.points_t || a.pca_basis_t || a.data || a.d) abort();
     } else {
         if (!err[0]) abort();  /* a refusal always says why */
         /* and keeps nothing */
         if (a.d || a.n_fit || a.n_cal || a.pca_dim || a.mean || a.whiten || a.points || a.points_t || a.cal ||
-            a.pca_mean || a.pca_basis || a.data)
+            a.pca_mean || a.pca_basis || a.pca_basis_t || a.data)
             abort();
     }
     free(json);

@@ -95,15 +95,15 @@ static void put_block(const char *name, const struct finc_anomaly *a, const finc
     free(json);
 }
 
-/* Blocks for fuzz_anomaly's model (1 x 8 x 8, 2 levels of 1 step: 20
- * features, so at least 40 fit images): valid ones, and ones it refuses. */
+/* Blocks for fuzz_anomaly's model (1 x 8 x 8, 2 levels of 1 step: 44
+ * features, so at least 88 fit images): valid ones, and ones it refuses. */
 static void anomaly_seeds(void)
 {
     static const char config[] = "{\"image\":[1,8,8],\"levels\":2,\"steps\":[1,1],\"kernel\":3,"
                                  "\"coupling_width\":8,\"actnorm\":true}";
     struct finc_anomaly a;
     finc_config cfg;
-    anomaly_fit(&a, &cfg, config, 50, 40, "seed", 1);
+    anomaly_fit(&a, &cfg, config, 110, 100, "seed", 1);
     put_block("valid.json", &a, &cfg, 0);
     put_block("truncated.json", &a, &cfg, 2000);
     char *json = finc_anomaly_to_json(&a, &cfg), *m = json ? strstr(json, FINC_ANOMALY_METHOD) : NULL;
@@ -119,15 +119,15 @@ static void anomaly_seeds(void)
     finc_anomaly_free(&a);
     finc_config_free(&cfg);
 
-    anomaly_fit(&a, &cfg, config, 41, 40, "one \"calibration\" image\n\u00e9", 2);
+    anomaly_fit(&a, &cfg, config, 101, 100, "one \"calibration\" image\n\u00e9", 2);
     put_block("valid-one-calibration.json", &a, &cfg, 0);
     finc_anomaly_free(&a);
     finc_config_free(&cfg);
 
-    /* A model with one more step: 21 features, not this one's 20. */
+    /* A model with one more step: 45 features, not this one's 44. */
     static const char config3[] = "{\"image\":[1,8,8],\"levels\":2,\"steps\":[2,1],\"kernel\":3,"
                                   "\"coupling_width\":8,\"actnorm\":true}";
-    anomaly_fit(&a, &cfg, config3, 52, 42, "seed", 3);
+    anomaly_fit(&a, &cfg, config3, 110, 100, "seed", 3);
     put_block("wrong-feature-count.json", &a, &cfg, 0);
     finc_anomaly_free(&a);
     finc_config_free(&cfg);
