@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/check.h"
 #include "engine/error.h"
 
 #define N_PIXEL_FEATURES 5
