@@ -596,6 +596,19 @@ static void engine_suite(const shape *s, const char *path)
         snprintf(w, sizeof w, "%s encode log p (cpu image 0: %.6g nats)", s->name, lpc[0]);
         cmp_doubles(w, lpd, lpc, n, TOL_LP_ATOL, TOL_LP_RTOL);
     }
+    /* the terms of log p one by one: what the anomaly score is built from */
+    const int S = finc_engine_stats_count(ec);
+    double *stc = xmalloc((size_t)n * S * sizeof(double)), *std_ = xmalloc((size_t)n * S * sizeof(double));
+    if (ok_call(finc_encode_stats(ec, n, v, NULL, NULL, lpc, stc, err, sizeof err), err, "cpu encode stats") &&
+        ok_call(finc_encode_stats(ed, n, v, NULL, NULL, lpd, std_, err, sizeof err), err, "device encode stats")) {
+        /* a term may be as far off as the log p it is part of, but no further */
+        double lpmax = 0;
+        for (int i = 0; i < n; i++) lpmax = fmax(lpmax, fabs(lpc[i]));
+        snprintf(w, sizeof w, "%s encode statistics, %d terms per image", s->name, S);
+        cmp_doubles(w, std_, stc, n * S, TOL_LP_ATOL + TOL_LP_RTOL * lpmax, 0);
+    }
+    free(stc);
+    free(std_);
     if (ok_call(finc_encode(ec, n, v, u, NULL, lpc, err, sizeof err), err, "cpu encode u") &&
         ok_call(finc_encode(ed, n, v, u, NULL, lpd, err, sizeof err), err, "device encode u")) {
         snprintf(w, sizeof w, "%s encode log p with offsets u", s->name);
