@@ -264,8 +264,14 @@ static uint8_t *read_images(char **files, int n, const finc_config *cfg)
     }
     for (int i = 0; i < n; i++) {
         finc_png_image img;
-        if (finc_png_read_file(files[i], cfg->c, &img, err, sizeof err) ||
-            (finc_png_check_size(&img, cfg->h, cfg->w, err, sizeof err) && (finc_png_image_free(&img), 1))) {
+        /* the reader's messages name the file already; the size check's do not */
+        if (finc_png_read_file(files[i], cfg->c, &img, err, sizeof err)) {
+            fail("%s", err);
+            free(pix);
+            return NULL;
+        }
+        if (finc_png_check_size(&img, cfg->h, cfg->w, err, sizeof err)) {
+            finc_png_image_free(&img);
             fail("%s: %s", files[i], err);
             free(pix);
             return NULL;

@@ -88,8 +88,8 @@ static int load_pngs(const char *dir, int C, int H, int W, long offset, long lim
         finc_png_image img;
         char e2[256];
         const char *path = pl.v[first + i];
-        if (finc_png_read_file(path, C, &img, e2, sizeof e2) != 0) {
-            rc = finc_errorf(err, errlen, "%s: %s", path, e2);
+        if (finc_png_read_file(path, C, &img, err, errlen) != 0) {  /* names the file */
+            rc = -1;
             break;
         }
         if (finc_png_check_size(&img, H, W, e2, sizeof e2) != 0) rc = finc_errorf(err, errlen, "%s: %s", path, e2);

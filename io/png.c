@@ -19,6 +19,11 @@
 
 #define PNG_SIG_LEN 8
 #define MSG_LEN 256   /* decoder/encoder msg, written by on_*_error */
+/* From the first IDAT on, a PNG may hold its rows' filtered bytes, 1/64 more
+ * (deflate's worst case for stored data is 5 bytes per 64 KiB, chunk headers
+ * 12 bytes per IDAT chunk) and this much besides: the zlib framing, IEND and
+ * small chunks after the image data. */
+#define IDAT_SLACK (16 * 1024)
 
 /* libpng error callbacks: keep the first message, unwind to the setjmp. */
 static void on_read_error(png_structp png, png_const_charp msg)
@@ -52,6 +57,7 @@ typedef struct decoder {
     const uint8_t *buf;   /* memory source ... */
     size_t len, pos;
     FILE *fp;             /* ... or file source */
+    long served, limit;   /* bytes read from the source, and the most it may give (< 0: no limit yet) */
     int channels;         /* 1 or 3 */
     int want_h, want_w;   /* > 0: the size dst must have */
     uint8_t *dst;         /* caller's (C, H, W) buffer, or NULL to allocate */
@@ -63,6 +69,13 @@ typedef struct decoder {
 static void read_source(png_structp png, png_bytep out, size_t n)
 {
     decoder *d = (decoder *)png_get_io_ptr(png);
+    if (d->limit >= 0 && n > (size_t)(d->limit - d->served)) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "more compressed image data than %dx%d pixels can need (over %ld bytes)",
+                 d->width, d->height, d->limit);
+        png_error(png, msg);
+    }
+    d->served += (long)n;
     if (d->fp != NULL) {
         if (fread(out, 1, n, d->fp) != n)
             png_error(png, ferror(d->fp) ? "read error" : "unexpected end of file (truncated)");
@@ -143,6 +156,12 @@ static int decode_run(decoder *d)
     }
     d->width = (int)w;
     d->height = (int)h;
+    /* libpng inflates every IDAT byte there is, also past the last row (to
+     * find the stream's end): the image data it may read is capped by what
+     * the rows can need, so that a small file cannot make it inflate
+     * gigabytes of zeros. png_read_info stopped at the first IDAT. */
+    const double rows = (double)h * (1.0 + (double)png_get_rowbytes(png, info)) + (interlace ? 7.0 * h : 0.0);
+    d->limit = d->served + (long)(rows + rows / 64 + IDAT_SLACK);
     if (d->want_h > 0 && (d->height != d->want_h || d->width != d->want_w)) {
         snprintf(d->msg, sizeof d->msg, "image is %dx%d, model expects %dx%d (%d channel%s)",
                  d->width, d->height, d->want_w, d->want_h, d->channels,
@@ -258,7 +277,7 @@ static int decode_mem(const void *buf, size_t len, int channels, int want_h, int
     }
     if (check_signature(buf, len, err, errlen) != 0)
         return -1;
-    decoder d = {.buf = buf, .len = len, .pos = PNG_SIG_LEN, .channels = channels,
+    decoder d = {.buf = buf, .len = len, .pos = PNG_SIG_LEN, .limit = -1, .channels = channels,
                  .want_h = want_h, .want_w = want_w, .dst = dst};
     if (decode_common(&d, err, errlen) != 0)
         return -1;
@@ -308,7 +327,7 @@ int finc_png_read_file(const char *path, int channels, finc_png_image *out,
     char msg[256];
     int rc = check_signature(sig, got, msg, sizeof msg);
     if (rc == 0) {
-        decoder d = {.fp = fp, .channels = channels};
+        decoder d = {.fp = fp, .limit = -1, .channels = channels};
         rc = decode_common(&d, msg, sizeof msg);
         if (rc == 0)
             *out = (finc_png_image){d.width, d.height, channels, d.owned};

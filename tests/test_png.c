@@ -460,6 +460,91 @@ START_TEST(test_corrupt_bytes)
 }
 END_TEST
 
+/* Appends one chunk (length, type, data, CRC) at *at. */
+static void put_chunk(uint8_t *buf, size_t *at, const char *type, const uint8_t *data, uint32_t n)
+{
+    put_be32(buf + *at, n);
+    memcpy(buf + *at + 4, type, 4);
+    if (n) memcpy(buf + *at + 8, data, n);
+    put_be32(buf + *at + 8 + n, (uint32_t)crc32(crc32(0, buf + *at + 4, 4), buf + *at + 8, n));
+    *at += 12 + n;
+}
+
+/* A w x h gray PNG of zeros whose one zlib stream goes on with `extra` more
+ * zero bytes after the rows (a decompression bomb when extra is large), then
+ * a tEXt chunk of `text` bytes after the image data. */
+static uint8_t *zero_png(int w, int h, size_t extra, uint32_t text, size_t *len)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    ck_assert_int_eq(deflateInit(&z, 9), Z_OK);
+    const size_t cap = 1 << 20;
+    uint8_t *idat = malloc(cap), *zeros = calloc(1, 1 << 16);
+    z.next_out = idat;
+    z.avail_out = (uInt)cap;
+    size_t left = (size_t)h * (w + 1) + extra;
+    while (left > 0) {
+        const size_t k = left < (1 << 16) ? left : (1 << 16);
+        z.next_in = zeros;
+        z.avail_in = (uInt)k;
+        ck_assert_int_eq(deflate(&z, Z_NO_FLUSH), Z_OK);
+        left -= k;
+    }
+    ck_assert_int_eq(deflate(&z, Z_FINISH), Z_STREAM_END);
+    const uint32_t nidat = (uint32_t)z.total_out;
+    deflateEnd(&z);
+    uint8_t *buf = malloc(8 + 25 + 12 + nidat + 12 + text + 12);
+    static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    memcpy(buf, sig, 8);
+    size_t at = 8;
+    uint8_t ihdr[13] = {0};
+    put_be32(ihdr, (uint32_t)w);
+    put_be32(ihdr + 4, (uint32_t)h);
+    ihdr[8] = 8;  /* depth; colour type 0 (gray), no interlace */
+    put_chunk(buf, &at, "IHDR", ihdr, 13);
+    put_chunk(buf, &at, "IDAT", idat, nidat);
+    uint8_t *t = calloc(1, text + 1);
+    memcpy(t, "Comment", 7);  /* keyword, NUL, then the text */
+    for (uint32_t i = 8; i < text; i++) t[i] = 'x';
+    if (text) put_chunk(buf, &at, "tEXt", t, text);
+    put_chunk(buf, &at, "IEND", NULL, 0);
+    free(t);
+    free(idat);
+    free(zeros);
+    *len = at;
+    return buf;
+}
+
+/* libpng inflates the image data to the end of its zlib stream, past the
+ * rows: 64 MiB of zeros after a 28x28 image's rows (65 KB on the wire) once
+ * cost a request 64 MiB of inflating; a 4 GiB one, seconds of CPU. The data
+ * read is now capped by what the rows can need. */
+START_TEST(test_decompression_bomb)
+{
+    char err[256];
+    uint8_t px[28 * 28];
+    size_t len;
+    uint8_t *plain = zero_png(28, 28, 0, 1000, &len);
+    ck_assert_msg(finc_png_decode_into(plain, len, 1, 28, 28, px, err, sizeof err) == 0, "%s", err);
+    free(plain);
+    uint8_t *bomb = zero_png(28, 28, (size_t)64 << 20, 0, &len);
+    ck_assert(len > 20000);
+    ck_assert_int_eq(finc_png_decode_into(bomb, len, 1, 28, 28, px, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "more compressed image data than 28x28 pixels can need") != NULL, "%s", err);
+    /* the same from a file */
+    char path[] = "/tmp/finc-bomb-XXXXXX";
+    const int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, bomb, len), (ssize_t)len);
+    close(fd);
+    finc_png_image img;
+    ck_assert_int_eq(finc_png_read_file(path, 1, &img, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "more compressed image data") != NULL, "%s", err);
+    unlink(path);
+    free(bomb);
+}
+END_TEST
+
 START_TEST(test_size_caps)
 {
     uint8_t px[4] = {1, 2, 3, 4};
@@ -626,6 +711,7 @@ static Suite *png_suite(void)
     tcase_add_test(tc, test_truncated_every_length);
     tcase_add_test(tc, test_corrupt_bytes);
     tcase_add_test(tc, test_size_caps);
+    tcase_add_test(tc, test_decompression_bomb);
     tcase_add_test(tc, test_size_message);
     tcase_add_test(tc, test_grid_layout);
     tcase_add_test(tc, test_grid_errors);
