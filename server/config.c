@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 typedef enum { OPT_INT, OPT_DOUBLE, OPT_STR, OPT_BYTES } opt_type;
 
@@ -133,42 +134,96 @@ static int set_value(finc_server_config *c, const opt_spec *s, const char *v, co
     return -1;
 }
 
+/* Keys from text: one per line, surrounding blanks trimmed, empty lines and
+ * lines starting with # skipped. `what` names the source in messages.
+ * Replaces c->api_key; at least one key, each printable ASCII without spaces
+ * (what a bearer token can be). */
+static int set_keys(finc_server_config *c, const char *text, const char *what, char *err, size_t errlen)
+{
+    char keys[sizeof c->api_key];
+    size_t used = 0;
+    int n = 0, line = 0;
+    for (const char *p = text; *p; line++) {
+        const char *eol = strchr(p, '\n');
+        const char *end = eol ? eol : p + strlen(p), *b = p;
+        p = eol ? eol + 1 : end;
+        while (b < end && (*b == ' ' || *b == '\t' || *b == '\r')) b++;
+        while (end > b && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r')) end--;
+        if (b == end || *b == '#') continue;
+        const size_t len = (size_t)(end - b);
+        for (const char *q = b; q < end; q++)
+            if (*q < 0x21 || *q > 0x7e) {
+                snprintf(err, errlen, "%s line %d: a key is printable ASCII without spaces", what, line + 1);
+                return -1;
+            }
+        if (len > FINC_API_KEY_LEN) {
+            snprintf(err, errlen, "%s line %d: key longer than %d bytes", what, line + 1, FINC_API_KEY_LEN);
+            return -1;
+        }
+        if (n == FINC_API_KEYS_MAX) {
+            snprintf(err, errlen, "%s: more than %d keys", what, FINC_API_KEYS_MAX);
+            return -1;
+        }
+        if (n++) keys[used++] = '\n';
+        memcpy(keys + used, b, len);
+        used += len;
+    }
+    if (n == 0) {
+        snprintf(err, errlen, "%s holds no key", what);
+        return -1;
+    }
+    keys[used] = '\0';
+    memcpy(c->api_key, keys, used + 1);
+    return 0;
+}
+
+/* A file of keys (FINC_API_KEY_FILE, --api-key-file): refused when missing,
+ * unreadable, too long or empty, so a server never starts open by mistake. */
+static int read_key_file(finc_server_config *c, const char *path, const char *who, char *err, size_t errlen)
+{
+    char what[600], text[sizeof c->api_key * 2];
+    snprintf(what, sizeof what, "%s %s", who, path);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", what, strerror(errno));
+        return -1;
+    }
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    const int more = fgetc(f) != EOF, bad = ferror(f);
+    fclose(f);
+    if (bad || more) {
+        snprintf(err, errlen, "%s: %s", what, bad ? "read error" : "too long for a file of keys");
+        return -1;
+    }
+    text[n] = '\0';
+    if (strlen(text) != n) {
+        snprintf(err, errlen, "%s: holds a NUL byte", what);
+        return -1;
+    }
+    return set_keys(c, text, what, err, errlen);
+}
+
 int finc_server_config_env(finc_server_config *c, char *err, size_t errlen)
 {
     for (size_t i = 0; i < NSPECS; i++) {
         const char *v = getenv(specs[i].env);
         if (v && *v && set_value(c, &specs[i], v, specs[i].env, err, errlen) != 0) return -1;
     }
-    const char *key = getenv("FINC_API_KEY");
+    const char *key = getenv("FINC_API_KEY"), *file = getenv("FINC_API_KEY_FILE");
+    if (key && *key && file && *file) {
+        snprintf(err, errlen, "FINC_API_KEY and FINC_API_KEY_FILE are both set: set one");
+        return -1;
+    }
+    if (file && *file) return read_key_file(c, file, "FINC_API_KEY_FILE", err, errlen);
     if (key && *key) {
-        if (strlen(key) >= sizeof c->api_key) {
-            snprintf(err, errlen, "FINC_API_KEY is too long (at most %zu characters)", sizeof c->api_key - 1);
+        struct stat st;
+        /* the mistake of passing a secret's path as the key itself */
+        if (key[0] == '/' && !strchr(key, '\n') && stat(key, &st) == 0) {
+            snprintf(err, errlen, "FINC_API_KEY is the key itself, and this one names a file: "
+                                  "set FINC_API_KEY_FILE=%.200s instead", key);
             return -1;
         }
-        snprintf(c->api_key, sizeof c->api_key, "%s", key);
-    }
-    return 0;
-}
-
-static int read_key_file(finc_server_config *c, const char *path, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        snprintf(err, errlen, "--api-key-file %s: %s", path, strerror(errno));
-        return -1;
-    }
-    size_t n = fread(c->api_key, 1, sizeof c->api_key - 1, f);
-    int more = fgetc(f) != EOF;
-    fclose(f);
-    if (more) {
-        snprintf(err, errlen, "--api-key-file %s: key too long (at most %zu bytes)", path, sizeof c->api_key - 1);
-        return -1;
-    }
-    while (n > 0 && (c->api_key[n - 1] == '\n' || c->api_key[n - 1] == '\r' || c->api_key[n - 1] == ' ')) n--;
-    c->api_key[n] = '\0';
-    if (n == 0) {
-        snprintf(err, errlen, "--api-key-file %s is empty", path);
-        return -1;
+        return set_keys(c, key, "FINC_API_KEY", err, errlen);
     }
     return 0;
 }
@@ -191,7 +246,7 @@ int finc_server_config_args(finc_server_config *c, int argc, char **argv, char *
                 snprintf(err, errlen, "--api-key-file needs a value");
                 return -1;
             }
-            if (read_key_file(c, value, err, errlen) != 0) return -1;
+            if (read_key_file(c, value, "--api-key-file", err, errlen) != 0) return -1;
             continue;
         }
         const opt_spec *s = NULL;
@@ -254,7 +309,10 @@ void finc_server_config_print(const finc_server_config *c, FILE *f)
         print_value(c, &specs[i], f);
         fputc('\n', f);
     }
-    fprintf(f, "  %-16s %s\n", "api-key", c->api_key[0] ? "set (inference endpoints need a bearer token)" : "off");
+    int keys = c->api_key[0] != '\0';
+    for (const char *p = c->api_key; *p; p++) keys += *p == '\n';
+    if (keys) fprintf(f, "  %-16s %d key%s (inference endpoints need a bearer token)\n", "api-key", keys, keys > 1 ? "s" : "");
+    else fprintf(f, "  %-16s off\n", "api-key");
     fflush(f);
 }
 
@@ -273,8 +331,9 @@ void finc_server_usage(FILE *f)
         print_value(&d, &specs[i], f);
         fprintf(f, ")\n");
     }
-    fprintf(f, "  %-18s %-22s %s\n", "--api-key-file", "FINC_API_KEY",
-            "bearer token for the inference endpoints (file, or the variable itself)");
+    fprintf(f, "  %-18s %-22s %s\n", "--api-key-file", "FINC_API_KEY_FILE",
+            "file of bearer tokens for the inference endpoints, one per line (rotate by listing two)");
+    fprintf(f, "  %-18s %-22s %s\n", "", "FINC_API_KEY", "the token itself (one per line for several)");
     fprintf(f, "\nSIGTERM or SIGINT: readiness turns 503, queued and running work finishes\n"
                "(up to --drain-timeout), then exit 0; a second signal stops at once.\n");
 }

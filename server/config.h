@@ -8,6 +8,8 @@
 #include <stdio.h>
 
 #define FINC_SERVER_VERSION "0.1.0"
+#define FINC_API_KEYS_MAX 64       /* keys accepted at once (rotation) */
+#define FINC_API_KEY_LEN 256       /* bytes of one key */
 
 typedef struct {
     char host[256];
@@ -32,7 +34,8 @@ typedef struct {
     int retry_after;           /* seconds, in Retry-After on 503 */
     double anomaly_alpha;      /* default significance of the anomaly verdicts */
     char log[8];               /* json or off */
-    char api_key[512];         /* "" for none: FINC_API_KEY or --api-key-file */
+    char api_key[FINC_API_KEYS_MAX * (FINC_API_KEY_LEN + 1)];  /* accepted bearer tokens, one per
+                                  line; "" for none: FINC_API_KEY, FINC_API_KEY_FILE or --api-key-file */
 } finc_server_config;
 
 void finc_server_config_defaults(finc_server_config *c);

@@ -67,24 +67,30 @@ int finc_accept_png(const char *accept)
     return 0;
 }
 
-int finc_bearer_ok(const char *authorization, const char *key)
+int finc_bearer_ok(const char *authorization, const char *keys)
 {
-    const size_t klen = strlen(key);
-    if (!authorization || klen == 0) return 0;
+    if (!authorization || !keys || !*keys) return 0;
     while (*authorization == ' ') authorization++;
     if (strncasecmp(authorization, "Bearer ", 7) != 0) return 0;
     const char *tok = authorization + 7;
     while (*tok == ' ') tok++;
     size_t tlen = strlen(tok);
     while (tlen > 0 && tok[tlen - 1] == ' ') tlen--;
-    /* Every byte of the key is compared whatever the token, so the time
-     * says nothing about how much of it matched. */
-    volatile unsigned char diff = (unsigned char)(tlen != klen);
-    for (size_t i = 0; i < klen; i++) {
-        unsigned char t = tlen ? (unsigned char)tok[i % tlen] : 0;
-        diff |= (unsigned char)(t ^ (unsigned char)key[i]);
+    /* Every key is compared, each byte of it whatever the token, so the time
+     * says nothing about which key or how much of it matched. */
+    int ok = 0;
+    for (const char *key = keys; *key;) {
+        const char *eol = strchr(key, '\n');
+        const size_t klen = eol ? (size_t)(eol - key) : strlen(key);
+        volatile unsigned char diff = (unsigned char)(tlen != klen);
+        for (size_t i = 0; i < klen; i++) {
+            unsigned char t = tlen ? (unsigned char)tok[i % tlen] : 0;
+            diff |= (unsigned char)(t ^ (unsigned char)key[i]);
+        }
+        ok |= diff == 0;
+        key += klen + (eol != NULL);
     }
-    return diff == 0;
+    return ok;
 }
 
 char *finc_json_escape(const char *s, char *out, size_t outlen)

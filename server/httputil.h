@@ -10,9 +10,10 @@
  * for NULL, empty, or a tie between wildcards), -1 when neither is acceptable. */
 int finc_accept_png(const char *accept);
 
-/* Does an Authorization header value carry "Bearer <key>"? Compares in time
- * that depends only on the key's length, never on where a mismatch is. */
-int finc_bearer_ok(const char *authorization, const char *key);
+/* Does an Authorization header value carry "Bearer <key>" for one of keys
+ * (one per line)? Compares in time that depends only on the keys' lengths,
+ * never on which key matched or where a mismatch is. */
+int finc_bearer_ok(const char *authorization, const char *keys);
 
 /* Writes s as the inside of a JSON string literal into out (NUL-terminated,
  * cut to fit outlen). Returns out. */

@@ -1099,7 +1099,7 @@ START_TEST(bearer_token)
 {
     finc_server_config c;
     test_config(&c);
-    snprintf(c.api_key, sizeof c.api_key, "s3cret-token");
+    snprintf(c.api_key, sizeof c.api_key, "s3cret-token\nnext-token");  /* two keys: a rotation */
     start(&c);
     resp r;
     const char *body = "{\"n\": 1, \"seed\": 1}";
@@ -1111,7 +1111,7 @@ START_TEST(bearer_token)
     ck_assert_ptr_nonnull(strstr(cJSON_GetObjectItem(r.json, "error")->valuestring, "Bearer"));
     resp_free(&r);
     const char *wrong[] = {"Bearer s3cret-tokem", "Bearer s3cret-token2", "Bearer s3cret", "Basic s3cret-token",
-                           "Bearer ", "s3cret-token"};
+                           "Bearer ", "s3cret-token", "Bearer next-token s3cret-token"};
     for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; i++) {
         q.auth = wrong[i];
         http(&q, &r);
@@ -1119,6 +1119,10 @@ START_TEST(bearer_token)
         resp_free(&r);
     }
     q.auth = "Bearer s3cret-token";
+    http(&q, &r);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    q.auth = "Bearer next-token";
     http(&q, &r);
     ck_assert_int_eq(r.status, 200);
     resp_free(&r);
@@ -1772,6 +1776,14 @@ START_TEST(serve_exit_statuses)
     snprintf(missing, sizeof missing, "%s/none.safetensors", dir);
     char *nofile[] = {"serve", "--host", "127.0.0.1", "--port", "0", "--weights", missing, "--log", "off", NULL};
     ck_assert_int_eq(finc_serve_main(9, nofile), 1);
+    /* an empty key file: no start rather than an open server */
+    char keys[400];
+    snprintf(keys, sizeof keys, "%s/empty-keys", dir);
+    fclose(fopen(keys, "w"));
+    setenv("FINC_API_KEY_FILE", keys, 1);
+    char *serve[] = {"serve", "--host", "127.0.0.1", "--port", "0", "--weights", weights, "--log", "off", NULL};
+    ck_assert_int_eq(finc_serve_main(9, serve), 2);
+    unsetenv("FINC_API_KEY_FILE");
 }
 END_TEST
 

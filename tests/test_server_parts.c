@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "server/base64.h"
 #include "server/config.h"
@@ -144,6 +145,12 @@ START_TEST(bearer_check)
     ck_assert(!finc_bearer_ok("Bearer ", ""));
     /* a token that repeats the key's prefix cyclically must not pass */
     ck_assert(!finc_bearer_ok("Bearer ab", "abab"));
+    /* several keys, one per line: any of them, nothing between or around them */
+    ck_assert(finc_bearer_ok("Bearer old-key", "old-key\nnew-key"));
+    ck_assert(finc_bearer_ok("Bearer new-key", "old-key\nnew-key"));
+    ck_assert(!finc_bearer_ok("Bearer old-key\nnew-key", "old-key\nnew-key"));
+    ck_assert(!finc_bearer_ok("Bearer key", "old-key\nnew-key"));
+    ck_assert(!finc_bearer_ok("Bearer ", "old-key\nnew-key"));
 }
 END_TEST
 
@@ -205,6 +212,48 @@ START_TEST(config_env_flags_and_checks)
         ck_assert_int_eq(finc_server_config_args(&c, bad[i].b ? 3 : 2, argv, err, sizeof err), -1);
         ck_assert_msg(strstr(err, bad[i].why) != NULL, "case %zu: '%s'", i, err);
     }
+    /* keys: FINC_API_KEY is the key itself, FINC_API_KEY_FILE a file of them */
+    char dir[] = "/tmp/finc-keys-XXXXXX", path[64], empty[64];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/keys", dir);
+    snprintf(empty, sizeof empty, "%s/empty", dir);
+    FILE *f = fopen(path, "w");
+    fputs("# rotated on Monday\n  old-key  \n\nnew-key\r\n", f);
+    fclose(f);
+    fclose(fopen(empty, "w"));
+    finc_server_config_defaults(&c);
+    setenv("FINC_API_KEY_FILE", path, 1);
+    ck_assert_msg(finc_server_config_env(&c, err, sizeof err) == 0, "%s", err);
+    ck_assert_str_eq(c.api_key, "old-key\nnew-key");
+    setenv("FINC_API_KEY", "k", 1);
+    ck_assert_int_eq(finc_server_config_env(&c, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "both set") != NULL, "%s", err);
+    unsetenv("FINC_API_KEY");
+    setenv("FINC_API_KEY_FILE", empty, 1);
+    ck_assert_int_eq(finc_server_config_env(&c, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "holds no key") && strstr(err, empty), "%s", err);
+    setenv("FINC_API_KEY_FILE", "/nonexistent/keys", 1);
+    ck_assert_int_eq(finc_server_config_env(&c, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "/nonexistent/keys") && strstr(err, "No such file"), "%s", err);
+    unsetenv("FINC_API_KEY_FILE");
+    /* the path of a secret given as the key itself is refused, not used as the token */
+    setenv("FINC_API_KEY", path, 1);
+    ck_assert_int_eq(finc_server_config_env(&c, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "FINC_API_KEY_FILE=") != NULL, "%s", err);
+    setenv("FINC_API_KEY", "has space", 1);
+    ck_assert_int_eq(finc_server_config_env(&c, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "printable ASCII") != NULL, "%s", err);
+    unsetenv("FINC_API_KEY");
+    char *flag[] = {"serve", "--api-key-file", path, NULL};
+    finc_server_config_defaults(&c);
+    ck_assert_int_eq(finc_server_config_args(&c, 3, flag, err, sizeof err), 0);
+    ck_assert_str_eq(c.api_key, "old-key\nnew-key");
+    char *flag_empty[] = {"serve", "--api-key-file", empty, NULL};
+    ck_assert_int_eq(finc_server_config_args(&c, 3, flag_empty, err, sizeof err), -1);
+    unlink(path);
+    unlink(empty);
+    rmdir(dir);
+
     finc_server_config_defaults(&c);
     c.queue_size = 10;
     ck_assert_int_eq(finc_server_config_check(&c, err, sizeof err), -1);

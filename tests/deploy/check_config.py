@@ -58,7 +58,7 @@ def finc_options():
     exe = os.environ.get("FINC", os.path.join(ROOT, "finc"))
     out = subprocess.run([exe, "serve", "--help"], capture_output=True, text=True).stdout
     opts = {}
-    for m in re.finditer(r"^\s+--[\w-]+\s+(FINC_\w+)\s+.*?(?:\(default (.*)\))?$", out, re.M):
+    for m in re.finditer(r"^\s+(?:--[\w-]+\s+)?(FINC_\w+)\s+.*?(?:\(default (.*)\))?$", out, re.M):
         opts[m.group(1)] = m.group(2)
     if len(opts) < 10:
         sys.exit(f"could not read the FINC_* variables from `{exe} serve --help`")
