@@ -67,6 +67,7 @@ enum MHD_Result finc_http_respond(finc_request *r, int status, const char *ctype
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     if (r->allow) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
     if (r->www_authenticate) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (r->close) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     if (r->seed_header[0]) MHD_add_response_header(resp, "X-Finc-Seed", r->seed_header);
     if (r->retry_after) {
         char ra[16];
@@ -340,9 +341,69 @@ static void remote_addr(finc_request *r, struct MHD_Connection *conn)
 
 /* Checks that can answer before the body is read: path, method, token,
  * declared length, readiness. MHD_YES with r->answered when one did. */
+/* What the request head says about where its body ends. */
+typedef struct {
+    int content_length, transfer_encoding;
+    char te[64];
+    char bad_name[48];        /* the first header name that is not an RFC 9110 token */
+} framing;
+
+static int is_tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || strchr("!#$%&'*+-.^_`|~", c);
+}
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    framing *f = cls;
+    (void)kind;
+    if (!f->bad_name[0])
+        for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+            if (!is_tchar(*p)) {
+                snprintf(f->bad_name, sizeof f->bad_name, "%s", key);
+                break;
+            }
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) f->content_length++;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) && f->transfer_encoding++ == 0)
+        snprintf(f->te, sizeof f->te, "%s", value ? value : "");
+    return MHD_YES;
+}
+
+/* Framing that a proxy in front and this server could read two ways, which
+ * would let one client's bytes become another's request (request smuggling):
+ * refused, and the connection closed, before any body is read. */
+static enum MHD_Result framing_checks(finc_request *r)
+{
+    framing f = {0};
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, count_framing, &f);
+    if (!f.bad_name[0] && f.content_length <= 1 && !(f.content_length && f.transfer_encoding) &&
+        f.transfer_encoding <= 1 && (!f.transfer_encoding || !strcasecmp(f.te, "chunked")))
+        return MHD_YES;
+    r->close = 1;
+    if (f.bad_name[0]) {
+        for (char *p = f.bad_name; *p; p++)
+            if (*p < 0x20 || *p > 0x7e) *p = '?';  /* the answer and the log stay printable */
+        return finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL, "malformed header name '%s'", f.bad_name);
+    }
+    if (f.content_length > 1)
+        return finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL, "%d Content-Length headers: send one",
+                               f.content_length);
+    if (f.content_length)
+        return finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL,
+                               "Content-Length and Transfer-Encoding together: send one");
+    if (f.transfer_encoding > 1)
+        return finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL, "several Transfer-Encoding headers: send one");
+    for (char *p = f.te; *p; p++)
+        if (*p < 0x20 || *p > 0x7e) *p = '?';
+    return finc_http_error(r, 501, FINC_ERR_BAD_REQUEST, NULL, "Transfer-Encoding '%s' is not supported (chunked is)",
+                           f.te);
+}
+
 static enum MHD_Result early_checks(finc_request *r, const route *rt)
 {
     finc_server *s = r->srv;
+    const enum MHD_Result framed = framing_checks(r);
+    if (r->answered || framed != MHD_YES) return framed;
     if (!rt) return finc_http_error(r, 404, FINC_ERR_NOT_FOUND, NULL, "no such endpoint");
     r->allow = rt->post ? "POST, OPTIONS" : "GET, HEAD, OPTIONS";
     if (r->method == METHOD_OPTIONS) return finc_http_respond(r, 204, NULL, NULL, 0);

@@ -75,6 +75,7 @@ typedef struct finc_request {
     const char *allow;        /* Allow header for 405 and OPTIONS */
     int retry_after;          /* add Retry-After */
     int www_authenticate;
+    int close;                /* Connection: close (framing the server would not trust) */
     char seed_header[32];     /* X-Finc-Seed on PNG answers */
 } finc_request;
 

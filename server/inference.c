@@ -72,6 +72,20 @@ static int text_int(const char *s, double lo, double hi, double *out)
     return 0;
 }
 
+/* The body as one JSON value with nothing but whitespace after it (else NULL,
+ * with *end at the first byte that is wrong). */
+static cJSON *parse_body(finc_request *r, const char **end)
+{
+    cJSON *root = cJSON_ParseWithLengthOpts(r->body, r->len, end, 0);
+    if (!root) return NULL;
+    const char *p = *end, *stop = r->body + r->len;
+    while (p < stop && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) p++;
+    if (p == stop) return root;
+    cJSON_Delete(root);
+    *end = p;
+    return NULL;
+}
+
 static enum MHD_Result bad_json(finc_request *r, const char *end)
 {
     if (end && end >= r->body && end <= r->body + r->len)
@@ -111,7 +125,7 @@ enum MHD_Result finc_handle_sample(finc_request *r)
     int have_seed = 0;
     if (r->len > 0) {
         const char *end = NULL;
-        cJSON *root = cJSON_ParseWithLengthOpts(r->body, r->len, &end, 0);
+        cJSON *root = parse_body(r, &end);
         if (!root) return bad_json(r, end);
         if (!cJSON_IsObject(root)) {
             cJSON_Delete(root);
@@ -350,7 +364,7 @@ enum MHD_Result finc_handle_score(finc_request *r)
             FAIL(finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, NULL,
                                  "the body is empty: send {\"images\": [base64 PNG, ...]}"));
         const char *end = NULL;
-        root = cJSON_ParseWithLengthOpts(r->body, r->len, &end, 0);
+        root = parse_body(r, &end);
         if (!root) FAIL(bad_json(r, end));
         const cJSON *list = NULL;
         for (const cJSON *it = cJSON_IsObject(root) ? root->child : NULL; it; it = it->next) {

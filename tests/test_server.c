@@ -926,6 +926,8 @@ START_TEST(bad_input_table)
         {"POST", "/healthz", "application/json", NULL, NULL, "{}", 405, "wants GET", "GET, HEAD, OPTIONS"},
         {"PUT", "/metrics", NULL, NULL, NULL, NULL, 405, "wants GET", "GET, HEAD, OPTIONS"},
         {"POST", "/sample", "application/json", NULL, NULL, "{\"n\": ", 400, "malformed JSON", NULL},
+        {"POST", "/sample", "application/json", NULL, NULL, "{\"n\": 1} xyz", 400, "malformed JSON at byte 9", NULL},
+        {"POST", "/sample", "application/json", NULL, NULL, "{\"n\": 1}{}", 400, "malformed JSON at byte 8", NULL},
         {"POST", "/sample", "application/json", NULL, NULL, "[1, 2]", 400, "JSON object", NULL},
         {"POST", "/sample", "application/json", NULL, NULL, "{\"n\": 0}", 400, "n must be an integer in 1..32", NULL},
         {"POST", "/sample", "application/json", NULL, NULL, "{\"n\": 33}", 400, "1..32", NULL},
@@ -1139,6 +1141,52 @@ START_TEST(bearer_token)
         ck_assert_msg(r.status == 200, "%s: %ld", open[i], r.status);
         resp_free(&r);
     }
+}
+END_TEST
+
+/* Framing a proxy and the server could read two ways (request smuggling):
+ * refused before the body is read, and the connection closed, so no byte
+ * of it can become the next request. */
+START_TEST(ambiguous_framing_refused)
+{
+    start_default();
+    static const struct {
+        const char *head;
+        int status;
+        const char *error;
+    } cases[] = {
+        {"Content-Length: 8\r\nContent-Length: 30\r\n", 400, "2 Content-Length headers"},
+        {"Content-Length: 8\r\nTransfer-Encoding: chunked\r\n", 400, "Content-Length and Transfer-Encoding"},
+        {"Transfer-Encoding : chunked\r\n", 400, "malformed header name 'Transfer-Encoding '"},
+        {"Transfer-Encoding: gzip\r\n", 501, "Transfer-Encoding 'gzip' is not supported"},
+        {"Transfer-Encoding: gzip, chunked\r\n", 501, "not supported"},
+    };
+    char buf[8192], first[64];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int fd = raw_connect(port);
+        char head[512];
+        /* the body would smuggle a second request in if it were read as one */
+        int n = snprintf(head, sizeof head,
+                         "POST /sample HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n%s\r\n"
+                         "{\"n\":1}GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+                         cases[i].head);
+        raw_send(fd, head, (size_t)n);
+        raw_read_all(fd, buf, sizeof buf);  /* returns when the server closes */
+        close(fd);
+        snprintf(first, sizeof first, "HTTP/1.1 %d ", cases[i].status);
+        ck_assert_msg(strncmp(buf, first, strlen(first)) == 0, "case %zu: %.80s", i, buf);
+        ck_assert_msg(strstr(buf, cases[i].error) != NULL, "case %zu: %s", i, buf);
+        ck_assert_msg(strcasestr(buf, "Connection: close") != NULL, "case %zu: %s", i, buf);
+        ck_assert_msg(strstr(buf + strlen(first), "HTTP/1.1") == NULL, "case %zu: a second answer: %s", i, buf);
+    }
+    /* plain chunked framing still works */
+    int fd = raw_connect(port);
+    const char *ok = "POST /sample HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                     "Connection: close\r\n\r\n7\r\n{\"n\":1}\r\n0\r\n\r\n";
+    raw_send(fd, ok, strlen(ok));
+    raw_read_all(fd, buf, sizeof buf);
+    close(fd);
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 200 ", 13) == 0, "%.200s", buf);
 }
 END_TEST
 
@@ -1802,6 +1850,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, bad_input_table);
     tcase_add_test(tc, hostile_connections);
     tcase_add_test(tc, bearer_token);
+    tcase_add_test(tc, ambiguous_framing_refused);
     tcase_add_test(tc, overload_answers_503_and_recovers);
     tcase_add_test(tc, deadline_expires_while_queued_504);
     tcase_add_test(tc, client_hangup_drops_queued_work);
