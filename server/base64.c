@@ -44,6 +44,14 @@ static int b64_value(unsigned char c)
 
 long finc_base64_decode(const char *in, size_t len, uint8_t *out, char *err, size_t errlen)
 {
+    /* Said first: the length checks below would blame the wrong thing. */
+    for (size_t i = 0; i < len; i++)
+        if (in[i] == ' ' || in[i] == '\n' || in[i] == '\r' || in[i] == '\t') {
+            snprintf(err, errlen,
+                     "base64 with whitespace at offset %zu (line-wrapped? `base64 -w0` writes one line): "
+                     "send it without", i);
+            return -1;
+        }
     size_t data = len;
     while (data > 0 && in[data - 1] == '=' && len - data < 2) data--;
     if (len != data && len % 4 != 0) {

@@ -334,6 +334,6 @@ void finc_server_usage(FILE *f)
     fprintf(f, "  %-18s %-22s %s\n", "--api-key-file", "FINC_API_KEY_FILE",
             "file of bearer tokens for the inference endpoints, one per line (rotate by listing two)");
     fprintf(f, "  %-18s %-22s %s\n", "", "FINC_API_KEY", "the token itself (one per line for several)");
-    fprintf(f, "\nSIGTERM or SIGINT: readiness turns 503, queued and running work finishes\n"
+    fprintf(f, "\nSIGTERM, SIGINT or SIGHUP: readiness turns 503, queued and running work finishes\n"
                "(up to --drain-timeout), then exit 0; a second signal stops at once.\n");
 }

@@ -14,7 +14,7 @@
  * in-flight requests while draining). The server's own threads do the work. */
 typedef struct {
     finc_server *srv;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     uv_timer_t poll;
     double t_start, drain_timeout, drain_deadline;
     int signals, draining, rc;
@@ -69,7 +69,7 @@ static void on_signal(uv_signal_t *h, int signum)
         return;
     }
     fprintf(stderr, "finc serve: %s, draining (readiness 503; up to %g s for accepted work)\n",
-            signum == SIGTERM ? "SIGTERM" : "SIGINT", c->drain_timeout);
+            signum == SIGTERM ? "SIGTERM" : signum == SIGHUP ? "SIGHUP" : "SIGINT", c->drain_timeout);
     finc_server_drain(c->srv);
     c->drain_deadline = finc_mono_now() + c->drain_timeout;
     uv_timer_stop(&c->poll);
@@ -143,10 +143,14 @@ int finc_serve_main(int argc, char **argv)
     uv_loop_init(&loop);
     uv_signal_init(&loop, &c.sigterm);
     uv_signal_init(&loop, &c.sigint);
+    uv_signal_init(&loop, &c.sighup);
     uv_timer_init(&loop, &c.poll);
-    c.sigterm.data = c.sigint.data = c.poll.data = &c;
+    c.sigterm.data = c.sigint.data = c.sighup.data = c.poll.data = &c;
     uv_signal_start(&c.sigterm, on_signal, SIGTERM);
     uv_signal_start(&c.sigint, on_signal, SIGINT);
+    /* SIGHUP too (a closed terminal, a supervisor's reload): the log is
+     * stderr, with nothing to reopen, so a hang-up drains like SIGTERM. */
+    uv_signal_start(&c.sighup, on_signal, SIGHUP);
 
     c.srv = finc_server_start(&cfg, err, sizeof err);
     if (!c.srv) {
@@ -162,6 +166,7 @@ int finc_serve_main(int argc, char **argv)
     }
     uv_close((uv_handle_t *)&c.sigterm, NULL);
     uv_close((uv_handle_t *)&c.sigint, NULL);
+    uv_close((uv_handle_t *)&c.sighup, NULL);
     uv_close((uv_handle_t *)&c.poll, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);

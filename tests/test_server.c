@@ -1775,6 +1775,43 @@ START_TEST(sigterm_drains_accepted_requests)
 }
 END_TEST
 
+/* SIGHUP drains like SIGTERM and exits 0, instead of killing the process. */
+START_TEST(sighup_drains)
+{
+    int errp[2];
+    ck_assert_int_eq(pipe(errp), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        dup2(errp[1], STDERR_FILENO);
+        close(errp[0]);
+        char *argv[] = {"serve", "--host", "127.0.0.1", "--port", "0", "--weights", weights,
+                        "--threads", "1", "--log", "off", NULL};
+        const int rc = finc_serve_main((int)(sizeof argv / sizeof argv[0]) - 1, argv);
+        fflush(NULL);
+        _exit(rc);
+    }
+    close(errp[1]);
+    port = read_port(errp[0]);
+    if (port <= 0) kill(pid, SIGKILL);
+    ck_assert_int_gt(port, 0);
+    ck_assert_int_eq(kill(pid, SIGHUP), 0);
+    int st = 0;
+    pid_t w = 0;
+    for (int i = 0; i < 2000 && w == 0; i++) {
+        w = waitpid(pid, &st, WNOHANG);
+        if (w == 0) usleep(10000);
+    }
+    if (w == 0) kill(pid, SIGKILL), waitpid(pid, &st, 0);
+    char log[4096];
+    const ssize_t n = read(errp[0], log, sizeof log - 1);
+    log[n > 0 ? n : 0] = '\0';
+    close(errp[0]);
+    ck_assert_msg(w == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, log);
+    ck_assert_msg(strstr(log, "SIGHUP, draining") != NULL, "%s", log);
+}
+END_TEST
+
 /* finc serve's output (config printout and messages) under a shell's ulimit. */
 static void serve_under_ulimit(const char *ulimit, const char *args, char *out, size_t cap)
 {
@@ -1859,6 +1896,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, uncalibrated_model_has_no_verdicts);
     tcase_add_test(tc, loadgen_drives_both_endpoints);
     tcase_add_test(tc, sigterm_drains_accepted_requests);
+    tcase_add_test(tc, sighup_drains);
     tcase_add_test(tc, serve_exit_statuses);
     tcase_add_test(tc, connection_limit_fits_open_files);
     suite_add_tcase(s, tc);

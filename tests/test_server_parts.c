@@ -39,6 +39,9 @@ START_TEST(base64_round_trip_and_rejects)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         ck_assert_msg(finc_base64_decode(bad[i], strlen(bad[i]), out, err, sizeof err) < 0, "'%s' accepted", bad[i]);
     ck_assert_ptr_nonnull(strstr((finc_base64_decode("ab!d", 4, out, err, sizeof err), err), "'!' at offset 2"));
+    ck_assert_ptr_nonnull(strstr((finc_base64_decode("Zm9vYmFy\n", 9, out, err, sizeof err), err),
+                                 "whitespace at offset 8"));
+    ck_assert_ptr_nonnull(strstr((finc_base64_decode("Zm9v YmFy", 9, out, err, sizeof err), err), "whitespace at offset 4"));
 }
 END_TEST
 
