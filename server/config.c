@@ -46,6 +46,8 @@ static const opt_spec specs[] = {
      "seconds to receive a whole request body"},
     {"max-connections", "FINC_MAX_CONNECTIONS", OPT_INT, F(max_connections), 1, 1000000,
      "open connections at most (the open-file limit is raised to fit)"},
+    {"max-connections-per-ip", "FINC_MAX_CONNECTIONS_PER_IP", OPT_INT, F(max_connections_per_ip), 0, 1000000,
+     "open connections from one client address (0: no limit); behind a proxy that is the proxy's"},
     {"drain-timeout", "FINC_DRAIN_TIMEOUT", OPT_DOUBLE, F(drain_timeout), 0, 86400,
      "seconds SIGTERM waits for queued and running work"},
     {"unhealthy-after", "FINC_UNHEALTHY_AFTER", OPT_INT, F(unhealthy_after), 0, 1000000,
@@ -77,6 +79,7 @@ void finc_server_config_defaults(finc_server_config *c)
     c->idle_timeout = 30;
     c->read_timeout = 30;
     c->max_connections = 4096;
+    c->max_connections_per_ip = 1024;
     c->drain_timeout = 30;
     c->unhealthy_after = 3;
     c->retry_after = 1;

@@ -29,6 +29,7 @@ typedef struct {
     double idle_timeout;       /* seconds an idle connection stays open */
     double read_timeout;       /* seconds to receive a whole request */
     int max_connections;
+    int max_connections_per_ip; /* open connections from one client address; 0 for no limit */
     double drain_timeout;      /* seconds SIGTERM waits for queued and running work */
     int unhealthy_after;       /* failed engine batches in a row before health and readiness 503; 0 never */
     int retry_after;           /* seconds, in Retry-After on 503 */

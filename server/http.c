@@ -686,6 +686,7 @@ finc_server *finc_server_start(const finc_server_config *cfg, char *err, size_t 
                               MHD_OPTION_LISTEN_SOCKET, fd,
                               MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
                               MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ceil(cfg->idle_timeout),
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                               MHD_OPTION_END);

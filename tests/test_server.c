@@ -1775,6 +1775,34 @@ START_TEST(sigterm_drains_accepted_requests)
 }
 END_TEST
 
+/* One address holds at most --max-connections-per-ip connections: past it
+ * a connection is closed unanswered; freeing one lets the next in. */
+START_TEST(per_ip_connection_limit)
+{
+    finc_server_config c;
+    test_config(&c);
+    c.max_connections_per_ip = 2;
+    start(&c);
+    int idle[2] = {raw_connect(port), raw_connect(port)};
+    raw_send(idle[0], "GET", 3);  /* a request begun and never finished */
+    usleep(200000);               /* both accepted before the next connect */
+    const char *get_health = "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    char buf[4096];
+    int fd = raw_connect(port);
+    send(fd, get_health, strlen(get_health), MSG_NOSIGNAL);
+    ck_assert_msg(raw_read_all(fd, buf, sizeof buf) == 0, "a third connection was answered: %.100s", buf);
+    close(fd);
+    close(idle[1]);
+    usleep(200000);
+    fd = raw_connect(port);
+    raw_send(fd, get_health, strlen(get_health));
+    raw_read_all(fd, buf, sizeof buf);
+    close(fd);
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 200", 12) == 0, "%.100s", buf);
+    close(idle[0]);
+}
+END_TEST
+
 /* SIGHUP drains like SIGTERM and exits 0, instead of killing the process. */
 START_TEST(sighup_drains)
 {
@@ -1897,6 +1925,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, loadgen_drives_both_endpoints);
     tcase_add_test(tc, sigterm_drains_accepted_requests);
     tcase_add_test(tc, sighup_drains);
+    tcase_add_test(tc, per_ip_connection_limit);
     tcase_add_test(tc, serve_exit_statuses);
     tcase_add_test(tc, connection_limit_fits_open_files);
     suite_add_tcase(s, tc);
