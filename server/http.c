@@ -104,6 +104,7 @@ enum MHD_Result finc_http_error(finc_request *r, int status, finc_error_reason w
     va_start(ap, fmt);
     vsnprintf(r->error, sizeof r->error, fmt, ap);
     va_end(ap);
+    finc_utf8_sanitize(r->error);
     r->reason = why;
     cJSON *obj = cJSON_CreateObject();
     if (obj) {

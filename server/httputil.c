@@ -93,6 +93,37 @@ int finc_bearer_ok(const char *authorization, const char *keys)
     return ok;
 }
 
+/* Bytes in a well-formed UTF-8 sequence starting at s (2..4), or 0. */
+static int utf8_len(const unsigned char *s)
+{
+    int n;
+    unsigned min;
+    unsigned cp;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) n = 2, min = 0x80, cp = s[0] & 0x1f;
+    else if (s[0] >= 0xe0 && s[0] <= 0xef) n = 3, min = 0x800, cp = s[0] & 0x0f;
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4) n = 4, min = 0x10000, cp = s[0] & 0x07;
+    else return 0;
+    for (int i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return n;
+}
+
+void finc_utf8_sanitize(char *s)
+{
+    for (unsigned char *p = (unsigned char *)s; p && *p;) {
+        if (*p < 0x80) {
+            p++;
+            continue;
+        }
+        const int n = utf8_len(p);
+        if (n) p += n;
+        else *p++ = '?';
+    }
+}
+
 char *finc_json_escape(const char *s, char *out, size_t outlen)
 {
     size_t n = 0;
@@ -112,6 +143,7 @@ char *finc_json_escape(const char *s, char *out, size_t outlen)
         }
     }
     out[n] = '\0';
+    finc_utf8_sanitize(out);  /* a sequence cut at the end of out is replaced too */
     return out;
 }
 

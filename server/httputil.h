@@ -15,6 +15,11 @@ int finc_accept_png(const char *accept);
  * never on which key matched or where a mismatch is. */
 int finc_bearer_ok(const char *authorization, const char *keys);
 
+/* Replaces, in place, every byte of s that is not part of well-formed UTF-8
+ * with '?': what clients sent (field and file names, paths) is echoed into
+ * JSON answers and log lines. */
+void finc_utf8_sanitize(char *s);
+
 /* Writes s as the inside of a JSON string literal into out (NUL-terminated,
  * cut to fit outlen). Returns out. */
 char *finc_json_escape(const char *s, char *out, size_t outlen);

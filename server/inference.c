@@ -447,7 +447,10 @@ enum MHD_Result finc_handle_score(finc_request *r)
             FAIL(finc_http_error(r, 400, FINC_ERR_BAD_REQUEST, expected_shape(mi),
                                  "%s: %s; send %dx%dx%d PNGs (channels x height x width)", what, err, mi->c, mi->h,
                                  mi->w));
-        if (r->names) snprintf(r->names[i], sizeof r->names[i], "%s", imgs[i].name);
+        if (r->names) {
+            snprintf(r->names[i], sizeof r->names[i], "%s", imgs[i].name);
+            finc_utf8_sanitize(r->names[i]);
+        }
     }
     r->job.kind = FINC_JOB_SCORE;
     r->job.n = nimg;

@@ -1803,6 +1803,37 @@ START_TEST(per_ip_connection_limit)
 }
 END_TEST
 
+static curl_mime *raw_name_mime(CURL *c, void *user)
+{
+    curl_mime *m = curl_mime_init(c);
+    curl_mimepart *p = curl_mime_addpart(m);
+    curl_mime_name(p, "image");
+    curl_mime_filename(p, "\xff\xfe" "a.png");
+    curl_mime_data(p, (const char *)img_png[0], img_len[0]);
+    (void)user;
+    return m;
+}
+
+/* Raw bytes that are not UTF-8, in a file name or a field name, come back as
+ * '?' in answers (and in the log), never as they were sent. */
+START_TEST(client_bytes_echoed_as_utf8)
+{
+    start_default();
+    resp r;
+    req q = {.path = "/log-likelihood", .mime = raw_name_mime};
+    http(&q, &r);
+    ck_assert_int_eq(r.status, 200);
+    const cJSON *res = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(r.json, "results"), 0);
+    ck_assert_str_eq(cJSON_GetObjectItemCaseSensitive(res, "name")->valuestring, "??a.png");
+    resp_free(&r);
+    post_json("/sample", "{\"\xff" "bad\": 1}", &r);
+    ck_assert_int_eq(r.status, 400);
+    ck_assert_msg(strstr(cJSON_GetObjectItem(r.json, "error")->valuestring, "unknown field '?bad'") != NULL, "%s",
+                  r.body);
+    resp_free(&r);
+}
+END_TEST
+
 /* SIGHUP drains like SIGTERM and exits 0, instead of killing the process. */
 START_TEST(sighup_drains)
 {
@@ -1926,6 +1957,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, sigterm_drains_accepted_requests);
     tcase_add_test(tc, sighup_drains);
     tcase_add_test(tc, per_ip_connection_limit);
+    tcase_add_test(tc, client_bytes_echoed_as_utf8);
     tcase_add_test(tc, serve_exit_statuses);
     tcase_add_test(tc, connection_limit_fits_open_files);
     suite_add_tcase(s, tc);

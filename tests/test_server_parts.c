@@ -157,6 +157,30 @@ START_TEST(bearer_check)
 }
 END_TEST
 
+START_TEST(utf8_sanitize)
+{
+    struct {
+        const char *in, *want;
+    } cases[] = {
+        {"plain", "plain"},
+        {"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"},
+        {"a\xff" "b", "a?b"},
+        {"\xc0\x80", "??"},          /* overlong NUL */
+        {"\xed\xa0\x80" "x", "???x"},   /* a surrogate */
+        {"cut \xe2\x82", "cut ??"},  /* a sequence cut short */
+        {"\xf5\x80\x80\x80", "????"},  /* past U+10FFFF */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "%s", cases[i].in);
+        finc_utf8_sanitize(buf);
+        ck_assert_msg(strcmp(buf, cases[i].want) == 0, "case %zu: '%s'", i, buf);
+    }
+    char out[64];
+    ck_assert_str_eq(finc_json_escape("x\xff\"y", out, sizeof out), "x?\\\"y");
+}
+END_TEST
+
 START_TEST(json_escape_and_numbers)
 {
     char out[64];
@@ -321,6 +345,7 @@ static Suite *parts_suite(void)
     tcase_add_test(tc, base64_round_trip_and_rejects);
     tcase_add_test(tc, multipart_parts_and_errors);
     tcase_add_test(tc, accept_negotiation);
+    tcase_add_test(tc, utf8_sanitize);
     tcase_add_test(tc, bearer_check);
     tcase_add_test(tc, json_escape_and_numbers);
     tcase_add_test(tc, config_env_flags_and_checks);
