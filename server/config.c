@@ -38,6 +38,8 @@ static const opt_spec specs[] = {
      "most importance-weighted draws per image"},
     {"max-body", "FINC_MAX_BODY", OPT_BYTES, F(max_body), 1024, 1073741824.0,
      "largest request body, bytes (k, M suffixes)"},
+    {"max-body-memory", "FINC_MAX_BODY_MEMORY", OPT_BYTES, F(max_body_memory), 1024, 68719476736.0,
+     "request bodies held in memory at once, all connections together, bytes; past it 503"},
     {"timeout-ms", "FINC_TIMEOUT_MS", OPT_DOUBLE, F(timeout_ms), 1, 86400000.0,
      "deadline of queued work, ms (X-Finc-Timeout-Ms may shorten it)"},
     {"idle-timeout", "FINC_IDLE_TIMEOUT", OPT_DOUBLE, F(idle_timeout), 1, 86400,
@@ -75,6 +77,7 @@ void finc_server_config_defaults(finc_server_config *c)
     c->max_images = 256;
     c->max_samples = 64;
     c->max_body = 4L << 20;
+    c->max_body_memory = 256L << 20;
     c->timeout_ms = 30000;
     c->idle_timeout = 30;
     c->read_timeout = 30;
@@ -284,6 +287,11 @@ int finc_server_config_check(const finc_server_config *c, char *err, size_t errl
     if (c->queue_size < c->max_n || c->queue_size < c->max_images) {
         snprintf(err, errlen, "queue-size %d must hold the largest request (max-n %d, max-images %d)",
                  c->queue_size, c->max_n, c->max_images);
+        return -1;
+    }
+    if (c->max_body_memory < c->max_body + 1) {
+        snprintf(err, errlen, "max-body-memory %ld must hold at least one largest body (max-body %ld)",
+                 c->max_body_memory, c->max_body);
         return -1;
     }
     if (!c->weights[0] || !c->host[0]) {

@@ -25,6 +25,7 @@ typedef struct {
     int max_images;            /* /log-likelihood images per request */
     int max_samples;           /* importance-weighted draws per image */
     long max_body;             /* bytes */
+    long max_body_memory;      /* bytes of request bodies held at once, all connections together */
     double timeout_ms;         /* deadline of queued work; X-Finc-Timeout-Ms may shorten it */
     double idle_timeout;       /* seconds an idle connection stays open */
     double read_timeout;       /* seconds to receive a whole request */

@@ -122,9 +122,37 @@ enum MHD_Result finc_http_error(finc_request *r, int status, finc_error_reason w
 
 /* ---- the batcher's side of a request ------------------------------------------ */
 
+/* Sizes r's body buffer to cap bytes, within the server-wide budget for
+ * bodies: 0, or -1 when the budget or memory would not have it. */
+static int body_resize(finc_request *r, size_t cap)
+{
+    finc_server *s = r->srv;
+    const long delta = (long)cap - (long)r->cap;
+    if (atomic_fetch_add(&s->body_bytes, delta) + delta > s->cfg.max_body_memory) {
+        atomic_fetch_sub(&s->body_bytes, delta);
+        return -1;
+    }
+    char *nb = realloc(r->body, cap);
+    if (!nb) {
+        atomic_fetch_sub(&s->body_bytes, delta);
+        return -1;
+    }
+    r->body = nb;
+    r->cap = cap;
+    return 0;
+}
+
+void finc_request_drop_body(finc_request *r)
+{
+    atomic_fetch_sub(&r->srv->body_bytes, (long)r->cap);
+    free(r->body);
+    r->body = NULL;
+    r->cap = 0;
+}
+
 static void request_free(finc_request *r)
 {
-    free(r->body);
+    finc_request_drop_body(r);
     free(r->pixels);
     free(r->logp);
     free(r->anomaly);
@@ -429,11 +457,11 @@ static enum MHD_Result early_checks(finc_request *r, const route *rt)
                                    s->cfg.max_body);
         /* Room for the declared body, up to a point: a client that declares
          * megabytes and sends nothing must not cost megabytes. */
-        if (n > 0) {
-            const size_t cap = n < (256u << 10) ? (size_t)n + 1 : (256u << 10);
-            r->body = malloc(cap);
-            if (!r->body) return finc_http_error(r, 500, FINC_ERR_INTERNAL, NULL, "out of memory");
-            r->cap = cap;
+        if (n > 0 && body_resize(r, n < (256u << 10) ? (size_t)n + 1 : (256u << 10)) != 0) {
+            r->retry_after = 1;
+            r->close = 1;
+            return finc_http_error(r, 503, FINC_ERR_OVERLOADED, NULL,
+                                   "the server holds as many request bodies as it may (--max-body-memory)");
         }
     }
     if (rt->post) {
@@ -461,7 +489,8 @@ static enum MHD_Result early_checks(finc_request *r, const route *rt)
 static int append_body(finc_request *r, const char *data, size_t n)
 {
     const size_t limit = (size_t)r->srv->cfg.max_body;
-    if (r->too_big || r->len + n > limit) {
+    if (r->too_big || r->over_budget) return 0;
+    if (r->len + n > limit) {
         r->too_big = 1;  /* the rest is read and dropped; the answer is 413 */
         return 0;
     }
@@ -469,10 +498,12 @@ static int append_body(finc_request *r, const char *data, size_t n)
         size_t cap = r->cap ? r->cap : 4096;
         while (cap < r->len + n + 1) cap *= 2;
         if (cap > limit + 1) cap = limit + 1;
-        char *nb = realloc(r->body, cap);
-        if (!nb) return -1;
-        r->body = nb;
-        r->cap = cap;
+        if (body_resize(r, cap) != 0) {
+            /* over the budget (or out of memory): what came is given back, the rest dropped */
+            r->over_budget = 1;
+            finc_request_drop_body(r);
+            return 0;
+        }
     }
     memcpy(r->body + r->len, data, n);
     r->len += n;
@@ -524,6 +555,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (r->too_big)
         return finc_http_error(r, 413, FINC_ERR_TOO_LARGE, NULL, "request body over the limit of %ld bytes",
                                s->cfg.max_body);
+    if (r->over_budget) {
+        r->retry_after = 1;
+        return finc_http_error(r, 503, FINC_ERR_OVERLOADED, NULL,
+                               "the server holds as many request bodies as it may (--max-body-memory)");
+    }
     if (r->body) r->body[r->len] = '\0';
     const route *rt = find_route(url);
     return rt->handle(r);

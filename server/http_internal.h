@@ -33,6 +33,7 @@ struct finc_server {
     int port;
     atomic_int draining;
     atomic_long inflight;
+    atomic_long body_bytes;   /* request body buffers held, against cfg.max_body_memory */
     atomic_ulong next_id;
     pthread_mutex_t info_mu;
     atomic_int info_ready;
@@ -53,6 +54,7 @@ typedef struct finc_request {
     char *body;               /* NUL-terminated once complete */
     size_t len, cap;
     int too_big;
+    int over_budget;          /* the server held too many bodies: the rest is dropped, the answer 503 */
 
     /* the job, for /sample and /log-likelihood */
     finc_job job;
@@ -78,6 +80,9 @@ typedef struct finc_request {
     int close;                /* Connection: close (framing the server would not trust) */
     char seed_header[32];     /* X-Finc-Seed on PNG answers */
 } finc_request;
+
+/* Frees the request's body buffer and returns its bytes to the server's budget. */
+void finc_request_drop_body(finc_request *r);
 
 /* NULL until the model is loaded. */
 const model_info *finc_server_model(finc_server *s);

@@ -466,11 +466,7 @@ out:
     free(scratch);
     cJSON_Delete(root);
     /* The body is no longer needed once its images are pixels. */
-    if (r->submitted) {
-        free(r->body);
-        r->body = NULL;
-        r->cap = 0;
-    }
+    if (r->submitted) finc_request_drop_body(r);
     return rc;
 #undef FAIL
 }

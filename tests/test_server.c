@@ -1834,6 +1834,50 @@ START_TEST(client_bytes_echoed_as_utf8)
 }
 END_TEST
 
+/* Bodies held at once are bounded server-wide (--max-body-memory): a body
+ * that would go past it is read and dropped and its request answered 503,
+ * and what bodies held is given back when they end. */
+START_TEST(body_memory_budget)
+{
+    finc_server_config c;
+    test_config(&c);
+    c.max_body = 1 << 20;
+    c.max_body_memory = 3 << 19;  /* 1.5 MiB: one 1 MiB body fits, two do not */
+    start(&c);
+    const size_t len = 1000000, first = 900000;
+    char *junk = malloc(len);
+    memset(junk, ' ', len);
+    char head[256];
+    snprintf(head, sizeof head,
+             "POST /log-likelihood HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+             "Connection: close\r\n\r\n", len);
+    char buf[8192];
+    for (int round = 0; round < 2; round++) {  /* the second round finds the budget whole again */
+        int fd[2];
+        for (int i = 0; i < 2; i++) {
+            fd[i] = raw_connect(port);
+            raw_send(fd[i], head, strlen(head));
+            raw_send(fd[i], junk, first);
+            ck_assert(wait_metric("finc_http_requests_in_flight", i + 2));  /* this scrape too */
+            usleep(100000);
+        }
+        for (int i = 0; i < 2; i++) {
+            raw_send(fd[i], junk, len - first);
+            raw_read_all(fd[i], buf, sizeof buf);
+            close(fd[i]);
+            if (i == 0) {
+                ck_assert_msg(strncmp(buf, "HTTP/1.1 400", 12) == 0, "round %d, first: %.120s", round, buf);
+            } else {
+                ck_assert_msg(strncmp(buf, "HTTP/1.1 503", 12) == 0, "round %d, second: %.120s", round, buf);
+                ck_assert_ptr_nonnull(strstr(buf, "--max-body-memory"));
+                ck_assert_ptr_nonnull(strcasestr(buf, "Retry-After:"));
+            }
+        }
+    }
+    free(junk);
+}
+END_TEST
+
 /* SIGHUP drains like SIGTERM and exits 0, instead of killing the process. */
 START_TEST(sighup_drains)
 {
@@ -1958,6 +2002,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, sighup_drains);
     tcase_add_test(tc, per_ip_connection_limit);
     tcase_add_test(tc, client_bytes_echoed_as_utf8);
+    tcase_add_test(tc, body_memory_budget);
     tcase_add_test(tc, serve_exit_statuses);
     tcase_add_test(tc, connection_limit_fits_open_files);
     suite_add_tcase(s, tc);
