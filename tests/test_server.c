@@ -1693,10 +1693,12 @@ static int read_port(int fd)
     return -1;
 }
 
-START_TEST(sigterm_drains_accepted_requests)
+/* Forks finc serve, the real entry point with its signal handling, on a free
+ * loopback port with argv's flags (NULL-terminated, after "serve"); its
+ * stderr goes to *err_fd and the port to the global `port`. Fork first,
+ * while this process has no threads. */
+static pid_t fork_serve(char **flags, int *err_fd)
 {
-    /* Fork first, while this process has no threads. The child runs the
-     * real entry point, signal handling included. */
     int errp[2];
     ck_assert_int_eq(pipe(errp), 0);
     pid_t pid = fork();
@@ -1704,10 +1706,10 @@ START_TEST(sigterm_drains_accepted_requests)
     if (pid == 0) {
         dup2(errp[1], STDERR_FILENO);
         close(errp[0]);
-        char *argv[] = {"serve", "--host", "127.0.0.1", "--port", "0", "--weights", weights,
-                        "--threads", "1", "--http-threads", "2", "--max-delay-ms", "1500",
-                        "--drain-timeout", "20", "--log", "off", NULL};
-        const int rc = finc_serve_main((int)(sizeof argv / sizeof argv[0]) - 1, argv);
+        char *argv[40] = {"serve", "--host", "127.0.0.1", "--port", "0", "--weights", weights, "--log", "off"};
+        int argc = 9;
+        for (int i = 0; flags[i] && argc < 39; i++) argv[argc++] = flags[i];
+        const int rc = finc_serve_main(argc, argv);
         fflush(NULL);
         _exit(rc);
     }
@@ -1715,6 +1717,27 @@ START_TEST(sigterm_drains_accepted_requests)
     port = read_port(errp[0]);
     if (port <= 0) kill(pid, SIGKILL);
     ck_assert_int_gt(port, 0);
+    *err_fd = errp[0];
+    return pid;
+}
+
+/* Waits up to 20 s for pid to exit (then kills it); 1 when it exited by itself. */
+static int wait_exit(pid_t pid, int *status)
+{
+    pid_t w = 0;
+    for (int i = 0; i < 2000 && w == 0; i++) {
+        w = waitpid(pid, status, WNOHANG);
+        if (w == 0) usleep(10000);
+    }
+    if (w == 0) kill(pid, SIGKILL), waitpid(pid, status, 0);
+    return w == pid;
+}
+
+START_TEST(sigterm_drains_accepted_requests)
+{
+    int err_fd;
+    char *flags[] = {"--threads", "1", "--http-threads", "2", "--max-delay-ms", "1500", "--drain-timeout", "20", NULL};
+    pid_t pid = fork_serve(flags, &err_fd);
 
     /* An upload in progress (headers in, body not yet): accepted work that
      * holds the drain open so readiness can be watched. */
@@ -1763,14 +1786,9 @@ START_TEST(sigterm_drains_accepted_requests)
     ck_assert_ptr_nonnull(strstr(buf, "log_likelihood"));
 
     int st = 0;
-    pid_t w = 0;
-    for (int i = 0; i < 2000 && w == 0; i++) {
-        w = waitpid(pid, &st, WNOHANG);
-        if (w == 0) usleep(10000);
-    }
-    if (w == 0) kill(pid, SIGKILL), waitpid(pid, &st, 0);
-    close(errp[0]);
-    ck_assert_msg(w == pid, "server did not exit after the drain");
+    const int exited = wait_exit(pid, &st);
+    close(err_fd);
+    ck_assert_msg(exited, "server did not exit after the drain");
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
 }
 END_TEST
@@ -1881,36 +1899,17 @@ END_TEST
 /* SIGHUP drains like SIGTERM and exits 0, instead of killing the process. */
 START_TEST(sighup_drains)
 {
-    int errp[2];
-    ck_assert_int_eq(pipe(errp), 0);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        dup2(errp[1], STDERR_FILENO);
-        close(errp[0]);
-        char *argv[] = {"serve", "--host", "127.0.0.1", "--port", "0", "--weights", weights,
-                        "--threads", "1", "--log", "off", NULL};
-        const int rc = finc_serve_main((int)(sizeof argv / sizeof argv[0]) - 1, argv);
-        fflush(NULL);
-        _exit(rc);
-    }
-    close(errp[1]);
-    port = read_port(errp[0]);
-    if (port <= 0) kill(pid, SIGKILL);
-    ck_assert_int_gt(port, 0);
+    int err_fd;
+    char *flags[] = {"--threads", "1", NULL};
+    pid_t pid = fork_serve(flags, &err_fd);
     ck_assert_int_eq(kill(pid, SIGHUP), 0);
     int st = 0;
-    pid_t w = 0;
-    for (int i = 0; i < 2000 && w == 0; i++) {
-        w = waitpid(pid, &st, WNOHANG);
-        if (w == 0) usleep(10000);
-    }
-    if (w == 0) kill(pid, SIGKILL), waitpid(pid, &st, 0);
+    const int exited = wait_exit(pid, &st);
     char log[4096];
-    const ssize_t n = read(errp[0], log, sizeof log - 1);
+    const ssize_t n = read(err_fd, log, sizeof log - 1);
     log[n > 0 ? n : 0] = '\0';
-    close(errp[0]);
-    ck_assert_msg(w == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, log);
+    close(err_fd);
+    ck_assert_msg(exited && WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, log);
     ck_assert_msg(strstr(log, "SIGHUP, draining") != NULL, "%s", log);
 }
 END_TEST
