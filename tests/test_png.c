@@ -472,7 +472,7 @@ static void put_chunk(uint8_t *buf, size_t *at, const char *type, const uint8_t 
 
 /* A w x h gray PNG of zeros whose one zlib stream goes on with `extra` more
  * zero bytes after the rows (a decompression bomb when extra is large), then
- * a tEXt chunk of `text` bytes after the image data. */
+ * a tEXt chunk of `text` (0, or at least 8) bytes after the image data. */
 static uint8_t *zero_png(int w, int h, size_t extra, uint32_t text, size_t *len)
 {
     z_stream z;
@@ -503,12 +503,14 @@ static uint8_t *zero_png(int w, int h, size_t extra, uint32_t text, size_t *len)
     ihdr[8] = 8;  /* depth; colour type 0 (gray), no interlace */
     put_chunk(buf, &at, "IHDR", ihdr, 13);
     put_chunk(buf, &at, "IDAT", idat, nidat);
-    uint8_t *t = calloc(1, text + 1);
-    memcpy(t, "Comment", 7);  /* keyword, NUL, then the text */
-    for (uint32_t i = 8; i < text; i++) t[i] = 'x';
-    if (text) put_chunk(buf, &at, "tEXt", t, text);
+    if (text >= 8) {
+        uint8_t *t = calloc(1, text);
+        memcpy(t, "Comment", 7);  /* keyword, NUL, then the text */
+        for (uint32_t i = 8; i < text; i++) t[i] = 'x';
+        put_chunk(buf, &at, "tEXt", t, text);
+        free(t);
+    }
     put_chunk(buf, &at, "IEND", NULL, 0);
-    free(t);
     free(idat);
     free(zeros);
     *len = at;
