@@ -156,7 +156,7 @@ FUZZ_PKGS := libcjson libpng zlib
 fuzz: deps
 	@$(MAKE) --no-print-directory $(FUZZ_BIN) $(BUILD)/fuzz/seeds
 	@BUILD=$(BUILD) bash tests/fuzz/run.sh
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -DFINC_FUZZING -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	       -Wall -Wextra -Werror -Wno-unused-parameter -I.
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_SRC)
 	@mkdir -p $(dir $@)

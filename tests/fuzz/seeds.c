@@ -3,6 +3,8 @@
  *   seeds DIR   -> DIR/weights, DIR/config, DIR/anomaly, DIR/png, DIR/npy, DIR/idx, DIR/multipart,
  *                  DIR/http */
 #include <errno.h>
+#include <png.h>
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,6 +157,70 @@ static void png(const char *name, int C, int H, int W)
     free(out);
 }
 
+typedef struct {
+    uint8_t *buf;
+    size_t len, cap;
+} membuf;
+
+static void mem_write(png_structp p, png_bytep data, size_t n)
+{
+    membuf *m = png_get_io_ptr(p);
+    if (m->len + n > m->cap) {
+        m->cap = (m->len + n) * 2;
+        m->buf = realloc(m->buf, m->cap);
+        if (!m->buf) exit(1);
+    }
+    memcpy(m->buf + m->len, data, n);
+    m->len += n;
+}
+
+static void mem_flush(png_structp p) { (void)p; }
+
+/* A 28x28 PNG written by libpng itself in any colour type, bit depth and
+ * interlacing (with a tRNS chunk where the type takes one), so the decoder's
+ * every conversion has a seed to start from. */
+static void png_typed(const char *name, int color, int depth, int interlace)
+{
+    enum { S = 28 };
+    png_structp p = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png_create_info_struct(p);
+    membuf m = {0};
+    if (!p || !info || setjmp(png_jmpbuf(p))) {
+        fprintf(stderr, "seeds: libpng could not write %s\n", name);
+        exit(1);
+    }
+    png_set_write_fn(p, &m, mem_write, mem_flush);
+    png_set_IHDR(p, info, S, S, depth, color, interlace, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_color pal[256];
+    png_byte alpha[256];
+    for (int i = 0; i < 256; i++) {
+        pal[i].red = (png_byte)i, pal[i].green = (png_byte)(255 - i), pal[i].blue = (png_byte)(i * 7);
+        alpha[i] = (png_byte)(255 - i / 2);
+    }
+    if (color == PNG_COLOR_TYPE_PALETTE) {
+        png_set_PLTE(p, info, pal, 1 << (depth < 8 ? depth : 8));
+        png_set_tRNS(p, info, alpha, 1 << (depth < 8 ? depth : 8), NULL);
+    }
+    if (color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_RGB) {
+        png_color_16 t = {.gray = 1, .red = 1, .green = 2, .blue = 3};
+        png_set_tRNS(p, info, NULL, 0, &t);
+    }
+    png_write_info(p, info);
+    const int channels = color == PNG_COLOR_TYPE_RGB ? 3 : color == PNG_COLOR_TYPE_RGB_ALPHA ? 4
+                         : color == PNG_COLOR_TYPE_GRAY_ALPHA ? 2 : 1;
+    const size_t rowbytes = ((size_t)S * channels * depth + 7) / 8;
+    png_bytep rows[S];
+    uint8_t *px = malloc(rowbytes * S);
+    for (size_t i = 0; i < rowbytes * S; i++) px[i] = (uint8_t)(i * 37 + i / 7);
+    for (int y = 0; y < S; y++) rows[y] = px + (size_t)y * rowbytes;
+    png_write_image(p, rows);
+    png_write_end(p, info);
+    png_destroy_write_struct(&p, &info);
+    put("png", name, m.buf, m.len);
+    free(px);
+    free(m.buf);
+}
+
 /* An HTTP request with a body: the headers, Content-Length, then the body. */
 static void request(const char *name, const char *head, const void *body, size_t len)
 {
@@ -225,6 +291,20 @@ int main(int argc, char **argv)
     png("gray-28.png", 1, 28, 28);
     png("color-28.png", 3, 28, 28);
     png("gray-5x3.png", 1, 5, 3);
+    static const struct {
+        const char *name;
+        int color, depth, interlace;
+    } typed[] = {
+        {"gray1.png", PNG_COLOR_TYPE_GRAY, 1, 0},           {"gray2.png", PNG_COLOR_TYPE_GRAY, 2, 0},
+        {"gray4.png", PNG_COLOR_TYPE_GRAY, 4, 0},           {"gray16.png", PNG_COLOR_TYPE_GRAY, 16, 0},
+        {"gray8-adam7.png", PNG_COLOR_TYPE_GRAY, 8, 1},     {"rgb16.png", PNG_COLOR_TYPE_RGB, 16, 0},
+        {"rgb8-adam7.png", PNG_COLOR_TYPE_RGB, 8, 1},       {"palette1.png", PNG_COLOR_TYPE_PALETTE, 1, 0},
+        {"palette4.png", PNG_COLOR_TYPE_PALETTE, 4, 0},     {"palette8.png", PNG_COLOR_TYPE_PALETTE, 8, 1},
+        {"gray-alpha8.png", PNG_COLOR_TYPE_GRAY_ALPHA, 8, 0}, {"gray-alpha16.png", PNG_COLOR_TYPE_GRAY_ALPHA, 16, 0},
+        {"rgba8.png", PNG_COLOR_TYPE_RGB_ALPHA, 8, 0},       {"rgba16-adam7.png", PNG_COLOR_TYPE_RGB_ALPHA, 16, 1},
+    };
+    for (size_t i = 0; i < sizeof typed / sizeof typed[0]; i++)
+        png_typed(typed[i].name, typed[i].color, typed[i].depth, typed[i].interlace);
 
     float x[2 * 6];
     for (int i = 0; i < 12; i++) x[i] = (float)i - 5.5f;
