@@ -597,7 +597,7 @@ static void engine_suite(const shape *s, const char *path)
         cmp_doubles(w, lpd, lpc, n, TOL_LP_ATOL, TOL_LP_RTOL);
     }
     /* the terms of log p one by one: what the anomaly score is built from */
-    const int S = finc_engine_stats_count(ec);
+    const int S = finc_config_stat_count(&finc_engine_model(ec)->cfg);
     double *stc = xmalloc((size_t)n * S * sizeof(double)), *std_ = xmalloc((size_t)n * S * sizeof(double));
     if (ok_call(finc_encode_stats(ec, n, v, NULL, NULL, lpc, stc, err, sizeof err), err, "cpu encode stats") &&
         ok_call(finc_encode_stats(ed, n, v, NULL, NULL, lpd, std_, err, sizeof err), err, "device encode stats")) {

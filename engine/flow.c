@@ -20,8 +20,10 @@ struct finc_engine {
     float *u;                     /* (B, D) dequantization offsets */
     float *lat;                   /* (B, D) latents */
     uint8_t *pix;                 /* (B, D) pixels, in and out */
-    int nstats;                   /* stat_rows */
+    int nstats;                   /* finc_config_stat_count */
     double *stats;                /* (nstats, B) */
+    double *stat_const;           /* (nstats,) the image-independent part of each statistic */
+    double logp_const;            /* ... of log p: their sum, plus the ActNorm and 1x1 log-dets */
     /* host staging */
     float *h_u;                   /* (B, D) */
     double *h_stats;              /* (nstats, B) */
@@ -32,10 +34,6 @@ struct finc_engine {
     double *h_img_stats;          /* (B, nstats) */
     double *h_feat;               /* (B, d) */
 };
-
-/* Rows of e->stats, the statistics of finc_encode_stats: the pre-processing
- * log-det, each coupling's log-det in chain order, each latent's Gaussian term. */
-static int stat_rows(const finc_model *m) { return finc_config_stat_count(&m->cfg); }
 
 static void engine_release(finc_engine *e)
 {
@@ -48,6 +46,7 @@ static void engine_release(finc_engine *e)
     }
     free(e->h_u);
     free(e->h_stats);
+    free(e->stat_const);
     free(e->h_lat);
     for (int i = 0; i < e->nscratch; i++) finc_anomaly_scratch_free(e->scratch[i]);
     free(e->scratch);
@@ -62,6 +61,25 @@ static void engine_release(finc_engine *e)
 #else
 #define FINC_BUILT_CUDA 0
 #endif
+
+/* The terms of log p that do not depend on the image: the pre-processing
+ * constants (-D ln 256 + D ln(1 - 2a), statistic 0's), each latent's Gaussian
+ * normaliser (its statistic's), and the ActNorm and 1x1 log-dets (no
+ * statistic's). */
+static void set_constants(finc_engine *e)
+{
+    const finc_model *m = &e->model;
+    const int L = m->cfg.levels, S = e->nstats;
+    const double D = e->D;
+    e->stat_const[0] = -D * log(256.0) + D * log1p(-2.0 * m->cfg.alpha);
+    for (int l = 0; l < L; l++) {
+        const finc_level *lv = &m->levels[l];
+        const double dim = (double)(lv->has_split ? lv->c / 2 : lv->c) * lv->h * lv->w;
+        e->stat_const[S - L + l] = -0.5 * dim * log(2.0 * M_PI);
+    }
+    e->logp_const = m->logdet_const;
+    for (int r = 0; r < S; r++) e->logp_const += e->stat_const[r];
+}
 
 /* "auto" takes CUDA when it is built and a device answers, else the CPU. */
 static finc_backend *open_backend(const finc_model *m, const finc_engine_opts *o, char *err, size_t errlen)
@@ -109,18 +127,20 @@ finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *
     e->u = be->alloc(be, BD * sizeof(float));
     e->lat = be->alloc(be, BD * sizeof(float));
     e->pix = be->alloc(be, BD);
-    e->nstats = stat_rows(&e->model);
+    e->nstats = finc_config_stat_count(&e->model.cfg);
     const size_t nstats = (size_t)e->nstats * B;
     e->stats = be->alloc(be, nstats * sizeof(double));
     e->h_u = malloc(BD * sizeof(float));
     e->h_lat = malloc(BD * sizeof(float));
     e->h_stats = malloc(nstats * sizeof(double));
+    e->stat_const = calloc((size_t)e->nstats, sizeof(double));
     if (!e->act[0] || !e->act[1] || !e->u || !e->lat || !e->pix || !e->stats || !e->h_u || !e->h_lat ||
-        !e->h_stats) {
+        !e->h_stats || !e->stat_const) {
         snprintf(err, errlen, "out of memory for a batch of %d", B);
         engine_release(e);
         return NULL;
     }
+    set_constants(e);
     return e;
 }
 
@@ -137,14 +157,6 @@ int finc_engine_max_batch(const finc_engine *e) { return e->max_batch; }
 double finc_bits_per_dim(const finc_config *cfg, double logp)
 {
     return -logp / (finc_config_dim(cfg) * log(2.0));
-}
-
-/* log p terms that do not depend on the image: pre-processing constants,
- * ActNorm and 1x1 log-dets, and the Gaussian normaliser. */
-static double logp_const(const finc_engine *e)
-{
-    const double D = e->D, a = e->model.cfg.alpha;
-    return -D * log(256.0) + D * log1p(-2.0 * a) + e->model.logdet_const - 0.5 * D * log(2.0 * M_PI);
 }
 
 static void swap(float **a, float **b)
@@ -215,13 +227,8 @@ int finc_encode_stats(finc_engine *e, int n, const uint8_t *pixels, const float 
 {
     if (check_n(e, n, err, errlen)) return -1;
     finc_backend *be = e->be;
-    const finc_model *m = &e->model;
-    const int S = e->nstats, L = m->cfg.levels;
+    const int S = e->nstats;
     const size_t D = (size_t)e->D;
-    const double k = logp_const(e);
-    /* logp_const's terms given to the rows they belong to, so that each
-     * statistic is a whole log-density term of its own */
-    const double pre_k = -(double)D * log(256.0) + (double)D * log1p(-2.0 * m->cfg.alpha);
     for (int i0 = 0; i0 < n; i0 += e->max_batch) {
         const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
         be->upload(be, e->pix, pixels + (size_t)i0 * D, (size_t)B * D);
@@ -232,20 +239,17 @@ int finc_encode_stats(finc_engine *e, int n, const uint8_t *pixels, const float 
         for (int b = 0; b < B; b++) {
             double sum = 0;
             for (int r = 0; r < S; r++) sum += hs[(size_t)r * B + b];
-            logp[i0 + b] = sum + k;
+            logp[i0 + b] = sum + e->logp_const;
             if (!stats) continue;
+            /* each statistic a whole log-density term of its own */
             double *st = stats + (size_t)(i0 + b) * S;
-            for (int r = 0; r < S; r++) st[r] = hs[(size_t)r * B + b];
-            st[0] += pre_k;
-            for (int l = 0; l < L; l++) st[S - L + l] -= 0.5 * m->level_latent_dim[l] * log(2.0 * M_PI);
+            for (int r = 0; r < S; r++) st[r] = hs[(size_t)r * B + b] + e->stat_const[r];
         }
         if (latents)
             be->download(be, latents + (size_t)i0 * D, e->lat, (size_t)B * D * sizeof(float));
     }
     return 0;
 }
-
-int finc_engine_stats_count(const finc_engine *e) { return e->nstats; }
 
 int finc_encode(finc_engine *e, int n, const uint8_t *pixels, const float *u,
                 float *latents, double *logp, char *err, size_t errlen)

@@ -39,7 +39,7 @@ int finc_encode(finc_engine *e, int n, const uint8_t *pixels, const float *u,
                 float *latents, double *logp, char *err, size_t errlen);
 
 /* finc_encode that also writes each image's statistics, stats (n, S) with S =
- * finc_engine_stats_count: the terms whose sum is log p, from the same pass.
+ * finc_config_stat_count: the terms whose sum is log p, from the same pass.
  * Row i of an image holds statistic i, named by finc_config_stat_name:
  * "preprocess.logdet" (model.md section 1, constants included), then each
  * coupling's log-det in chain order ("levels.L.steps.S.coupling.logdet",
@@ -48,7 +48,6 @@ int finc_encode(finc_engine *e, int n, const uint8_t *pixels, const float *u,
  * log-dets, which do not depend on the image. */
 int finc_encode_stats(finc_engine *e, int n, const uint8_t *pixels, const float *u, float *latents,
                       double *logp, double *stats, char *err, size_t errlen);
-int finc_engine_stats_count(const finc_engine *e);
 
 /* The base of n images' anomaly feature rows (engine/anomaly.h: their encode
  * statistics at midpoint dequantization, complexity and pixel figures) into

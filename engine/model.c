@@ -551,11 +551,9 @@ static int assign(finc_model *m, want_list *wl, bump *b, char *err, size_t errle
             st->w1x1_inv = inv;
             if (assign_coupling(&st->coupling, wl, &ci, b, C, F, err, errlen))
                 return -1;
-            m->level_logdet_const[l] += (double)lv->h * lv->w * (st->w1x1_logdet - st->an_logscale_sum);
+            m->logdet_const += (double)lv->h * lv->w * (st->w1x1_logdet - st->an_logscale_sum);
         }
-        m->logdet_const += m->level_logdet_const[l];
         lv->has_split = l < cfg->levels - 1;
-        m->level_latent_dim[l] = (lv->has_split ? C / 2 : C) * lv->h * lv->w;
         if (lv->has_split && assign_coupling(&lv->split, wl, &ci, b, C, F, err, errlen))
             return -1;
     }

@@ -59,8 +59,6 @@ typedef struct {
     size_t block_floats;
     size_t n_params;              /* stored parameters (excludes derived tensors) */
     double logdet_const;          /* data-independent part of log-det: ActNorm + 1x1 */
-    double level_logdet_const[FINC_MAX_LEVELS];  /* the same, level by level */
-    int level_latent_dim[FINC_MAX_LEVELS];       /* values in latent l (its split's, or the final one) */
     struct finc_anomaly *anomaly; /* the "anomaly" metadata block (engine/anomaly.h), NULL when uncalibrated */
 } finc_model;
 

@@ -43,7 +43,7 @@ START_TEST(statistics_add_up_to_logp)
     char path[256], err[512];
     finc_engine *e = tiny_engine(path, sizeof path);
     const finc_model *m = finc_engine_model(e);
-    const int S = finc_engine_stats_count(e), D = finc_config_dim(&m->cfg), n = 5;
+    const int S = finc_config_stat_count(&finc_engine_model(e)->cfg), D = finc_config_dim(&m->cfg), n = 5;
     /* 1 + 4 couplings (2 levels of 2 steps) + 1 split + 2 latents */
     ck_assert_int_eq(S, 8);
     char name[96];
