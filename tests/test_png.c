@@ -1,7 +1,6 @@
 /* io/png: round trips, the documented conversions, hostile input, the grid. */
 #include <check.h>
 #include <png.h>
-#include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +9,7 @@
 #include <zlib.h>
 
 #include "io/png.h"
+#include "tests/testpng.h"
 
 /* A 4x3 RGB PNG written by Pillow 9.4 (Image.new("RGB", (4, 3)).putdata(...)). */
 static const uint8_t pil_rgb_png[] = {
@@ -29,63 +29,6 @@ static const uint8_t pil_rgb[12][3] = {
 static const uint8_t pil_gray[12] = {76, 150, 29, 255, 130, 128, 2, 96, 99, 0, 124, 78};
 
 /* ---- helpers --------------------------------------------------------------- */
-
-typedef struct {
-    uint8_t *buf;
-    size_t len, cap;
-} membuf;
-
-static void mem_write(png_structp png, png_bytep data, size_t n)
-{
-    membuf *m = png_get_io_ptr(png);
-    if (m->len + n > m->cap) {
-        m->cap = (m->len + n) * 2;
-        m->buf = realloc(m->buf, m->cap);
-        ck_assert_ptr_nonnull(m->buf);
-    }
-    memcpy(m->buf + m->len, data, n);
-    m->len += n;
-}
-
-static void mem_flush(png_structp png)
-{
-    (void)png;
-}
-
-/* Writes raw PNG rows (already packed as the PNG stores them: big-endian 16-bit,
- * 1/2/4-bit packed) of any colour type, so the decoder's conversions can be fed
- * every layout. Returns a malloc'd PNG. */
-static uint8_t *make_png(int w, int h, int ctype, int depth, int interlace,
-                         const uint8_t *raw, const png_color *pal, int npal,
-                         const uint8_t *trns, int ntrns, const png_color_16 *trns_color,
-                         size_t *len)
-{
-    membuf m = {0};
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-    png_infop info = png_create_info_struct(png);
-    ck_assert_ptr_nonnull(info);
-    if (setjmp(png_jmpbuf(png)))
-        ck_abort_msg("libpng write failed in the test helper");
-    png_set_write_fn(png, &m, mem_write, mem_flush);
-    png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, depth, ctype,
-                 interlace ? PNG_INTERLACE_ADAM7 : PNG_INTERLACE_NONE,
-                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    if (pal != NULL)
-        png_set_PLTE(png, info, pal, npal);
-    if (trns != NULL || trns_color != NULL)
-        png_set_tRNS(png, info, trns, ntrns, trns_color);
-    png_write_info(png, info);
-    size_t rowbytes = png_get_rowbytes(png, info);
-    png_bytep *rows = malloc(sizeof(png_bytep) * (size_t)h);
-    for (int y = 0; y < h; y++)
-        rows[y] = (png_bytep)raw + (size_t)y * rowbytes;
-    png_write_image(png, rows);
-    png_write_end(png, info);
-    png_destroy_write_struct(&png, &info);
-    free(rows);
-    *len = m.len;
-    return m.buf;
-}
 
 static void fill_random(uint8_t *p, size_t n, uint32_t seed)
 {
@@ -237,7 +180,7 @@ START_TEST(test_palette)
     /* 4x1, 2-bit indices 0,1,2,3 packed MSB first */
     const uint8_t raw[1] = {0x1b};
     size_t len;
-    uint8_t *png = make_png(4, 1, PNG_COLOR_TYPE_PALETTE, 2, 0, raw, pal, 4, NULL, 0, NULL, &len);
+    uint8_t *png = testpng_write(4, 1, PNG_COLOR_TYPE_PALETTE, 2, 0, raw, pal, 4, NULL, 0, NULL, &len);
     char err[256] = "";
     finc_png_image img;
     ck_assert_msg(finc_png_decode(png, len, 3, &img, err, sizeof err) == 0, "%s", err);
@@ -252,7 +195,7 @@ START_TEST(test_palette)
 
     /* palette with tRNS: entry 1 half transparent, entry 3 fully transparent */
     const uint8_t trns[4] = {255, 128, 255, 0};
-    png = make_png(4, 1, PNG_COLOR_TYPE_PALETTE, 2, 0, raw, pal, 4, trns, 4, NULL, &len);
+    png = testpng_write(4, 1, PNG_COLOR_TYPE_PALETTE, 2, 0, raw, pal, 4, trns, 4, NULL, &len);
     ck_assert_int_eq(finc_png_decode(png, len, 3, &img, err, sizeof err), 0);
     const uint8_t want_trns[12] = {0, 128, 10, 0, 0, 0, 20, 0, 0, 0, 30, 0};
     ck_assert_mem_eq(img.pixels, want_trns, 12);
@@ -271,7 +214,7 @@ START_TEST(test_sixteen_bit)
         raw[2 * i + 1] = (uint8_t)v[i];
     }
     size_t len;
-    uint8_t *png = make_png(6, 1, PNG_COLOR_TYPE_GRAY, 16, 0, raw, NULL, 0, NULL, 0, NULL, &len);
+    uint8_t *png = testpng_write(6, 1, PNG_COLOR_TYPE_GRAY, 16, 0, raw, NULL, 0, NULL, 0, NULL, &len);
     char err[256] = "";
     finc_png_image img;
     ck_assert_msg(finc_png_decode(png, len, 1, &img, err, sizeof err) == 0, "%s", err);
@@ -282,7 +225,7 @@ START_TEST(test_sixteen_bit)
 
     /* rgb16, one pixel (65535, 32896, 0) -> (255, 128, 0); gray = luma */
     const uint8_t raw3[6] = {0xff, 0xff, 0x80, 0x80, 0x00, 0x00};
-    png = make_png(1, 1, PNG_COLOR_TYPE_RGB, 16, 0, raw3, NULL, 0, NULL, 0, NULL, &len);
+    png = testpng_write(1, 1, PNG_COLOR_TYPE_RGB, 16, 0, raw3, NULL, 0, NULL, 0, NULL, &len);
     ck_assert_int_eq(finc_png_decode(png, len, 3, &img, err, sizeof err), 0);
     const uint8_t want3[3] = {255, 128, 0};
     ck_assert_mem_eq(img.pixels, want3, 3);
@@ -299,7 +242,7 @@ START_TEST(test_low_bit_gray)
     /* 1-bit: 8 pixels 10110001 -> 255 or 0 */
     const uint8_t raw1[1] = {0xb1};
     size_t len;
-    uint8_t *png = make_png(8, 1, PNG_COLOR_TYPE_GRAY, 1, 0, raw1, NULL, 0, NULL, 0, NULL, &len);
+    uint8_t *png = testpng_write(8, 1, PNG_COLOR_TYPE_GRAY, 1, 0, raw1, NULL, 0, NULL, 0, NULL, &len);
     char err[256] = "";
     finc_png_image img;
     ck_assert_int_eq(finc_png_decode(png, len, 1, &img, err, sizeof err), 0);
@@ -310,7 +253,7 @@ START_TEST(test_low_bit_gray)
 
     /* 4-bit: 0, 1, 7, 15 -> v * 17 */
     const uint8_t raw4[2] = {0x01, 0x7f};
-    png = make_png(4, 1, PNG_COLOR_TYPE_GRAY, 4, 0, raw4, NULL, 0, NULL, 0, NULL, &len);
+    png = testpng_write(4, 1, PNG_COLOR_TYPE_GRAY, 4, 0, raw4, NULL, 0, NULL, 0, NULL, &len);
     ck_assert_int_eq(finc_png_decode(png, len, 1, &img, err, sizeof err), 0);
     const uint8_t want4[4] = {0, 17, 119, 255};
     ck_assert_mem_eq(img.pixels, want4, 4);
@@ -324,7 +267,7 @@ START_TEST(test_alpha_over_black)
     /* gray+alpha: (200, 255), (200, 0), (200, 128), (255, 51) */
     const uint8_t raw_ga[8] = {200, 255, 200, 0, 200, 128, 255, 51};
     size_t len;
-    uint8_t *png = make_png(4, 1, PNG_COLOR_TYPE_GRAY_ALPHA, 8, 0, raw_ga, NULL, 0, NULL, 0,
+    uint8_t *png = testpng_write(4, 1, PNG_COLOR_TYPE_GRAY_ALPHA, 8, 0, raw_ga, NULL, 0, NULL, 0,
                             NULL, &len);
     char err[256] = "";
     finc_png_image img;
@@ -341,7 +284,7 @@ START_TEST(test_alpha_over_black)
 
     /* RGBA: (255, 100, 0, 128), (10, 20, 30, 255) */
     const uint8_t raw_rgba[8] = {255, 100, 0, 128, 10, 20, 30, 255};
-    png = make_png(2, 1, PNG_COLOR_TYPE_RGB_ALPHA, 8, 0, raw_rgba, NULL, 0, NULL, 0, NULL, &len);
+    png = testpng_write(2, 1, PNG_COLOR_TYPE_RGB_ALPHA, 8, 0, raw_rgba, NULL, 0, NULL, 0, NULL, &len);
     ck_assert_int_eq(finc_png_decode(png, len, 3, &img, err, sizeof err), 0);
     const uint8_t want_rgb[6] = {128, 10, 50, 20, 0, 30};
     ck_assert_mem_eq(img.pixels, want_rgb, 6);
@@ -356,7 +299,7 @@ START_TEST(test_alpha_over_black)
     /* gray with a tRNS colour key: value 7 becomes transparent (black) */
     const uint8_t raw_key[3] = {7, 8, 255};
     png_color_16 key = {.gray = 7};
-    png = make_png(3, 1, PNG_COLOR_TYPE_GRAY, 8, 0, raw_key, NULL, 0, NULL, 0, &key, &len);
+    png = testpng_write(3, 1, PNG_COLOR_TYPE_GRAY, 8, 0, raw_key, NULL, 0, NULL, 0, &key, &len);
     ck_assert_int_eq(finc_png_decode(png, len, 1, &img, err, sizeof err), 0);
     const uint8_t want_key[3] = {0, 8, 255};
     ck_assert_mem_eq(img.pixels, want_key, 3);
@@ -371,7 +314,7 @@ START_TEST(test_interlaced)
     uint8_t raw[H * W * 3];
     fill_random(raw, sizeof raw, 77);
     size_t len;
-    uint8_t *png = make_png(W, H, PNG_COLOR_TYPE_RGB, 8, 1, raw, NULL, 0, NULL, 0, NULL, &len);
+    uint8_t *png = testpng_write(W, H, PNG_COLOR_TYPE_RGB, 8, 1, raw, NULL, 0, NULL, 0, NULL, &len);
     char err[256] = "";
     finc_png_image img;
     ck_assert_msg(finc_png_decode(png, len, 3, &img, err, sizeof err) == 0, "%s", err);

@@ -24,8 +24,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <png.h>
-
 #include "engine/anomaly.h"
 #include "engine/flow.h"
 #include "io/png.h"
@@ -35,6 +33,7 @@
 #include "server/server.h"
 #include "tests/check_main.h"
 #include "tests/testmodel.h"
+#include "tests/testpng.h"
 
 #define H 28
 #define W 28
@@ -1418,39 +1417,16 @@ static void write_calibrated(const char *path)
  * (palette: a gray ramp; alpha: opaque), so decoding gives them back. */
 static uint8_t *png_variant(const uint8_t *pix, int color, int depth, size_t *len)
 {
-    char path[400];
-    snprintf(path, sizeof path, "%s/variant.png", dir);
-    FILE *f = fopen(path, "wb");
-    png_structp p = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-    png_infop info = png_create_info_struct(p);
-    png_init_io(p, f);
-    png_set_IHDR(p, info, W, H, depth, color, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
-                 PNG_FILTER_TYPE_DEFAULT);
     png_color pal[256];
     for (int i = 0; i < 256; i++) pal[i].red = pal[i].green = pal[i].blue = (png_byte)i;
-    if (color == PNG_COLOR_TYPE_PALETTE) png_set_PLTE(p, info, pal, 256);
-    png_write_info(p, info);
-    uint8_t row[W * 4];
-    for (int y = 0; y < H; y++) {
-        for (int x = 0; x < W; x++) {
-            const uint8_t v = pix[y * W + x];
-            if (depth == 16) row[2 * x] = row[2 * x + 1] = v;                 /* v * 257, big-endian */
-            else if (color == PNG_COLOR_TYPE_GRAY_ALPHA) row[2 * x] = v, row[2 * x + 1] = 255;
-            else row[x] = v;                                                    /* gray or palette index */
-        }
-        png_write_row(p, row);
+    uint8_t raw[H * W * 2];
+    for (int i = 0; i < H * W; i++) {
+        if (depth == 16) raw[2 * i] = raw[2 * i + 1] = pix[i];                     /* v * 257, big-endian */
+        else if (color == PNG_COLOR_TYPE_GRAY_ALPHA) raw[2 * i] = pix[i], raw[2 * i + 1] = 255;
+        else raw[i] = pix[i];                                                      /* gray or palette index */
     }
-    png_write_end(p, NULL);
-    png_destroy_write_struct(&p, &info);
-    fclose(f);
-    f = fopen(path, "rb");
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    rewind(f);
-    uint8_t *buf = malloc(*len);
-    ck_assert_int_eq(fread(buf, 1, *len, f), *len);
-    fclose(f);
-    return buf;
+    return testpng_write(W, H, color, depth, 0, raw, color == PNG_COLOR_TYPE_PALETTE ? pal : NULL, 256, NULL, 0,
+                         NULL, len);
 }
 
 typedef struct {

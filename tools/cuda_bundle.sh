@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 
 # Sources whose change makes a bundle stale.
 sources() {
-    ls Makefile engine/*.[ch] io/*.[ch] server/*.[ch] cli/*.[ch] bench/*.[ch] tests/testmodel.[ch] \
+    ls Makefile engine/*.[ch] io/*.[ch] server/*.[ch] cli/*.[ch] bench/*.[ch] tests/testmodel.[ch] tests/testpng.[ch] \
         kernels/*.cu kernels/*.h
 }
 # Libraries every glibc host has (the C++ runtime too: CUDA's compiler needs

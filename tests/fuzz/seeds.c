@@ -3,8 +3,6 @@
  *   seeds DIR   -> DIR/weights, DIR/config, DIR/anomaly, DIR/png, DIR/npy, DIR/idx, DIR/multipart,
  *                  DIR/http */
 #include <errno.h>
-#include <png.h>
-#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +14,7 @@
 #include "io/png.h"
 #include "server/base64.h"
 #include "tests/testmodel.h"
+#include "tests/testpng.h"
 
 static const char *dir;
 
@@ -157,68 +156,32 @@ static void png(const char *name, int C, int H, int W)
     free(out);
 }
 
-typedef struct {
-    uint8_t *buf;
-    size_t len, cap;
-} membuf;
-
-static void mem_write(png_structp p, png_bytep data, size_t n)
-{
-    membuf *m = png_get_io_ptr(p);
-    if (m->len + n > m->cap) {
-        m->cap = (m->len + n) * 2;
-        m->buf = realloc(m->buf, m->cap);
-        if (!m->buf) exit(1);
-    }
-    memcpy(m->buf + m->len, data, n);
-    m->len += n;
-}
-
-static void mem_flush(png_structp p) { (void)p; }
-
 /* A 28x28 PNG written by libpng itself in any colour type, bit depth and
  * interlacing (with a tRNS chunk where the type takes one), so the decoder's
  * every conversion has a seed to start from. */
 static void png_typed(const char *name, int color, int depth, int interlace)
 {
     enum { S = 28 };
-    png_structp p = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-    png_infop info = png_create_info_struct(p);
-    membuf m = {0};
-    if (!p || !info || setjmp(png_jmpbuf(p))) {
-        fprintf(stderr, "seeds: libpng could not write %s\n", name);
-        exit(1);
-    }
-    png_set_write_fn(p, &m, mem_write, mem_flush);
-    png_set_IHDR(p, info, S, S, depth, color, interlace, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     png_color pal[256];
     png_byte alpha[256];
     for (int i = 0; i < 256; i++) {
         pal[i].red = (png_byte)i, pal[i].green = (png_byte)(255 - i), pal[i].blue = (png_byte)(i * 7);
         alpha[i] = (png_byte)(255 - i / 2);
     }
-    if (color == PNG_COLOR_TYPE_PALETTE) {
-        png_set_PLTE(p, info, pal, 1 << (depth < 8 ? depth : 8));
-        png_set_tRNS(p, info, alpha, 1 << (depth < 8 ? depth : 8), NULL);
-    }
-    if (color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_RGB) {
-        png_color_16 t = {.gray = 1, .red = 1, .green = 2, .blue = 3};
-        png_set_tRNS(p, info, NULL, 0, &t);
-    }
-    png_write_info(p, info);
+    const int npal = 1 << (depth < 8 ? depth : 8), palette = color == PNG_COLOR_TYPE_PALETTE;
+    const png_color_16 key = {.gray = 1, .red = 1, .green = 2, .blue = 3};
+    const int keyed = color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_RGB;
     const int channels = color == PNG_COLOR_TYPE_RGB ? 3 : color == PNG_COLOR_TYPE_RGB_ALPHA ? 4
                          : color == PNG_COLOR_TYPE_GRAY_ALPHA ? 2 : 1;
     const size_t rowbytes = ((size_t)S * channels * depth + 7) / 8;
-    png_bytep rows[S];
-    uint8_t *px = malloc(rowbytes * S);
-    for (size_t i = 0; i < rowbytes * S; i++) px[i] = (uint8_t)(i * 37 + i / 7);
-    for (int y = 0; y < S; y++) rows[y] = px + (size_t)y * rowbytes;
-    png_write_image(p, rows);
-    png_write_end(p, info);
-    png_destroy_write_struct(&p, &info);
-    put("png", name, m.buf, m.len);
-    free(px);
-    free(m.buf);
+    uint8_t *raw = malloc(rowbytes * S);
+    for (size_t i = 0; i < rowbytes * S; i++) raw[i] = (uint8_t)(i * 37 + i / 7);
+    size_t len;
+    uint8_t *out = testpng_write(S, S, color, depth, interlace, raw, palette ? pal : NULL, npal,
+                                 palette ? alpha : NULL, npal, keyed ? &key : NULL, &len);
+    put("png", name, out, len);
+    free(out);
+    free(raw);
 }
 
 /* An HTTP request with a body: the headers, Content-Length, then the body. */
