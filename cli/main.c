@@ -256,28 +256,10 @@ static int write_images(const char *out, const uint8_t *pix, int n, int C, int H
 static uint8_t *read_images(char **files, int n, const finc_config *cfg)
 {
     char err[ERRLEN];
-    const size_t D = (size_t)finc_config_dim(cfg);
-    uint8_t *pix = malloc((size_t)n * D);
-    if (!pix) {
-        fail("out of memory for %d images", n);
+    uint8_t *pix;
+    if (finc_dataset_read_pngs((const char *const *)files, (size_t)n, cfg->c, cfg->h, cfg->w, &pix, err, sizeof err)) {
+        fail("%s", err);
         return NULL;
-    }
-    for (int i = 0; i < n; i++) {
-        finc_png_image img;
-        /* the reader's messages name the file already; the size check's do not */
-        if (finc_png_read_file(files[i], cfg->c, &img, err, sizeof err)) {
-            fail("%s", err);
-            free(pix);
-            return NULL;
-        }
-        if (finc_png_check_size(&img, cfg->h, cfg->w, err, sizeof err)) {
-            finc_png_image_free(&img);
-            fail("%s: %s", files[i], err);
-            free(pix);
-            return NULL;
-        }
-        memcpy(pix + i * D, img.pixels, D);
-        finc_png_image_free(&img);
     }
     return pix;
 }

@@ -71,6 +71,31 @@ static int list_pngs(const char *dir, int depth, path_list *pl, char *err, size_
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+int finc_dataset_read_pngs(const char *const *paths, size_t n, int C, int H, int W, uint8_t **pixels, char *err,
+                           size_t errlen)
+{
+    const size_t D = (size_t)C * H * W;
+    uint8_t *pix = malloc(n * D);
+    if (!pix) return finc_errorf(err, errlen, "out of memory for %zu images", n);
+    for (size_t i = 0; i < n; i++) {
+        finc_png_image img;
+        char e2[256];
+        if (finc_png_read_file(paths[i], C, &img, err, errlen) != 0) {  /* names the file */
+            free(pix);
+            return -1;
+        }
+        const int bad = finc_png_check_size(&img, H, W, e2, sizeof e2);
+        if (!bad) memcpy(pix + i * D, img.pixels, D);
+        finc_png_image_free(&img);
+        if (bad) {
+            free(pix);
+            return finc_errorf(err, errlen, "%s: %s", paths[i], e2);
+        }
+    }
+    *pixels = pix;
+    return 0;
+}
+
 static int load_pngs(const char *dir, int C, int H, int W, long offset, long limit, uint8_t **pixels, int *n,
                      char *err, size_t errlen)
 {
@@ -81,28 +106,10 @@ static int load_pngs(const char *dir, int C, int H, int W, long offset, long lim
     size_t first = (size_t)offset < pl.n ? (size_t)offset : pl.n, count = pl.n - first;
     if (limit > 0 && (size_t)limit < count) count = (size_t)limit;
     if (rc == 0 && count == 0) rc = finc_errorf(err, errlen, "%s: %zu images, none from %ld on", dir, pl.n, offset);
-    const size_t D = (size_t)C * H * W;
-    uint8_t *pix = rc == 0 ? malloc(count * D) : NULL;
-    if (rc == 0 && !pix) rc = finc_errorf(err, errlen, "out of memory for %zu images", count);
-    for (size_t i = 0; rc == 0 && i < count; i++) {
-        finc_png_image img;
-        char e2[256];
-        const char *path = pl.v[first + i];
-        if (finc_png_read_file(path, C, &img, err, errlen) != 0) {  /* names the file */
-            rc = -1;
-            break;
-        }
-        if (finc_png_check_size(&img, H, W, e2, sizeof e2) != 0) rc = finc_errorf(err, errlen, "%s: %s", path, e2);
-        else memcpy(pix + i * D, img.pixels, D);
-        finc_png_image_free(&img);
-    }
+    if (rc == 0) rc = finc_dataset_read_pngs((const char *const *)pl.v + first, count, C, H, W, pixels, err, errlen);
     for (size_t i = 0; i < pl.n; i++) free(pl.v[i]);
     free(pl.v);
-    if (rc) {
-        free(pix);
-        return -1;
-    }
-    *pixels = pix;
+    if (rc) return -1;
     *n = (int)count;
     return 0;
 }

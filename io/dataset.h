@@ -17,4 +17,9 @@
 int finc_dataset_load(const char *src, int C, int H, int W, long offset, long limit, uint8_t **pixels, int *n,
                       char *err, size_t errlen);
 
+/* The PNG files paths[0..n) as pixels (n, C, H, W), as finc_dataset_load
+ * reads a folder's. Returns 0, or -1 with a message naming the file. */
+int finc_dataset_read_pngs(const char *const *paths, size_t n, int C, int H, int W, uint8_t **pixels, char *err,
+                           size_t errlen);
+
 #endif
