@@ -237,10 +237,14 @@ static double kde_score(const struct finc_anomaly *a, const double *z)
 
 /* The transposed copies scoring reads: points_t from points, pca_basis_t
  * from pca_basis. */
-static void transpose(struct finc_anomaly *a)
+static void transpose_points(struct finc_anomaly *a)
 {
     for (int i = 0; i < a->n_fit; i++)
         for (int j = 0; j < a->d; j++) a->points_t[(size_t)j * a->n_fit + i] = (float)a->points[(size_t)i * a->d + j];
+}
+
+static void transpose_basis(struct finc_anomaly *a)
+{
     for (int k = 0; k < FINC_ANOMALY_PCA; k++)
         for (int j = 0; j < a->pca_dim; j++)
             a->pca_basis_t[(size_t)j * FINC_ANOMALY_PCA + k] = a->pca_basis[(size_t)k * a->pca_dim + j];
@@ -366,7 +370,7 @@ static int fit_kde(struct finc_anomaly *a, const double *fit, const double *cal,
     free(sd);
     free(R);
     for (int i = 0; i < n_fit; i++) whiten(a, fit + (size_t)i * d, a->points + (size_t)i * d);
-    transpose(a);
+    transpose_points(a);
     a->bandwidth = pow((double)n_fit, -1.0 / (d + 4));
     for (int i = 0; i < n_cal; i++) {
         a->cal[i] = finc_anomaly_score(a, cal + (size_t)i * d);
@@ -440,7 +444,7 @@ static int fit_pca(struct finc_anomaly *a, const finc_config *cfg, const uint8_t
     }
     free(X);
     free(Y);
-    transpose(a);  /* the basis, for the layout features of every image */
+    transpose_basis(a);  /* for the layout features of every image */
     return 0;
 }
 
@@ -603,7 +607,8 @@ static int parse_block(struct finc_anomaly *a, const cJSON *o, const finc_config
             if (a->whiten[(size_t)j * d + k] != 0)
                 return finc_errorf(err, errlen, "metadata 'anomaly': 'whiten' is not lower triangular (row %d)", j);
     }
-    transpose(a);
+    transpose_points(a);
+    transpose_basis(a);
     for (int c = 1; c < n_cal; c++)
         if (a->cal[c] < a->cal[c - 1])
             return finc_errorf(err, errlen, "metadata 'anomaly': 'calibration_scores' are not in ascending order");
