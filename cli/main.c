@@ -615,33 +615,28 @@ static int cmd_calibrate(int argc, char **argv)
     finc_engine *e = open_engine(argv[optind], &o);
     if (!e) return 1;
     const finc_config *cfg = &finc_engine_model(e)->cfg;
-    const int d = finc_anomaly_feature_count(cfg);
     int n;
     uint8_t *pixels = load_set(o.data, cfg, o.offset, o.limit, &n);
-    double *feat = pixels ? malloc((size_t)n * d * sizeof *feat) : NULL;
     char err[ERRLEN], what[600];
     struct finc_anomaly a = {0};
     char *block = NULL;
     const int n_fit = n / 2;
     if (!pixels) rc = 1;
-    else if (!feat) rc = fail("out of memory");
     else if (n_fit > FINC_ANOMALY_MAX_FIT || n - n_fit > FINC_ANOMALY_MAX_FIT)
         rc = fail("%d images; calibrate takes at most %d (--limit)", n, 2 * FINC_ANOMALY_MAX_FIT);
-    else if (finc_features(e, n, pixels, NULL, feat, d, err, sizeof err)) rc = fail("%s", err);
     else {
         snprintf(what, sizeof what, "%s, images %d..%d (fit on the first %d)", o.data, o.offset, o.offset + n - 1,
                  n_fit);
-        if (finc_anomaly_fit(&a, cfg, feat, pixels, n, n_fit, what, err, sizeof err))
+        if (finc_calibrate(e, n, pixels, n_fit, what, &a, err, sizeof err))
             rc = fail("%s: %s", o.data, err);
         else if (!(block = finc_anomaly_to_json(&a, cfg))) rc = fail("out of memory");
         else if (write_calibrated(argv[optind], o.out, block, err, sizeof err)) rc = fail("%s: %s", o.out, err);
         else
             printf("%s: calibrated on %s: %d statistics fitted on %d images, %d calibration scores\n", o.out, o.data,
-                   d, a.n_fit, a.n_cal);
+                   a.d, a.n_fit, a.n_cal);
     }
     free(block);
     finc_anomaly_free(&a);
-    free(feat);
     free(pixels);
     finc_engine_free(e);
     return rc;

@@ -323,6 +323,22 @@ int finc_score_anomaly(finc_engine *e, int n, const uint8_t *pixels, double *log
     return 0;
 }
 
+int finc_calibrate(finc_engine *e, int n, const uint8_t *pixels, int n_fit, const char *data, struct finc_anomaly *a,
+                   char *err, size_t errlen)
+{
+    const finc_config *cfg = &e->model.cfg;
+    const int d = finc_anomaly_feature_count(cfg);
+    double *feat = n > 0 ? malloc((size_t)n * d * sizeof *feat) : NULL;
+    if (n > 0 && !feat) {
+        snprintf(err, errlen, "out of memory for the features of %d images", n);
+        return -1;
+    }
+    int rc = finc_features(e, n, pixels, NULL, feat, d, err, errlen);
+    if (rc == 0) rc = finc_anomaly_fit(a, cfg, feat, pixels, n, n_fit, data, err, errlen);
+    free(feat);
+    return rc;
+}
+
 /* Importance-weighted log p of B <= max_batch images, image b's draws keyed
  * by (seeds[b], indices[b]): ln mean_s exp(lp_s), accumulated stably against
  * the first draw. */

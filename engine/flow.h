@@ -61,6 +61,12 @@ int finc_features(finc_engine *e, int n, const uint8_t *pixels, double *logp, do
 int finc_score_anomaly(finc_engine *e, int n, const uint8_t *pixels, double *logp, finc_anomaly_result *an,
                        char *err, size_t errlen);
 
+/* Fits an anomaly scorer on the first n_fit of n in-distribution images and
+ * calibrates it on the rest (engine/anomaly.h, finc_anomaly_fit), `data`
+ * saying what they were. Returns 0, or -1 with a message. */
+int finc_calibrate(finc_engine *e, int n, const uint8_t *pixels, int n_fit, const char *data, struct finc_anomaly *a,
+                   char *err, size_t errlen);
+
 /* Score: log p per image, midpoint dequantization when samples <= 1, else the
  * importance-weighted estimate ln mean_s exp(log p_s) over `samples` uniform
  * draws keyed by (seed, first_index + i). */

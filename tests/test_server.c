@@ -1390,7 +1390,6 @@ static void write_calibrated(const char *path)
     char err[512];
     finc_engine *e = engine();
     const finc_config *cfg = &finc_engine_model(e)->cfg;
-    const int d = finc_anomaly_feature_count(cfg);
     uint8_t *px = malloc((size_t)N * D);
     uint64_t x = 99;
     for (int i = 0; i < N; i++)
@@ -1399,16 +1398,13 @@ static void write_calibrated(const char *path)
             const int r = p / W, c = p % W;
             px[i * D + p] = (uint8_t)(((r * (i % 5 + 1) * 7 + c * 5 * (i % 3 + 2)) + (int)(x >> 59)) % 256);
         }
-    double *feat = malloc((size_t)N * d * sizeof *feat);
-    ck_assert_int_eq(finc_features(e, N, px, NULL, feat, d, err, sizeof err), 0);
     struct finc_anomaly a;
-    ck_assert_msg(finc_anomaly_fit(&a, cfg, feat, px, N, NFIT, "fixture", err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(finc_calibrate(e, N, px, NFIT, "fixture", &a, err, sizeof err) == 0, "%s", err);
     char *block = finc_anomaly_to_json(&a, cfg);
     testmodel_spec spec = fmnist_spec();
     ck_assert_int_eq(testmodel_write_hook(path, &spec, 11, set_anomaly_meta, block), 0);
     free(block);
     finc_anomaly_free(&a);
-    free(feat);
     free(px);
     finc_engine_free(e);
 }
