@@ -46,6 +46,8 @@ static const opt_spec specs[] = {
      "seconds an idle connection stays open"},
     {"read-timeout", "FINC_READ_TIMEOUT", OPT_DOUBLE, F(read_timeout), 0.1, 86400,
      "seconds to receive a whole request body"},
+    {"head-timeout", "FINC_HEAD_TIMEOUT", OPT_DOUBLE, F(head_timeout), 0.1, 3600,
+     "seconds a new connection has to send its whole request head (later heads: --idle-timeout)"},
     {"max-connections", "FINC_MAX_CONNECTIONS", OPT_INT, F(max_connections), 1, 1000000,
      "open connections at most (the open-file limit is raised to fit)"},
     {"max-connections-per-ip", "FINC_MAX_CONNECTIONS_PER_IP", OPT_INT, F(max_connections_per_ip), 0, 1000000,
@@ -81,6 +83,7 @@ void finc_server_config_defaults(finc_server_config *c)
     c->timeout_ms = 30000;
     c->idle_timeout = 30;
     c->read_timeout = 30;
+    c->head_timeout = 10;
     c->max_connections = 4096;
     c->max_connections_per_ip = 1024;
     c->drain_timeout = 30;

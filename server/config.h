@@ -29,6 +29,7 @@ typedef struct {
     double timeout_ms;         /* deadline of queued work; X-Finc-Timeout-Ms may shorten it */
     double idle_timeout;       /* seconds an idle connection stays open */
     double read_timeout;       /* seconds to receive a whole request */
+    double head_timeout;       /* seconds a new connection has to send its first request head */
     int max_connections;
     int max_connections_per_ip; /* open connections from one client address; 0 for no limit */
     double drain_timeout;      /* seconds SIGTERM waits for queued and running work */

@@ -203,43 +203,36 @@ enum MHD_Result finc_http_enqueue(finc_request *r)
 /* The engine failed its last unhealthy-after batches (a device in a sticky
  * error state fails every batch until the process restarts): health and
  * readiness answer 503 with the last error until a batch succeeds again. */
-static int engine_failing(finc_request *r, enum MHD_Result *ret)
+int finc_health(finc_server *s, finc_endpoint ep, const char **word, char *err, size_t errlen)
 {
-    char err[300];
-    const int n = finc_batcher_failing(r->srv->batcher, err, sizeof err);
-    if (!n) return 0;
-    cJSON *extra = cJSON_CreateObject();
-    cJSON_AddStringToObject(extra, "status", "failing");
-    *ret = finc_http_error(r, 503, FINC_ERR_NOT_READY, extra, "the engine failed its last %d batches: %s", n, err);
-    return 1;
-}
-
-static enum MHD_Result handle_healthz(finc_request *r)
-{
-    enum MHD_Result ret;
-    if (engine_failing(r, &ret)) return ret;
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "status", "ok");
-    return finc_http_json(r, 200, o);
-}
-
-static enum MHD_Result handle_readyz(finc_request *r)
-{
-    finc_server *s = r->srv;
-    char err[512];
-    enum MHD_Result ret;
-    int st = finc_batcher_state(s->batcher, err, sizeof err);
-    if (st == 1 && !atomic_load(&s->draining)) {
-        if (engine_failing(r, &ret)) return ret;
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "status", "ready");
-        return finc_http_json(r, 200, o);
+    char why[300];
+    const int st = ep == FINC_EP_READYZ ? finc_batcher_state(s->batcher, why, sizeof why) : 1;
+    if (ep == FINC_EP_READYZ && (st != 1 || atomic_load(&s->draining))) {
+        *word = atomic_load(&s->draining) ? "draining" : st == 0 ? "loading" : "failed";
+        if (st < 0) snprintf(err, errlen, "model failed to load: %s", why);
+        else snprintf(err, errlen, "not ready: %s", *word);
+        return 503;
     }
-    cJSON *extra = cJSON_CreateObject();
-    const char *status = atomic_load(&s->draining) ? "draining" : st == 0 ? "loading" : "failed";
-    cJSON_AddStringToObject(extra, "status", status);
-    if (st < 0) return finc_http_error(r, 503, FINC_ERR_NOT_READY, extra, "model failed to load: %s", err);
-    return finc_http_error(r, 503, FINC_ERR_NOT_READY, extra, "not ready: %s", status);
+    const int n = finc_batcher_failing(s->batcher, why, sizeof why);
+    if (n) {
+        *word = "failing";
+        snprintf(err, errlen, "the engine failed its last %d batches: %s", n, why);
+        return 503;
+    }
+    *word = ep == FINC_EP_READYZ ? "ready" : "ok";
+    return 200;
+}
+
+/* /healthz and /readyz on a kept-alive connection (the gate answers them on new ones). */
+static enum MHD_Result handle_health(finc_request *r)
+{
+    char err[400];
+    const char *word;
+    const int status = finc_health(r->srv, r->ep, &word, err, sizeof err);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", word);
+    if (status == 200) return finc_http_json(r, 200, o);
+    return finc_http_error(r, status, FINC_ERR_NOT_READY, o, "%s", err);
 }
 
 static enum MHD_Result handle_models(finc_request *r)
@@ -314,8 +307,8 @@ typedef struct {
 static const route routes[] = {
     {"/sample", FINC_EP_SAMPLE, 1, 1, finc_handle_sample},
     {"/log-likelihood", FINC_EP_SCORE, 1, 1, finc_handle_score},
-    {"/healthz", FINC_EP_HEALTHZ, 0, 0, handle_healthz},
-    {"/readyz", FINC_EP_READYZ, 0, 0, handle_readyz},
+    {"/healthz", FINC_EP_HEALTHZ, 0, 0, handle_health},
+    {"/readyz", FINC_EP_READYZ, 0, 0, handle_health},
     {"/v1/models", FINC_EP_MODELS, 0, 1, handle_models},
     {"/metrics", FINC_EP_METRICS, 0, 0, handle_metrics},
 };
@@ -327,7 +320,7 @@ static const route *find_route(const char *url)
     return NULL;
 }
 
-static http_method parse_method(const char *m)
+http_method finc_parse_method(const char *m)
 {
     if (!strcmp(m, "GET")) return METHOD_GET;
     if (!strcmp(m, "HEAD")) return METHOD_HEAD;
@@ -336,9 +329,8 @@ static http_method parse_method(const char *m)
     return METHOD_OTHER;
 }
 
-static void request_id(finc_request *r, struct MHD_Connection *conn)
+void finc_request_id(finc_server *s, const char *given, char out[72])
 {
-    const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
     size_t n = 0;
     if (given) {
         /* Echoed only when it is short and plain, so it cannot break a header or a log line. */
@@ -349,23 +341,21 @@ static void request_id(finc_request *r, struct MHD_Connection *conn)
                 break;
         }
         if (given[n] == '\0' && n > 0) {
-            memcpy(r->id, given, n + 1);
+            memcpy(out, given, n + 1);
             return;
         }
     }
-    snprintf(r->id, sizeof r->id, "%016lx", (unsigned long)atomic_fetch_add(&r->srv->next_id, 1));
+    snprintf(out, 72, "%016lx", (unsigned long)atomic_fetch_add(&s->next_id, 1));
 }
 
-static void remote_addr(finc_request *r, struct MHD_Connection *conn)
+void finc_format_addr(const struct sockaddr *sa, char *out, size_t outlen)
 {
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    snprintf(r->remote, sizeof r->remote, "-");
-    if (!ci || !ci->client_addr) return;
-    const struct sockaddr *sa = ci->client_addr;
+    snprintf(out, outlen, "-");
+    if (!sa) return;
     if (sa->sa_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, r->remote, sizeof r->remote);
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)outlen);
     else if (sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, r->remote, sizeof r->remote);
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)outlen);
 }
 
 /* Checks that can answer before the body is read: path, method, token,
@@ -524,12 +514,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->conn = conn;
         r->t_start = finc_mono_now();
         atomic_init(&r->refs, 1);
-        r->method = parse_method(method);
+        r->method = finc_parse_method(method);
         snprintf(r->path, sizeof r->path, "%s", url);
         const route *rt = find_route(url);
         r->ep = rt ? rt->ep : FINC_EP_OTHER;
-        request_id(r, conn);
-        remote_addr(r, conn);
+        finc_request_id(s, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"), r->id);
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        finc_format_addr(ci ? ci->client_addr : NULL, r->remote, sizeof r->remote);
+        finc_gate_request(s, conn, 1);
         *con_cls = r;
         atomic_fetch_add(&s->inflight, 1);
         finc_metrics_inflight_add(s->metrics, 1);
@@ -565,7 +557,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return rt->handle(r);
 }
 
-static void log_request(finc_request *r, int status, double latency)
+void finc_request_log(const finc_request *r, int status, double latency)
 {
     char line[1400], esc[512], path[400], ts[40];
     struct timespec now;
@@ -600,7 +592,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     finc_server *s = cls;
     finc_request *r = *con_cls;
-    (void)conn;
+    finc_gate_request(s, conn, 0);
     if (!r) return;
     *con_cls = NULL;
     const double latency = finc_mono_now() - r->t_start;
@@ -614,16 +606,26 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     finc_metrics_request(s->metrics, r->ep, status, latency, r->reason);
     finc_metrics_inflight_add(s->metrics, -1);
-    if (!strcmp(s->cfg.log, "json")) log_request(r, status, latency);
+    if (!strcmp(s->cfg.log, "json")) finc_request_log(r, status, latency);
     atomic_fetch_sub(&s->inflight, 1);
     if (atomic_fetch_sub(&r->refs, 1) == 1) request_free(r);
 }
 
 /* libmicrohttpd's own messages (malformed requests, closed connections) as
- * log lines of the same shape as the request log. */
+ * log lines of the same shape as the request log. The answers it makes
+ * itself (a malformed head on a kept-alive connection: the gate checks the
+ * first) are counted in the metrics like the server's own. */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     finc_server *s = cls;
+    unsigned status = 0;
+    if (strstr(fmt, "HTTP response code is %u")) {
+        va_list cp;
+        va_copy(cp, ap);
+        status = va_arg(cp, unsigned);
+        va_end(cp);
+        finc_metrics_request(s->metrics, FINC_EP_OTHER, (int)status, 0, FINC_ERR_BAD_REQUEST);
+    }
     if (strcmp(s->cfg.log, "json") != 0) return;
     char msg[512], esc[700], line[900];
     vsnprintf(msg, sizeof msg, fmt, ap);
@@ -632,11 +634,12 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     struct tm tm;
-    char ts[40];
+    char ts[40], st[24] = "";
     gmtime_r(&now.tv_sec, &tm);
     strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-    int k = snprintf(line, sizeof line, "{\"ts\":\"%s.%03ldZ\",\"source\":\"libmicrohttpd\",\"msg\":\"%s\"}\n", ts,
-                     now.tv_nsec / 1000000, finc_json_escape(msg, esc, sizeof esc));
+    if (status) snprintf(st, sizeof st, ",\"status\":%u", status);
+    int k = snprintf(line, sizeof line, "{\"ts\":\"%s.%03ldZ\",\"source\":\"libmicrohttpd\"%s,\"msg\":\"%s\"}\n", ts,
+                     now.tv_nsec / 1000000, st, finc_json_escape(msg, esc, sizeof esc));
     if (k > 0) {
         ssize_t w = write(STDERR_FILENO, line, (size_t)k < sizeof line ? (size_t)k : sizeof line);
         (void)w;
@@ -717,19 +720,24 @@ finc_server *finc_server_start(const finc_server_config *cfg, char *err, size_t 
         free(s);
         return NULL;
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    /* The gate accepts; libmicrohttpd gets each connection once its first head is whole. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
     s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
                               MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
-                              MHD_OPTION_LISTEN_SOCKET, fd,
                               MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
-                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections + FINC_GATE_HEADROOM,
+                              MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)4 * FINC_MAX_HEAD,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ceil(cfg->idle_timeout),
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                              MHD_OPTION_NOTIFY_CONNECTION, finc_gate_notify, s,
                               MHD_OPTION_END);
-    if (!s->mhd) {
-        snprintf(err, errlen, "cannot start the HTTP daemon on port %d", s->port);
-        close(fd);
+    if (!s->mhd || finc_gate_start(s, fd, err, errlen) != 0) {
+        if (!s->mhd) snprintf(err, errlen, "cannot start the HTTP daemon on port %d", s->port);
+        if (!s->gate) close(fd);
+        finc_gate_close(s);
+        if (s->mhd) MHD_stop_daemon(s->mhd);
+        finc_gate_free(s);
         finc_batcher_stop(s->batcher);
         finc_metrics_free(s->metrics);
         pthread_mutex_destroy(&s->info_mu);
@@ -781,7 +789,9 @@ void finc_server_stop(finc_server *s)
     while (finc_batcher_pending(s->batcher) > 0) sleep_ms(2);
     /* Give the answers a moment to go out before the sockets close. */
     for (int i = 0; i < 1000 && atomic_load(&s->inflight) > 0; i++) sleep_ms(2);
+    finc_gate_close(s);
     MHD_stop_daemon(s->mhd);
+    finc_gate_free(s);
     finc_batcher_stop(s->batcher);
     finc_metrics_free(s->metrics);
     pthread_mutex_destroy(&s->info_mu);

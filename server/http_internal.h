@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "server/batcher.h"
 #include "server/config.h"
@@ -25,9 +26,12 @@ typedef struct {
     char name[128];           /* the weights file's base name without extension */
 } model_info;
 
+typedef struct finc_gate finc_gate;
+
 struct finc_server {
     finc_server_config cfg;
     struct MHD_Daemon *mhd;
+    finc_gate *gate;
     finc_batcher *batcher;
     finc_metrics *metrics;
     int port;
@@ -80,6 +84,29 @@ typedef struct finc_request {
     int close;                /* Connection: close (framing the server would not trust) */
     char seed_header[32];     /* X-Finc-Seed on PNG answers */
 } finc_request;
+
+/* Ids for requests: the client's X-Request-Id when it is short and plain, else a new one. */
+void finc_request_id(finc_server *s, const char *given, char out[72]);
+/* A client address as text ("-" when unknown). */
+void finc_format_addr(const struct sockaddr *sa, char *out, size_t outlen);
+http_method finc_parse_method(const char *m);
+/* The request log's line for r, which ended with status. */
+void finc_request_log(const finc_request *r, int status, double latency);
+/* /healthz (FINC_EP_HEALTHZ) or /readyz: 200 or 503, the status word of the
+ * answer, and for 503 why in err. */
+int finc_health(finc_server *s, finc_endpoint ep, const char **word, char *err, size_t errlen);
+
+/* server/gate.c: the front door. Start takes the listening socket. */
+int finc_gate_start(finc_server *s, int listen_fd, char *err, size_t errlen);
+/* Stops accepting and closes the connections still waiting for a head. */
+void finc_gate_close(finc_server *s);
+/* After libmicrohttpd stopped. */
+void finc_gate_free(finc_server *s);
+/* MHD_OPTION_NOTIFY_CONNECTION (cls is the server). */
+void finc_gate_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                      enum MHD_ConnectionNotificationCode code);
+/* A request's head came on conn (begun 1), or its answer ended (0). */
+void finc_gate_request(finc_server *s, struct MHD_Connection *conn, int begun);
 
 /* Frees the request's body buffer and returns its bytes to the server's budget. */
 void finc_request_drop_body(finc_request *r);

@@ -1,5 +1,6 @@
-/* The HTTP service behind `finc serve`: libmicrohttpd owns the sockets
- * (a thread pool on epoll), inference requests become batcher jobs while
+/* The HTTP service behind `finc serve`: a gate thread (server/gate.c)
+ * accepts connections and vets each one's first request head, then
+ * libmicrohttpd owns them (a thread pool on epoll); inference requests become batcher jobs while
  * their connections are suspended, and answers are encoded on the HTTP
  * threads when the batcher resumes them. Those threads are the PNG work
  * pool: a request's PNG work runs on the thread that owns its connection,
@@ -14,6 +15,16 @@
 #include <stddef.h>
 
 #include "server/config.h"
+
+/* Request heads the gate lets through: bytes in all, bytes
+ * of the target, header fields. libmicrohttpd's per-connection memory is
+ * sized so that it never refuses one of these itself. */
+#define FINC_MAX_HEAD 16384
+#define FINC_MAX_TARGET 8192
+#define FINC_MAX_HEADERS 100
+/* Connections the gate may hold, waiting for their heads, beyond --max-connections. */
+#define FINC_GATE_HEADROOM 64
+
 
 typedef struct finc_server finc_server;
 

@@ -1032,7 +1032,8 @@ START_TEST(hostile_connections)
     finc_server_config c;
     test_config(&c);
     c.read_timeout = 0.5;
-    c.idle_timeout = 2;
+    c.idle_timeout = 1;
+    c.head_timeout = 1;
     c.max_connections = 6;
     start(&c);
     char buf[8192];
@@ -1056,32 +1057,50 @@ START_TEST(hostile_connections)
     ck_assert_ptr_null(strstr(buf, "200 OK"));
     close(fd);
 
-    /* an idle connection is closed after the idle timeout */
+    /* a connection that sends no head is answered 408 after the head timeout */
     fd = raw_connect(port);
     const double t1 = finc_mono_now();
-    ck_assert_int_eq(raw_read_all(fd, buf, sizeof buf), 0);
-    ck_assert_msg(finc_mono_now() - t1 < 15, "idle connection not closed");
+    raw_read_all(fd, buf, sizeof buf);
+    ck_assert_msg(finc_mono_now() - t1 < 5, "a silent connection was not closed");
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 408 ", 13) == 0 && strstr(buf, "did not come within"), "%.200s", buf);
     close(fd);
 
-    /* the connection limit: with 6 connections open, a 7th waits in the
-     * backlog unserved until one of them closes */
-    int idle[6];
-    for (int i = 0; i < 6; i++) idle[i] = raw_connect(port);
-    usleep(200000);
-    int extra = raw_connect(port);
-    const char *get_health = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-    raw_send(extra, get_health, strlen(get_health));
-    struct timeval tv = {0, 300000};
-    setsockopt(extra, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    char ch;
-    ck_assert_msg(recv(extra, &ch, 1, 0) < 0, "a 7th connection was served with a limit of 6");
-    for (int i = 0; i < 6; i++) close(idle[i]);
-    tv = (struct timeval){20, 0};
-    setsockopt(extra, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ssize_t k = recv(extra, buf, sizeof buf - 1, 0);
-    ck_assert_int_gt(k, 12);
+    /* a kept-alive connection is closed when its next head does not come within the idle timeout */
+    fd = raw_connect(port);
+    const char *models = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
+    raw_send(fd, models, strlen(models));
+    ck_assert_int_gt(recv(fd, buf, sizeof buf, 0), 12);
     ck_assert(strncmp(buf, "HTTP/1.1 200", 12) == 0);
+    const double t2 = finc_mono_now();
+    for (int i = 0; i < 40 && send(fd, "G", 1, MSG_NOSIGNAL) == 1; i++) usleep(100000);  /* a byte at a time */
+    raw_read_all(fd, buf, sizeof buf);
+    ck_assert_msg(finc_mono_now() - t2 < 3.5, "a trickled second head held its connection %.1f s",
+                  finc_mono_now() - t2);
+    close(fd);
+
+    /* the connection limit: 6 connections hold requests whose bodies never
+     * come; a 7th still gets /healthz, and a clear 503 for anything else */
+    int held[6];
+    const char *post = "POST /log-likelihood HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100\r\n\r\n";
+    for (int i = 0; i < 6; i++) {
+        held[i] = raw_connect(port);
+        raw_send(held[i], post, strlen(post));
+    }
+    usleep(200000);
+    const char *get_health = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    int extra = raw_connect(port);
+    raw_send(extra, get_health, strlen(get_health));
+    raw_read_all(extra, buf, sizeof buf);
     close(extra);
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 200", 12) == 0, "%.200s", buf);
+    extra = raw_connect(port);
+    raw_send(extra, models, strlen(models));
+    raw_read_all(extra, buf, sizeof buf);
+    close(extra);
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 503", 12) == 0 && strstr(buf, "--max-connections") &&
+                      strstr(buf, "Retry-After: "),
+                  "%.300s", buf);
+    for (int i = 0; i < 6; i++) close(held[i]);
 
     /* still serving */
     resp r;
@@ -1093,6 +1112,121 @@ START_TEST(hostile_connections)
     }
     ck_assert_int_eq(r.status, 200);
     resp_free(&r);
+}
+END_TEST
+
+/* Heads the server will not read are answered by it, in JSON with a request
+ * id, and counted, never left to libmicrohttpd's HTML; the largest head it
+ * accepts is served in full. */
+START_TEST(malformed_heads_answered_json)
+{
+    start_default();
+    static char big_target[FINC_MAX_TARGET + 64], big_field[FINC_MAX_HEAD + 64], many[4096];
+    snprintf(big_target, sizeof big_target, "GET /%0*d HTTP/1.1\r\nHost: x\r\n\r\n", FINC_MAX_TARGET + 8, 0);
+    snprintf(big_field, sizeof big_field, "GET / HTTP/1.1\r\nHost: x\r\nX-A: %0*d\r\n\r\n", FINC_MAX_HEAD, 0);
+    int k = snprintf(many, sizeof many, "GET / HTTP/1.1\r\nHost: x\r\n");
+    for (int i = 0; i < FINC_MAX_HEADERS + 1; i++) k += snprintf(many + k, sizeof many - (size_t)k, "X%d: 1\r\n", i);
+    snprintf(many + k, sizeof many - (size_t)k, "\r\n");
+    static const struct {
+        const char *head;
+        int status;
+        const char *error;
+    } cases[] = {
+        {"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, "HTTP/2.0 is not supported"},
+        {"GET / HTTP/1.1\r\n\r\n", 400, "need a Host header"},
+        {"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "several Host headers"},
+        {"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, "not an HTTP request"},
+        {"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "malformed request line"},
+        {"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400, "malformed header line"},
+        {"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n", 400, "folded header lines"},
+        {"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n", 400, "control character"},
+        {"POST /sample HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400, "malformed Content-Length"},
+        {big_target, 414, "request target over the limit"},
+        {big_field, 431, "request head over the limit"},
+        {many, 431, "too many header fields"},
+    };
+    static char buf[65536];
+    char first[64];
+    int n400 = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int fd = raw_connect(port);
+        raw_send(fd, cases[i].head, strlen(cases[i].head));
+        raw_read_all(fd, buf, sizeof buf);
+        close(fd);
+        snprintf(first, sizeof first, "HTTP/1.1 %d ", cases[i].status);
+        ck_assert_msg(strncmp(buf, first, strlen(first)) == 0, "case %zu: %.80s", i, buf);
+        ck_assert_msg(strstr(buf, "Content-Type: application/json") && strstr(buf, "X-Request-Id: "), "case %zu: %s",
+                      i, buf);
+        const char *body = strstr(buf, "\r\n\r\n");
+        cJSON *j = body ? cJSON_Parse(body + 4) : NULL;
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+        ck_assert_msg(cJSON_IsString(e) && strstr(e->valuestring, cases[i].error), "case %zu: %s", i, buf);
+        cJSON_Delete(j);
+        n400 += cases[i].status == 400;
+    }
+    ck_assert_int_eq(metric_now("finc_http_requests_total{endpoint=\"other\",code=\"400\"}"), n400);
+    ck_assert_int_eq(metric_now("finc_http_requests_total{endpoint=\"other\",code=\"505\"}"), 1);
+    ck_assert_int_eq(metric_now("finc_http_requests_total{endpoint=\"other\",code=\"431\"}"), 2);
+
+    /* just under every limit: served */
+    k = snprintf(big_field, sizeof big_field, "GET /v1/models?%0*d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n",
+                 FINC_MAX_TARGET - 15, 0);
+    for (int i = 0; i < FINC_MAX_HEADERS - 3; i++)
+        k += snprintf(big_field + k, sizeof big_field - (size_t)k, "X-%02d: %070d\r\n", i, i);
+    k += snprintf(big_field + k, sizeof big_field - (size_t)k, "X-Pad: %0*d\r\n\r\n", FINC_MAX_HEAD - k - 11, 0);
+    ck_assert_int_eq(k, FINC_MAX_HEAD);
+    int fd = raw_connect(port);
+    raw_send(fd, big_field, (size_t)k);
+    raw_read_all(fd, buf, sizeof buf);
+    close(fd);
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 200 ", 13) == 0, "%.300s", buf);
+
+    /* a bad head later on a kept-alive connection is libmicrohttpd's to answer: still counted */
+    const double before2 = metric_now("finc_http_requests_total{endpoint=\"other\",code=\"400\"}");
+    fd = raw_connect(port);
+    const char *two = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nno colon\r\n\r\n";
+    raw_send(fd, two, strlen(two));
+    raw_read_all(fd, buf, sizeof buf);
+    close(fd);
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 200 ", 13) == 0 && strstr(buf + 13, "HTTP/1.1 400 "), "%.300s", buf);
+    ck_assert(wait_metric("finc_http_requests_total{endpoint=\"other\",code=\"400\"}", before2 + 1));
+}
+END_TEST
+
+/* Connections that never finish a head cannot keep others out: past
+ * --max-connections and the headroom the oldest of them is closed (408) to
+ * let a new one in, and /healthz answers throughout. */
+START_TEST(slow_heads_never_starve)
+{
+    finc_server_config c;
+    test_config(&c);
+    c.max_connections = 8;
+    c.head_timeout = 60;
+    start(&c);
+    enum { SLOW = 8 + FINC_GATE_HEADROOM + 20 };
+    int slow[SLOW];
+    for (int i = 0; i < SLOW; i++) {
+        slow[i] = raw_connect(port);
+        raw_send(slow[i], "GET /healthz HTTP/1.1\r\nHo", 25);
+    }
+    usleep(300000);
+    char buf[4096];
+    for (int round = 0; round < 5; round++) {
+        const double t0 = finc_mono_now();
+        int fd = raw_connect(port);
+        const char *h = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        raw_send(fd, h, strlen(h));
+        raw_read_all(fd, buf, sizeof buf);
+        close(fd);
+        ck_assert_msg(strncmp(buf, "HTTP/1.1 200 ", 13) == 0, "round %d: %.200s", round, buf);
+        ck_assert_msg(finc_mono_now() - t0 < 1, "round %d: /healthz took %.2f s", round, finc_mono_now() - t0);
+    }
+    /* the first slow ones were closed to make room, with a 408 */
+    struct timeval tv = {2, 0};
+    setsockopt(slow[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    raw_read_all(slow[0], buf, sizeof buf);
+    ck_assert_msg(strncmp(buf, "HTTP/1.1 408 ", 13) == 0, "%.200s", buf);
+    for (int i = 0; i < SLOW; i++) close(slow[i]);
 }
 END_TEST
 
@@ -1972,6 +2106,8 @@ static Suite *server_suite(void)
     tcase_add_test(tc, sigterm_drains_accepted_requests);
     tcase_add_test(tc, sighup_drains);
     tcase_add_test(tc, per_ip_connection_limit);
+    tcase_add_test(tc, malformed_heads_answered_json);
+    tcase_add_test(tc, slow_heads_never_starve);
     tcase_add_test(tc, client_bytes_echoed_as_utf8);
     tcase_add_test(tc, body_memory_budget);
     tcase_add_test(tc, serve_exit_statuses);
