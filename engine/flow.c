@@ -28,6 +28,7 @@ struct finc_engine {
     float *h_u;                   /* (B, D) */
     double *h_stats;              /* (nstats, B) */
     float *h_lat;                 /* (B, D) */
+    uint8_t *h_rows;              /* (B, D) importance-weighted scoring's image rows, made on first use */
     /* anomaly features, made on first use */
     int nscratch;
     finc_anomaly_scratch **scratch; /* one per OpenMP thread */
@@ -48,6 +49,7 @@ static void engine_release(finc_engine *e)
     free(e->h_stats);
     free(e->stat_const);
     free(e->h_lat);
+    free(e->h_rows);
     for (int i = 0; i < e->nscratch; i++) finc_anomaly_scratch_free(e->scratch[i]);
     free(e->scratch);
     free(e->h_img_stats);
@@ -342,25 +344,41 @@ int finc_calibrate(finc_engine *e, int n, const uint8_t *pixels, int n_fit, cons
 /* Importance-weighted log p of B <= max_batch images, image b's draws keyed
  * by (seeds[b], indices[b]): ln mean_s exp(lp_s), accumulated stably against
  * the first draw. */
+/* Importance-weighted scores of B <= max_batch images with `samples` draws
+ * each. The (image, draw) pairs are packed into engine batches of max_batch
+ * rows, so one image with 64 draws is one batch of 64, not 64 batches of
+ * one. Each image's draws are folded into its log-mean-exp in draw order,
+ * so the result does not depend on how the rows were packed. */
 static int score_iw_chunk(finc_engine *e, int B, const uint8_t *pixels, int samples, const uint64_t *seeds,
                           const uint64_t *indices, double *logp, char *err, size_t errlen)
 {
     const size_t D = (size_t)e->D;
-    double lp[B], best[B], acc[B];
-    for (int s = 0; s < samples; s++) {
-        const uint32_t stream = FINC_STREAM_DEQUANT | ((uint32_t)s << 8);
-#pragma omp parallel for schedule(static) if (B > 1)
-        for (int b = 0; b < B; b++) finc_philox_uniform(seeds[b], indices[b], stream, e->h_u + b * D, D);
-        if (finc_encode(e, B, pixels, e->h_u, NULL, lp, err, errlen)) return -1;
-        for (int b = 0; b < B; b++) {
+    if (!e->h_rows && !(e->h_rows = malloc((size_t)e->max_batch * D))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    double lp[e->max_batch], best[B], acc[B];
+    const long rows = (long)B * samples;
+    for (long r0 = 0; r0 < rows; r0 += e->max_batch) {
+        const int R = rows - r0 < e->max_batch ? (int)(rows - r0) : e->max_batch;
+#pragma omp parallel for schedule(static) if (R > 1)
+        for (int i = 0; i < R; i++) {
+            const int b = (int)((r0 + i) / samples), s = (int)((r0 + i) % samples);
+            memcpy(e->h_rows + (size_t)i * D, pixels + (size_t)b * D, D);
+            finc_philox_uniform(seeds[b], indices[b], FINC_STREAM_DEQUANT | ((uint32_t)s << 8), e->h_u + (size_t)i * D,
+                                D);
+        }
+        if (finc_encode(e, R, e->h_rows, e->h_u, NULL, lp, err, errlen)) return -1;
+        for (int i = 0; i < R; i++) {
+            const int b = (int)((r0 + i) / samples), s = (int)((r0 + i) % samples);
             if (s == 0) {
-                best[b] = lp[b];
+                best[b] = lp[i];
                 acc[b] = 1.0;
-            } else if (lp[b] > best[b]) {
-                acc[b] = acc[b] * exp(best[b] - lp[b]) + 1.0;
-                best[b] = lp[b];
+            } else if (lp[i] > best[b]) {
+                acc[b] = acc[b] * exp(best[b] - lp[i]) + 1.0;
+                best[b] = lp[i];
             } else {
-                acc[b] += exp(lp[b] - best[b]);
+                acc[b] += exp(lp[i] - best[b]);
             }
         }
     }
