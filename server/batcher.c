@@ -26,6 +26,8 @@ typedef struct {
     finc_anomaly_result *an;  /* (max_batch,) */
     float *lat;               /* (max_batch, D) sample latents */
     uint64_t *seed, *index;   /* (max_batch,) score: each image's dequantization key */
+    long passes;              /* images through the flow: an importance-weighted score counts its draws */
+    double seconds;           /* the engine's time for the batch */
     char err[256];
 } batch;
 
@@ -47,6 +49,9 @@ struct finc_batcher {
     char load_err[512];
     finc_job *in_head, *in_tail;  /* submitted, not yet seen by the loop */
     long reserved[FINC_JOB_KINDS];  /* images claimed and not yet dispatched or dropped */
+    long reserved_cost[FINC_JOB_KINDS];  /* their passes (finc_job_cost), against opts.queue_size */
+    long reserved_heavy[FINC_JOB_KINDS]; /* the part of it from heavy jobs (over max_batch passes) */
+    double pass_s[FINC_JOB_KINDS];  /* engine seconds per pass in full batches, a running mean; 0 unknown */
     int pending;              /* jobs claimed whose callback has not returned */
     int stop, closing, flush;
     int closed;               /* the loop's handles are closing: no more uv_async_send */
@@ -79,6 +84,21 @@ struct finc_batcher {
 static void wake_locked(finc_batcher *b)
 {
     if (!b->closed) uv_async_send(&b->wake);
+}
+
+/* Draws per image of a score job: 1 for the midpoint. */
+static int draws(const finc_job *j) { return j->kind == FINC_JOB_SCORE && j->samples > 1 ? j->samples : 1; }
+
+long finc_job_cost(const finc_job *j) { return (long)j->n * draws(j); }
+
+/* Takes images of a kind, and their passes, off the claimed counts. */
+static void unclaim(finc_batcher *b, const finc_job *j, int images)
+{
+    pthread_mutex_lock(&b->mu);
+    b->reserved[j->kind] -= images;
+    b->reserved_cost[j->kind] -= (long)images * draws(j);
+    if (finc_job_cost(j) > b->max_batch) b->reserved_heavy[j->kind] -= (long)images * draws(j);
+    pthread_mutex_unlock(&b->mu);
 }
 
 /* ---- queues (loop thread) ------------------------------------------------ */
@@ -125,11 +145,7 @@ static void job_end(finc_batcher *b, finc_job *j, finc_job_status st, const char
     snprintf(j->error, sizeof j->error, "%s", msg);
     const int undispatched = j->n - j->next;
     if (j->queued) q_remove(&b->q[j->kind], j);
-    if (undispatched > 0) {
-        pthread_mutex_lock(&b->mu);
-        b->reserved[j->kind] -= undispatched;
-        pthread_mutex_unlock(&b->mu);
-    }
+    if (undispatched > 0) unclaim(b, j, undispatched);
     if (b->metrics) {
         finc_drop_reason why = st == FINC_JOB_EXPIRED     ? FINC_DROP_EXPIRED
                                : st == FINC_JOB_CANCELLED ? FINC_DROP_CANCELLED
@@ -167,9 +183,6 @@ static void sweep_hangups(finc_batcher *b)
 
 /* ---- batches ------------------------------------------------------------- */
 
-/* Draws per image of a score job: 1 for the midpoint. */
-static int draws(const finc_job *j) { return j->samples > 1 ? j->samples : 1; }
-
 /* Midpoint scores first, then importance-weighted ones grouped by their
  * number of draws; arrival order within each. */
 static int seg_cmp_by_draws(const void *a, const void *c)
@@ -179,48 +192,57 @@ static int seg_cmp_by_draws(const void *a, const void *c)
     return x->off - y->off;
 }
 
-/* Fills the batch from the head of kind's queue. Returns images taken. */
+/* Fills the batch from kind's queue, taking from its jobs in turn. A batch
+ * holds at most max_batch passes (but always one image), so a batch costs
+ * about the same whatever it holds, and a job's remaining images go to the
+ * back of the queue after each turn: requests share the engine round-robin
+ * and a light one never waits behind all of a heavy one's work. A job that
+ * has not started and could not finish before its deadline even alone is
+ * ended instead of begun. Returns images taken. */
 static int batch_form(finc_batcher *b, finc_job_kind kind, double now)
 {
     batch *bt = &b->batch;
     job_queue *q = &b->q[kind];
     bt->kind = kind;
     bt->nseg = bt->B = 0;
+    bt->passes = 0;
     bt->err[0] = '\0';
-    long taken = 0;
+    pthread_mutex_lock(&b->mu);
+    const double pass_s = b->pass_s[kind];
+    pthread_mutex_unlock(&b->mu);
     while (q->head && bt->B < b->max_batch) {
         finc_job *j = q->head;
         if (client_gone(j->fd)) {
             job_end(b, j, FINC_JOB_CANCELLED, "the client closed the connection");
             continue;
         }
-        const int k = j->n - j->next < b->max_batch - bt->B ? j->n - j->next : b->max_batch - bt->B;
+        const double need = (double)(j->n - j->next) * draws(j) * pass_s;
+        if (j->next == 0 && j->deadline > 0 && now + need > j->deadline) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "its deadline would pass before it could finish (it needs about %.3g s of engine time)",
+                     need);
+            job_end(b, j, FINC_JOB_EXPIRED, msg);
+            continue;
+        }
+        const long room = b->max_batch - bt->passes;
+        if (bt->B > 0 && room < draws(j)) break;
+        int k = j->n - j->next < b->max_batch - bt->B ? j->n - j->next : b->max_batch - bt->B;
+        if ((long)k * draws(j) > room) k = room / draws(j) > 0 ? (int)(room / draws(j)) : 1;
         if (j->next == 0) {
             j->queue_wait = now - j->t_submit;
             if (b->metrics) finc_metrics_queue_wait(b->metrics, kind, j->queue_wait);
         }
         bt->seg[bt->nseg++] = (batch_seg){.job = j, .i0 = j->next, .k = k, .off = bt->B};
         bt->B += k;
+        bt->passes += (long)k * draws(j);
         j->inflight++;
         q_remove(q, j);  /* takes the job's undispatched images off the count */
         j->next += k;
-        taken += k;
-        if (j->next < j->n) {
-            /* The rest goes back to the head: it has waited already. */
-            j->link = q->head;
-            j->prev = NULL;
-            if (q->head) q->head->prev = j;
-            else q->tail = j;
-            q->head = j;
-            q->images += j->n - j->next;
-            j->queued = 1;
-        }
+        unclaim(b, j, k);
+        if (j->next < j->n) q_push(q, j);  /* the rest waits its next turn */
     }
     for (int s = 0; s < bt->nseg; s++)
         if (bt->seg[s].job->batch_size < bt->B) bt->seg[s].job->batch_size = bt->B;
-    pthread_mutex_lock(&b->mu);
-    b->reserved[kind] -= taken;
-    pthread_mutex_unlock(&b->mu);
     if (kind == FINC_JOB_SCORE && bt->nseg > 0) {
         /* One engine call per number of draws: the midpoint scores, then the
          * importance-weighted ones, each image's draws keyed by its request's
@@ -297,7 +319,8 @@ static int batch_run(finc_batcher *b, batch *bt)
             }
         }
     }
-    if (b->metrics) finc_metrics_batch(b->metrics, bt->kind, bt->B, finc_mono_now() - t0);
+    bt->seconds = finc_mono_now() - t0;
+    if (b->metrics) finc_metrics_batch(b->metrics, bt->kind, bt->B, bt->seconds);
     return failed;
 }
 
@@ -305,6 +328,14 @@ static int batch_run(finc_batcher *b, batch *bt)
 static void batch_finish(finc_batcher *b, batch *bt)
 {
     const size_t D = (size_t)b->D;
+    if (bt->passes * 2 >= b->max_batch && bt->seconds > 0) {
+        /* Full batches only: a lone image's batch costs more per pass. */
+        const double per = bt->seconds / (double)bt->passes;
+        pthread_mutex_lock(&b->mu);
+        double *m = &b->pass_s[bt->kind];
+        *m = *m > 0 ? 0.8 * *m + 0.2 * per : per;
+        pthread_mutex_unlock(&b->mu);
+    }
     for (int s = 0; s < bt->nseg; s++) {
         batch_seg *sg = &bt->seg[s];
         finc_job *j = sg->job;
@@ -368,8 +399,12 @@ static void process(finc_batcher *b)
             next = j->link;
             if (closing) job_end(b, j, FINC_JOB_REJECTED, "the server is shutting down");
             else if (state < 0) job_end(b, j, FINC_JOB_FAILED, load_err);
-            else if (j->deadline > 0 && now >= j->deadline)
-                job_end(b, j, FINC_JOB_EXPIRED, "the request's deadline passed while it was queued");
+            else if (j->deadline > 0 && now >= j->deadline) {
+                char msg[120] = "its deadline passed while it was queued";
+                if (j->next > 0)
+                    snprintf(msg, sizeof msg, "its deadline passed after %d of its %d images ran", j->next, j->n);
+                job_end(b, j, FINC_JOB_EXPIRED, msg);
+            }
         }
     }
 
@@ -628,12 +663,20 @@ const finc_model *finc_batcher_model(finc_batcher *b) { return b->model; }
 const char *finc_batcher_backend(finc_batcher *b) { return b->backend; }
 int finc_batcher_max_batch(finc_batcher *b) { return b->max_batch; }
 
-int finc_batcher_reserve(finc_batcher *b, finc_job_kind kind, int n)
+int finc_batcher_reserve(finc_batcher *b, const finc_job *j, double *need_s)
 {
+    const long cost = finc_job_cost(j);
+    const int heavy = cost > b->max_batch;
     int rc = -1;
     pthread_mutex_lock(&b->mu);
-    if (b->reserved[kind] + n <= b->o.queue_size) {
-        b->reserved[kind] += n;
+    *need_s = (double)cost * b->pass_s[j->kind];
+    if (j->deadline > 0 && finc_mono_now() + *need_s > j->deadline) {
+        rc = -2;
+    } else if (b->reserved_cost[j->kind] + cost <= b->o.queue_size &&
+               (!heavy || b->reserved_heavy[j->kind] + cost <= finc_heavy_limit(b->o.queue_size))) {
+        b->reserved[j->kind] += j->n;
+        b->reserved_cost[j->kind] += cost;
+        if (heavy) b->reserved_heavy[j->kind] += cost;
         b->pending++;
         rc = 0;
     }
@@ -641,10 +684,10 @@ int finc_batcher_reserve(finc_batcher *b, finc_job_kind kind, int n)
     return rc;
 }
 
-void finc_batcher_unreserve(finc_batcher *b, finc_job_kind kind, int n)
+void finc_batcher_unreserve(finc_batcher *b, const finc_job *j)
 {
+    unclaim(b, j, j->n);
     pthread_mutex_lock(&b->mu);
-    b->reserved[kind] -= n;
     b->pending--;
     pthread_mutex_unlock(&b->mu);
 }

@@ -21,7 +21,8 @@ typedef enum {
     FINC_JOB_PENDING,
     FINC_JOB_OK,
     FINC_JOB_REJECTED,   /* the batcher shut down before the job ran */
-    FINC_JOB_EXPIRED,    /* the deadline passed before the job's last chunk started */
+    FINC_JOB_EXPIRED,    /* the deadline passed before the job's last chunk started, or would
+                            have before the job could finish (then none of it ran) */
     FINC_JOB_CANCELLED,  /* the client hung up */
     FINC_JOB_FAILED,     /* the engine returned an error for the job's batch */
 } finc_job_status;
@@ -61,7 +62,7 @@ typedef struct {
     const char *weights;
     finc_engine_opts engine;  /* engine.max_batch is the batch limit */
     double max_delay;         /* seconds a partial batch waits for company */
-    int queue_size;           /* images waiting per kind */
+    int queue_size;           /* passes (finc_job_cost) waiting per kind */
     double hangup_poll;       /* seconds between sweeps for hung-up clients; 0: 0.1 */
     int unhealthy_after;      /* failed batches in a row that make the engine failing; 0: never */
 } finc_batcher_opts;
@@ -94,10 +95,20 @@ const finc_model *finc_batcher_model(finc_batcher *b);
 const char *finc_batcher_backend(finc_batcher *b);
 int finc_batcher_max_batch(finc_batcher *b);
 
-/* Claims room for n images of a kind: 0, or -1 when the queue is full.
+/* A job's cost in passes of an image through the flow: n, times the draws
+ * of an importance-weighted score. */
+long finc_job_cost(const finc_job *job);
+/* Heavy jobs (over max_batch passes) may hold this much of a queue of
+ * queue_size passes: the last quarter is kept for light ones. */
+static inline long finc_heavy_limit(long queue_size) { return queue_size - queue_size / 4; }
+/* Claims queue room for a job whose kind, n, samples and deadline are set:
+ * 0; -1 when its kind's queue holds too many passes (opts.queue_size; for a
+ * heavy job, finc_heavy_limit of its heavy passes); -2 when the job alone
+ * needs more engine time (*need_s, from the running cost of a pass in full
+ * batches) than its deadline leaves.
  * A claim is followed by exactly one finc_batcher_submit or _unreserve. */
-int finc_batcher_reserve(finc_batcher *b, finc_job_kind kind, int n);
-void finc_batcher_unreserve(finc_batcher *b, finc_job_kind kind, int n);
+int finc_batcher_reserve(finc_batcher *b, const finc_job *job, double *need_s);
+void finc_batcher_unreserve(finc_batcher *b, const finc_job *job);
 /* Queues a job (its n images reserved). Its done callback runs later, on
  * the loop thread, never inside this call. */
 void finc_batcher_submit(finc_batcher *b, finc_job *job);

@@ -1,10 +1,14 @@
 #include "server/config.h"
 
+#include "server/batcher.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include "server/batcher.h"
 
 typedef enum { OPT_INT, OPT_DOUBLE, OPT_STR, OPT_BYTES } opt_type;
 
@@ -29,8 +33,8 @@ static const opt_spec specs[] = {
     {"max-batch", "FINC_MAX_BATCH", OPT_INT, F(max_batch), 1, 4096, "largest engine batch, in images"},
     {"max-delay-ms", "FINC_MAX_DELAY_MS", OPT_DOUBLE, F(max_delay_ms), 0, 10000,
      "longest a partial batch waits for more requests, ms"},
-    {"queue-size", "FINC_QUEUE_SIZE", OPT_INT, F(queue_size), 1, 1000000,
-     "images waiting per kind (sample, score) before 503"},
+    {"queue-size", "FINC_QUEUE_SIZE", OPT_INT, F(queue_size), 1, 100000000,
+     "passes waiting per kind (sample, score) before 503: an image counts its importance-weighted draws"},
     {"max-n", "FINC_MAX_N", OPT_INT, F(max_n), 1, 100000, "largest n of one /sample request"},
     {"max-images", "FINC_MAX_IMAGES", OPT_INT, F(max_images), 1, 100000,
      "most images in one /log-likelihood request"},
@@ -74,7 +78,7 @@ void finc_server_config_defaults(finc_server_config *c)
     c->http_threads = 4;
     c->max_batch = 64;
     c->max_delay_ms = 2;
-    c->queue_size = 1024;
+    c->queue_size = 32768;
     c->max_n = 256;
     c->max_images = 256;
     c->max_samples = 64;
@@ -287,9 +291,14 @@ int finc_server_config_check(const finc_server_config *c, char *err, size_t errl
         snprintf(err, errlen, "log must be json or off, got '%s'", c->log);
         return -1;
     }
-    if (c->queue_size < c->max_n || c->queue_size < c->max_images) {
-        snprintf(err, errlen, "queue-size %d must hold the largest request (max-n %d, max-images %d)",
-                 c->queue_size, c->max_n, c->max_images);
+    /* The largest score request's passes; a heavy one (over a batch) may take 3/4 of the queue. */
+    const long most = (long)c->max_images * c->max_samples;
+    if (c->queue_size < c->max_n || c->queue_size < c->max_images ||
+        (most > c->max_batch && most > finc_heavy_limit(c->queue_size))) {
+        snprintf(err, errlen,
+                 "queue-size %d must hold the largest request: max-n %d, and max-images %d times max-samples %d "
+                 "(which may fill three quarters of it when over max-batch)",
+                 c->queue_size, c->max_n, c->max_images, c->max_samples);
         return -1;
     }
     if (c->max_body_memory < c->max_body + 1) {

@@ -178,15 +178,23 @@ enum MHD_Result finc_http_enqueue(finc_request *r)
     static const char *kind_name[] = {"sample", "score"};
     /* A request whose headers came before a drain began is served: the
      * early checks refused the later ones. */
-    if (finc_batcher_reserve(s->batcher, r->job.kind, r->job.n) != 0) {
+    r->job.deadline = r->t_start + r->timeout_ms / 1000.0;
+    double need;
+    const int claim = finc_batcher_reserve(s->batcher, &r->job, &need);
+    if (claim == -2)
+        return finc_http_error(r, 503, FINC_ERR_DEADLINE, NULL,
+                               "this request needs about %.3g s of engine time, more than its deadline (%g ms) "
+                               "leaves: send fewer images or draws, or a longer X-Finc-Timeout-Ms",
+                               need, r->timeout_ms);
+    if (claim != 0) {
         r->retry_after = 1;
         return finc_http_error(r, 503, FINC_ERR_OVERLOADED, NULL,
-                               "the %s queue is full (%d images); retry later", kind_name[r->job.kind],
-                               s->cfg.queue_size);
+                               "the %s queue is full (%d passes%s); retry later", kind_name[r->job.kind],
+                               s->cfg.queue_size,
+                               finc_job_cost(&r->job) > s->cfg.max_batch ? ", three quarters for heavy requests" : "");
     }
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     r->job.fd = ci ? ci->connect_fd : -1;
-    r->job.deadline = r->t_start + r->timeout_ms / 1000.0;
     r->job.done = on_job_done;
     r->job.user = r;
     atomic_fetch_add(&r->refs, 1);

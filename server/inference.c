@@ -512,8 +512,8 @@ enum MHD_Result finc_answer_job(finc_request *r)
     case FINC_JOB_OK:
         return j->kind == FINC_JOB_SAMPLE ? answer_sample(r) : answer_score(r);
     case FINC_JOB_EXPIRED:
-        return finc_http_error(r, 504, FINC_ERR_DEADLINE, NULL, "the deadline (%g ms) passed before the request ran",
-                               r->timeout_ms);
+        return finc_http_error(r, 504, FINC_ERR_DEADLINE, NULL, "the request's deadline (%g ms): %s", r->timeout_ms,
+                               j->error);
     case FINC_JOB_REJECTED:
         r->retry_after = 1;
         return finc_http_error(r, 503, FINC_ERR_NOT_READY, NULL, "%s", j->error);

@@ -77,13 +77,12 @@ static void on_signal(uv_signal_t *h, int signum)
 }
 
 /* Every connection is a file descriptor: the soft open-file limit is raised
- * toward the hard one when max-connections needs it; where the hard limit is
- * lower, max-connections comes down to fit, with a warning. A full queue
- * answers 503 only to clients that got a connection, so a connection limit
- * at or under the queue size gets a warning too. */
+ * toward the hard one when max-connections (and the gate's headroom for
+ * connections still sending their heads) needs it; where the hard limit is
+ * lower, max-connections comes down to fit, with a warning. */
 static void fit_connection_limits(finc_server_config *cfg)
 {
-    const rlim_t spare = 64;  /* listen socket, epoll, pipes, the weights, logs */
+    const rlim_t spare = 64 + FINC_GATE_HEADROOM;  /* listen socket, epoll, pipes, the weights, logs; heads */
     const rlim_t need = (rlim_t)cfg->max_connections + spare;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
@@ -91,7 +90,7 @@ static void fit_connection_limits(finc_server_config *cfg)
         up.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &up) == 0) rl = up;
         if (rl.rlim_cur < need) {
-            const int fit = rl.rlim_cur > 2 * spare ? (int)(rl.rlim_cur - spare) : (int)spare;
+            const int fit = rl.rlim_cur > 2 * spare ? (int)(rl.rlim_cur - spare) : 1;
             fprintf(stderr,
                     "finc serve: warning: max-connections %d needs %llu open files and the limit is %llu "
                     "(ulimit -n); serving at most %d connections\n",
@@ -99,12 +98,6 @@ static void fit_connection_limits(finc_server_config *cfg)
             cfg->max_connections = fit;
         }
     }
-    if (cfg->max_connections <= cfg->queue_size)
-        fprintf(stderr,
-                "finc serve: warning: max-connections %d is not above queue-size %d: once every connection is "
-                "taken, new clients wait unanswered in the accept backlog instead of getting 503 from a full "
-                "queue\n",
-                cfg->max_connections, cfg->queue_size);
 }
 
 int finc_serve_main(int argc, char **argv)
