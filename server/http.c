@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -122,6 +123,28 @@ enum MHD_Result finc_http_error(finc_request *r, int status, finc_error_reason w
 
 /* ---- the batcher's side of a request ------------------------------------------ */
 
+/* Bodies past this size live in their own mappings (mremap grows them,
+ * munmap gives them back at once): the allocator keeps what it frees (see
+ * finc serve's mallopt), and a burst of large bodies would otherwise stay
+ * resident long after it ended. */
+#define BODY_MAP_BYTES (256u << 10)
+
+static char *body_realloc(char *old, size_t oldcap, size_t cap)
+{
+    const int was_mapped = oldcap > BODY_MAP_BYTES, mapped = cap > BODY_MAP_BYTES;
+    if (!was_mapped && !mapped) return realloc(old, cap);
+    if (was_mapped && mapped) {
+        void *p = mremap(old, oldcap, cap, MREMAP_MAYMOVE);
+        return p == MAP_FAILED ? NULL : p;
+    }
+    char *nb = mapped ? mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) : malloc(cap);
+    if (nb == MAP_FAILED || !nb) return NULL;
+    if (old) memcpy(nb, old, oldcap < cap ? oldcap : cap);
+    if (was_mapped) munmap(old, oldcap);
+    else free(old);
+    return nb;
+}
+
 /* Sizes r's body buffer to cap bytes, within the server-wide budget for
  * bodies: 0, or -1 when the budget or memory would not have it. */
 static int body_resize(finc_request *r, size_t cap)
@@ -132,7 +155,7 @@ static int body_resize(finc_request *r, size_t cap)
         atomic_fetch_sub(&s->body_bytes, delta);
         return -1;
     }
-    char *nb = realloc(r->body, cap);
+    char *nb = body_realloc(r->body, r->cap, cap);
     if (!nb) {
         atomic_fetch_sub(&s->body_bytes, delta);
         return -1;
@@ -145,7 +168,8 @@ static int body_resize(finc_request *r, size_t cap)
 void finc_request_drop_body(finc_request *r)
 {
     atomic_fetch_sub(&r->srv->body_bytes, (long)r->cap);
-    free(r->body);
+    if (r->cap > BODY_MAP_BYTES) munmap(r->body, r->cap);
+    else free(r->body);
     r->body = NULL;
     r->cap = 0;
 }

@@ -2134,6 +2134,71 @@ START_TEST(sighup_drains)
 }
 END_TEST
 
+/* Resident memory of a process, bytes (from /proc). */
+static long rss_of(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) kb = atol(line + 6);
+    if (f) fclose(f);
+    return kb * 1024;
+}
+
+/* After a burst of large bodies the memory goes back: the process's
+ * resident size returns within 20% of what it was before. */
+START_TEST(memory_returns_after_a_burst)
+{
+    int err_fd;
+    char *flags[] = {"--threads", "1", "--http-threads", "4", NULL};
+    pid_t pid = fork_serve(flags, &err_fd);
+    for (int i = 0; i < 20; i++) {
+        resp r;
+        req q = {.path = "/log-likelihood", .ctype = "image/png", .body = img_png[i % NIMG],
+                 .len = (long)img_len[i % NIMG]};
+        http(&q, &r);
+        ck_assert_int_eq(r.status, 200);
+        resp_free(&r);
+    }
+    usleep(1500000);
+    const long base = rss_of(pid);
+    enum { CONNS = 100, BODY = 2 << 20 };
+    static char chunk[1 << 16];
+    memset(chunk, 'x', sizeof chunk);
+    int fds[CONNS];
+    char head[256];
+    snprintf(head, sizeof head,
+             "POST /log-likelihood HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n", BODY);
+    for (int i = 0; i < CONNS; i++) {
+        fds[i] = raw_connect(port);
+        raw_send(fds[i], head, strlen(head));
+        for (int sent = 0; sent < BODY - 1;) {
+            const int k = BODY - 1 - sent < (int)sizeof chunk ? BODY - 1 - sent : (int)sizeof chunk;
+            raw_send(fds[i], chunk, (size_t)k);
+            sent += k;
+        }
+    }
+    usleep(500000);
+    const long peak = rss_of(pid);
+    for (int i = 0; i < CONNS; i++) close(fds[i]);
+    long now = peak;
+    for (int i = 0; i < 100 && now > base + base / 5; i++) {
+        usleep(100000);
+        now = rss_of(pid);
+    }
+    kill(pid, SIGTERM);
+    int st;
+    wait_exit(pid, &st);
+    close(err_fd);
+    ck_assert_msg(peak > base + (long)CONNS * BODY / 2, "the burst did not show: %ld MB -> %ld MB", base >> 20,
+                  peak >> 20);
+    ck_assert_msg(now <= base + base / 5, "resident memory %ld MB before, %ld MB at the peak, %ld MB after",
+                  base >> 20, peak >> 20, now >> 20);
+}
+END_TEST
+
 /* finc serve's output (config printout and messages) under a shell's ulimit. */
 static void serve_under_ulimit(const char *ulimit, const char *args, char *out, size_t cap)
 {
@@ -2219,6 +2284,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, loadgen_drives_both_endpoints);
     tcase_add_test(tc, sigterm_drains_accepted_requests);
     tcase_add_test(tc, sighup_drains);
+    tcase_add_test(tc, memory_returns_after_a_burst);
     tcase_add_test(tc, per_ip_connection_limit);
     tcase_add_test(tc, malformed_heads_answered_json);
     tcase_add_test(tc, slow_heads_never_starve);
