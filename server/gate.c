@@ -272,6 +272,19 @@ static void slot_close(finc_gate *g, int i)
     g->free_ids[g->nfree++] = i;
 }
 
+/* Reads and drops what an answered client still sends, until it closes. */
+static void linger(finc_gate *g, int i)
+{
+    slot *sl = &g->slots[i];
+    for (;;) {
+        const ssize_t k = recv(sl->fd, g->buf, FINC_MAX_HEAD + 1, MSG_DONTWAIT);
+        if (k < 0 && errno == EINTR) continue;
+        if (k > 0) sl->drained += (size_t)k;
+        if (k == 0 || (k < 0 && errno != EAGAIN) || sl->drained > LINGER_BYTES) slot_close(g, i);
+        if (k <= 0 || sl->st == SLOT_FREE) return;
+    }
+}
+
 /* Writes a JSON answer (or an empty one for HEAD), records it like every
  * other request, and leaves the connection draining what the client still
  * sends, so the answer is read before the socket closes. */
@@ -310,15 +323,12 @@ static void answer(finc_gate *g, int i, const head *h, int status, finc_endpoint
     free(text);
     finc_metrics_request(s->metrics, ep, status, finc_mono_now() - sl->t_open, r.reason);
     if (!strcmp(s->cfg.log, "json")) finc_request_log(&r, status, finc_mono_now() - sl->t_open);
-    /* What the head said is taken off the socket; the rest is drained, then the socket closed. */
-    if (h->head_len) {
-        const ssize_t got = recv(sl->fd, g->buf, h->head_len, MSG_DONTWAIT);
-        (void)got;
-    }
+    /* What the client sent is drained until it closes, then the socket is closed. */
     shutdown(sl->fd, SHUT_WR);
     sl->st = SLOT_LINGER;
     sl->deadline = finc_mono_now() + LINGER_S;
     sl->drained = 0;
+    linger(g, i);
 }
 
 static void answer_error(finc_gate *g, int i, const head *h)
@@ -417,26 +427,26 @@ static void hand_over(finc_gate *g, int i, const head *h)
     }
 }
 
-static void on_readable(finc_gate *g, int i)
+/* Sockets are edge-triggered: an event comes when bytes arrive (or the
+ * peer shuts down), not while peeked bytes sit unread. */
+static void on_readable(finc_gate *g, int i, uint32_t events)
 {
     slot *sl = &g->slots[i];
     if (sl->st == SLOT_LINGER) {
-        const ssize_t k = recv(sl->fd, g->buf, FINC_MAX_HEAD + 1, MSG_DONTWAIT);
-        if (k > 0) sl->drained += (size_t)k;
-        if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR) || sl->drained > LINGER_BYTES)
-            slot_close(g, i);
+        linger(g, i);
         return;
     }
-    const ssize_t k = recv(sl->fd, g->buf, FINC_MAX_HEAD + 1, MSG_PEEK | MSG_DONTWAIT);
-    if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR)) {
+    ssize_t k;
+    while ((k = recv(sl->fd, g->buf, FINC_MAX_HEAD + 1, MSG_PEEK | MSG_DONTWAIT)) < 0 && errno == EINTR) continue;
+    if (k == 0 || (k < 0 && errno != EAGAIN)) {
         slot_close(g, i);  /* gone before a whole head */
         return;
     }
-    if (k < 0) return;
-    head h;
-    if (!read_head(&h, g->buf, (size_t)k)) {
-        if (k > FINC_MAX_HEAD) { /* cannot happen: read_head decides at this size */
-            bad(&h, 431, "request head over the limit");
+    head h = {0};
+    if (k < 0 || !read_head(&h, g->buf, (size_t)k)) {
+        if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+            /* the client stopped sending with its head unfinished: it never will finish it */
+            bad(&h, 400, "the request head ended before its empty line");
             answer_error(g, i, &h);
         }
         return;
@@ -493,7 +503,7 @@ static void on_accept(finc_gate *g)
         memcpy(s->ip, ip, 16);
         s->deadline = s->t_open + g->srv->cfg.head_timeout;
         g->waiting++;
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.u32 = (uint32_t)i};
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u32 = (uint32_t)i};
         if (epoll_ctl(g->ep, EPOLL_CTL_ADD, fd, &ev) != 0) slot_close(g, i);
     }
 }
@@ -533,7 +543,7 @@ static void *gate_main(void *arg)
             const uint32_t id = evs[e].data.u32;
             if (id == EV_WAKE) return NULL;
             if (id == EV_LISTEN) on_accept(g);
-            else if (g->slots[id].st != SLOT_FREE) on_readable(g, (int)id);
+            else if (g->slots[id].st != SLOT_FREE) on_readable(g, (int)id, evs[e].events);
         }
         const double now = finc_mono_now();
         if (now >= next_sweep) {

@@ -1223,6 +1223,13 @@ START_TEST(slow_heads_never_starve)
         ck_assert_msg(strncmp(buf, "HTTP/1.1 200 ", 13) == 0, "round %d: %.200s", round, buf);
         ck_assert_msg(finc_mono_now() - t0 < 1, "round %d: /healthz took %.2f s", round, finc_mono_now() - t0);
     }
+    /* waiting for heads costs nothing while no byte comes */
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+    usleep(1000000);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    const double cpu = (double)(c1.tv_sec - c0.tv_sec) + (c1.tv_nsec - c0.tv_nsec) * 1e-9;
+    ck_assert_msg(cpu < 0.2, "%.2f s of CPU in 1 s with %d connections waiting", cpu, SLOW);
     /* the first slow ones were closed to make room, with a 408 */
     struct timeval tv = {2, 0};
     setsockopt(slow[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
