@@ -244,7 +244,8 @@ static int read_head(head *h, const char *buf, size_t n)
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
         if (nlen == 4 && !strncasecmp(name, "host", 4)) hosts++;
         if (nlen == 14 && !strncasecmp(name, "content-length", 14)) {
-            if (v == ve || ve - v > 19) return bad(h, 400, "malformed Content-Length");
+            if (v == ve || ve - v > 19 || memchr(p + 1, '\t', (size_t)(nl - p - 1)))
+                return bad(h, 400, "malformed Content-Length");
             for (const char *c = v; c < ve; c++)
                 if (*c < '0' || *c > '9') return bad(h, 400, "malformed Content-Length");
         }
@@ -374,6 +375,7 @@ void finc_gate_notify(void *cls, struct MHD_Connection *conn, void **socket_cont
         *socket_context = t;
         return;
     }
+    finc_http_connection_closed(g->srv);
     conn_track *t = *socket_context;
     if (!t) return;
     /* Before libmicrohttpd closes the socket, so the sweep never shuts down a reused descriptor. */

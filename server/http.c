@@ -619,6 +619,17 @@ void finc_request_log(const finc_request *r, int status, double latency)
     (void)w;
 }
 
+/* An answer libmicrohttpd made itself on this thread (mhd_log saw it), not
+ * yet counted: its request's, when one had begun, else the connection's. */
+static _Thread_local unsigned mhd_status;
+
+void finc_http_connection_closed(finc_server *s)
+{
+    if (!mhd_status) return;
+    finc_metrics_request(s->metrics, FINC_EP_OTHER, (int)mhd_status, 0, FINC_ERR_BAD_REQUEST);
+    mhd_status = 0;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -629,7 +640,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     const double latency = finc_mono_now() - r->t_start;
     int status = r->status;
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && (status == 0 || r->job.status == FINC_JOB_CANCELLED)) {
+    if (mhd_status && !r->answered) {
+        /* libmicrohttpd refused the body's framing (a malformed chunk) and answered itself */
+        status = (int)mhd_status;
+        mhd_status = 0;
+        r->reason = FINC_ERR_BAD_REQUEST;
+        snprintf(r->error, sizeof r->error, "libmicrohttpd refused the request body's framing");
+    } else if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && (status == 0 || r->job.status == FINC_JOB_CANCELLED)) {
         /* Never answered, or the answer did not get out: nginx's 499, or 408 for a timeout. */
         status = toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? 408 : 499;
         if (r->reason == FINC_ERR_NONE) r->reason = FINC_ERR_CLIENT_CLOSED;
@@ -644,9 +661,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 }
 
 /* libmicrohttpd's own messages (malformed requests, closed connections) as
- * log lines of the same shape as the request log. The answers it makes
- * itself (a malformed head on a kept-alive connection: the gate checks the
- * first) are counted in the metrics like the server's own. */
+ * log lines of the same shape as the request log. The answers it still
+ * makes itself (HTML: a malformed head later on a kept-alive connection, as
+ * the gate checks only the first; a malformed chunk in a body) are counted
+ * like the server's own: on the request when one had begun, else on the
+ * connection as it closes. */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     finc_server *s = cls;
@@ -656,7 +675,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
         va_copy(cp, ap);
         status = va_arg(cp, unsigned);
         va_end(cp);
-        finc_metrics_request(s->metrics, FINC_EP_OTHER, (int)status, 0, FINC_ERR_BAD_REQUEST);
+        finc_http_connection_closed(s);  /* one not counted yet, if any */
+        mhd_status = status;
     }
     if (strcmp(s->cfg.log, "json") != 0) return;
     char msg[512], esc[700], line[900];

@@ -96,6 +96,10 @@ void finc_request_log(const finc_request *r, int status, double latency);
  * answer, and for 503 why in err. */
 int finc_health(finc_server *s, finc_endpoint ep, const char **word, char *err, size_t errlen);
 
+/* A connection libmicrohttpd held closed: counts an answer it made itself
+ * on it, if any (on the thread that closed it). */
+void finc_http_connection_closed(finc_server *s);
+
 /* server/gate.c: the front door. Start takes the listening socket. */
 int finc_gate_start(finc_server *s, int listen_fd, char *err, size_t errlen);
 /* Stops accepting and closes the connections still waiting for a head. */

@@ -2,7 +2,11 @@
  * connection to a real finc server on loopback (the tiny test model, CPU
  * engine), which then half-closes it and reads the answer.
  * Covers the routes, headers, query strings, bodies and the batcher behind
- * them. After every input /healthz must answer 200 within 5 s; a crash or
+ * them. The first answer on the connection, when one comes, must be the
+ * server's own (a status line and an X-Request-Id): a head the gate lets
+ * through that libmicrohttpd then refuses in its own HTML is a finding
+ * (but for a malformed chunk, which libmicrohttpd alone sees).
+ * After every input /healthz must answer 200 within 5 s; a crash or
  * sanitizer report anywhere in the server fails the target too. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -53,7 +57,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     c.max_n = 8;
     c.max_images = 8;
     c.max_batch = 4;
-    c.queue_size = 32;
+    c.max_samples = 4;
+    c.queue_size = 64;
     c.max_body = 1 << 16;
     /* Half-closed connections that libmicrohttpd holds on to go after 2 s. */
     c.idle_timeout = 2;
@@ -139,10 +144,38 @@ static long exchange(const void *data, size_t size, char *buf, size_t cap, doubl
     return (long)kept;
 }
 
+/* Whether needle (lower case) is in the n bytes at p, in any case. */
+static int strcasestr_n(const char *p, size_t n, const char *needle)
+{
+    const size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= n; i++)
+        if (!strncasecmp(p + i, needle, k)) return 1;
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char buf[4096];
-    exchange(data, size, buf, sizeof buf, 0.15);
+    const long got = exchange(data, size, buf, sizeof buf, 0.15);
+    const char *a = buf;
+    size_t left = got > 0 ? (size_t)got : 0;
+    const char *end;
+    /* past interim answers (100 Continue) */
+    while (left > 10 && !memcmp(a, "HTTP/1.1 1", 10) && (end = memmem(a, left, "\r\n\r\n", 4)) != NULL) {
+        left -= (size_t)(end + 4 - a);
+        a = end + 4;
+    }
+    /* A malformed chunk in a body is refused by libmicrohttpd itself. */
+    const uint8_t *eoh = memmem(data, size, "\r\n\r\n", 4);
+    const int chunked = eoh && strcasestr_n((const char *)data, (size_t)(eoh - data), "transfer-encoding");
+    if (left > 0 && !chunked) {
+        end = memmem(a, left, "\r\n\r\n", 4);
+        const size_t head = end ? (size_t)(end - a) : left;
+        if (left < 13 || memcmp(a, "HTTP/1.1 ", 9) != 0 || !memmem(a, head, "\r\nX-Request-Id: ", 16)) {
+            fprintf(stderr, "fuzz_http: an answer not from the server: %.*s\n", (int)got, buf);
+            abort();
+        }
+    }
     static const char health[] = "GET /healthz HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n";
     const long n = exchange(health, sizeof health - 1, buf, sizeof buf, 5.0);
     if (n < 12 || memcmp(buf, "HTTP/1.1 200", 12) != 0) {

@@ -230,6 +230,29 @@ static void http_seeds(void)
             "POST /log-likelihood HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b0\r\n", mp,
             sizeof pre - 1 + len + sizeof post - 1);
     free(mp), free(b64), free(body), free(p);
+    /* framing a proxy and the server could read two ways, and other head shapes */
+    static const char *const heads[] = {
+        "POST /sample HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n{\"n\": 1}\r\n0\r\n\r\n",
+        "POST /sample HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n8;ext=1\r\n{\"n\": 1}\r\n0\r\nT: 1\r\n\r\n",
+        "POST /sample HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\nTransfer-Encoding: chunked\r\n\r\n{\"n\": 1}",
+        "POST /sample HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\nContent-Length: 9\r\n\r\n{\"n\": 1}",
+        "POST /sample HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "POST /sample HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n",
+        "GET /v1/models HTTP/1.0\r\n\r\n",
+        "GET /v1/models HTTP/1.1\nHost: x\n\n",
+        "GET http://x/v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /sample HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 8\r\n\r\n{\"n\": 1}",
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\nPOST /sample HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n{\"n\": 1}",
+        "GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        "\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof heads / sizeof heads[0]; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "framing-%zu", i);
+        put("http", name, heads[i], strlen(heads[i]));
+    }
 }
 
 int main(int argc, char **argv)
