@@ -5,6 +5,8 @@
 #   make asan     the test suites under AddressSanitizer + UBSan
 #   make bench    benchmarks (docs/benchmarks.md)
 #   make test-deploy  deploy/ validated, and three replicas behind nginx under faults
+#   make test-hostile finc serve under inflate bombs, slow heads, a full pool, body-memory pressure
+#                     and heavy requests: /healthz within 1 s throughout, memory back after each
 #   make fuzz     the parsers of untrusted bytes and the HTTP server under libFuzzer, ASan, UBSan
 #   make ood      anomaly detection on the probe sets (make probes), raw bits/dim against the anomaly score
 
@@ -134,6 +136,10 @@ clean:
 # then the compose topology without containers: three replicas behind Debian's
 # nginx, one killed and one drained under load, Prometheus scraping them all
 # (tests/deploy/run.sh).
+.PHONY: test-hostile
+test-hostile: deps finc
+	$(PYTHON) tests/hostile/run.py --finc ./finc --weights $(WEIGHTS)
+
 .PHONY: test-deploy
 test-deploy: deps finc
 	@bash tests/deploy/validate.sh
