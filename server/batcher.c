@@ -738,7 +738,7 @@ int finc_batcher_pending(finc_batcher *b)
 long finc_batcher_depth(finc_batcher *b, finc_job_kind kind)
 {
     pthread_mutex_lock(&b->mu);
-    long n = b->reserved[kind];
+    long n = b->reserved_cost[kind];
     pthread_mutex_unlock(&b->mu);
     return n;
 }

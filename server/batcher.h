@@ -119,7 +119,7 @@ void finc_batcher_flush(finc_batcher *b);
 void finc_batcher_close(finc_batcher *b);
 /* Jobs reserved or submitted whose callback has not returned. */
 int finc_batcher_pending(finc_batcher *b);
-/* Images waiting (reserved or queued, not yet in a batch) of a kind. */
+/* Passes waiting (reserved or queued, not yet in a batch) of a kind. */
 long finc_batcher_depth(finc_batcher *b, finc_job_kind kind);
 
 #endif

@@ -78,7 +78,7 @@ void finc_server_config_defaults(finc_server_config *c)
     c->http_threads = 4;
     c->max_batch = 64;
     c->max_delay_ms = 2;
-    c->queue_size = 32768;
+    c->queue_size = 24576;
     c->max_n = 256;
     c->max_images = 256;
     c->max_samples = 64;

@@ -189,11 +189,11 @@ void finc_metrics_anomaly(finc_metrics *m, double p_value, int anomalous)
     pthread_mutex_unlock(&m->mu);
 }
 
-void finc_metrics_queue_depth(finc_metrics *m, int kind, long images)
+void finc_metrics_queue_depth(finc_metrics *m, int kind, long passes)
 {
     if (kind < 0 || kind >= FINC_METRICS_KINDS) return;
     pthread_mutex_lock(&m->mu);
-    m->depth[kind] = images;
+    m->depth[kind] = passes;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -379,7 +379,7 @@ char *finc_metrics_render(finc_metrics *m, size_t *len)
     header(&sb, "finc_http_requests_in_flight", "gauge", "HTTP requests being read, queued, run or answered.");
     sb_printf(&sb, "finc_http_requests_in_flight %ld\n", m->inflight);
 
-    header(&sb, "finc_queue_depth", "gauge", "Images waiting in the batcher's queue, by kind.");
+    header(&sb, "finc_queue_depth", "gauge", "Work waiting in the batcher's queue, by kind, in passes of an image through the flow (a score with K importance-weighted draws counts K).");
     for (int k = 0; k < FINC_METRICS_KINDS; k++)
         sb_printf(&sb, "finc_queue_depth{kind=\"%s\"} %ld\n", kind_names[k], m->depth[k]);
     header(&sb, "finc_queue_wait_seconds", "histogram",

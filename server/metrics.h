@@ -72,7 +72,7 @@ void finc_metrics_queue_wait(finc_metrics *m, int kind, double seconds);
 /* One engine batch of `size` images of a kind that took `seconds`. */
 void finc_metrics_batch(finc_metrics *m, int kind, int size, double seconds);
 void finc_metrics_dropped(finc_metrics *m, int kind, finc_drop_reason why, int images);
-void finc_metrics_queue_depth(finc_metrics *m, int kind, long images);
+void finc_metrics_queue_depth(finc_metrics *m, int kind, long passes);
 /* One image scored by a calibrated model: its p-value and verdict. */
 void finc_metrics_anomaly(finc_metrics *m, double p_value, int anomalous);
 

@@ -76,7 +76,7 @@ trap cleanup EXIT
 echo "## finc serve benchmark"
 echo
 echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "- weights: $WEIGHTS; backend $BACKEND; max batch $MAX_BATCH, queue delay ${MAX_DELAY_MS} ms, queue $QUEUE_SIZE images, engine threads $THREADS"
+echo "- weights: $WEIGHTS; backend $BACKEND; max batch $MAX_BATCH, queue delay ${MAX_DELAY_MS} ms, queue $QUEUE_SIZE images (passes), engine threads $THREADS"
 echo "- open loop: $DURATION s per rate after ${WARMUP} s warm-up; latency from each request's intended send time"
 echo
 
@@ -109,7 +109,7 @@ SCORE_RATES=${SCORE_RATES:-$(rates_from "$offline_score" 25,50,100,200)}
 SAMPLE_RATES=${SAMPLE_RATES:-$(rates_from "$offline_sample" 5,10,20,40)}
 
 "$FINC" serve --backend "$BACKEND" --weights "$WEIGHTS" --host 127.0.0.1 --port "$PORT" --log off --max-batch "$MAX_BATCH" \
-    --max-delay-ms "$MAX_DELAY_MS" --threads "$THREADS" --queue-size "$QUEUE_SIZE" --timeout-ms 60000 \
+    --max-delay-ms "$MAX_DELAY_MS" --threads "$THREADS" --queue-size "$QUEUE_SIZE" --max-samples 1 --timeout-ms 60000 \
     --max-connections $((2 * MAX_OUTSTANDING + 2 * WRK_CONNS + 64)) \
     2>"$tmp/server.log" &
 server_pid=$!
