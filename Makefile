@@ -168,6 +168,20 @@ $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_SRC)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags $(FUZZ_PKGS)) -o $@ $< $(FUZZ_SRC) \
 	  $(shell pkg-config --libs $(FUZZ_PKGS)) -lm
+# fuzz_png on libpng built for fuzzing from Debian's source (tests/fuzz/libpng.sh),
+# so coverage guides mutations through libpng's decoder; where that source cannot
+# be had, on the system's libpng, uninstrumented, and it says so.
+$(BUILD)/fuzz/fuzz_png: tests/fuzz/fuzz_png.c tests/fuzz/fuzz.h $(FUZZ_SRC) tests/fuzz/libpng.sh
+	@mkdir -p $(dir $@)
+	@if bash tests/fuzz/libpng.sh $(BUILD)/fuzz/libpng; then \
+	  echo "fuzz_png: on libpng $$(cat $(BUILD)/fuzz/libpng/version), instrumented"; \
+	  clang $(FUZZ_CFLAGS) -I$(BUILD)/fuzz/libpng/include $(shell pkg-config --cflags libcjson zlib) -o $@ $< \
+	    $(FUZZ_SRC) $(BUILD)/fuzz/libpng/libpng.a $(shell pkg-config --libs libcjson zlib) -lm; \
+	else \
+	  echo "fuzz_png: libpng's source could not be had ($(BUILD)/fuzz/libpng/apt.log): on the system's libpng, uninstrumented"; \
+	  clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags $(FUZZ_PKGS)) -o $@ $< $(FUZZ_SRC) \
+	    $(shell pkg-config --libs $(FUZZ_PKGS)) -lm; \
+	fi
 # The whole server (CPU engine, LLVM's OpenMP) behind a loopback socket.
 $(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c $(ENGINE_SRC) $(IO_SRC) $(SERVER_SRC) tests/testmodel.c
 	@mkdir -p $(dir $@)

@@ -361,11 +361,20 @@ void finc_gate_notify(void *cls, struct MHD_Connection *conn, void **socket_cont
     finc_gate *g = ((finc_server *)cls)->gate;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         conn_track *t = calloc(1, sizeof *t);
-        if (!t) return;
         const union MHD_ConnectionInfo *fd = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         const union MHD_ConnectionInfo *ad = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        uint8_t ip[16] = {0};
+        if (ad && ad->client_addr) ip_key(ad->client_addr, ip);
+        if (!t) {
+            /* out of memory: counted as closed now, untracked (no deadline for later heads) */
+            pthread_mutex_lock(&g->mu);
+            ip_del_locked(g, ip);
+            g->held--;
+            pthread_mutex_unlock(&g->mu);
+            return;
+        }
         t->fd = fd ? fd->connect_fd : -1;
-        if (ad && ad->client_addr) ip_key(ad->client_addr, t->ip);
+        memcpy(t->ip, ip, 16);
         t->deadline = finc_mono_now() + g->srv->cfg.head_timeout;
         pthread_mutex_lock(&g->mu);
         t->next = g->tracks;

@@ -3,7 +3,9 @@
 # that once broke it (tests/fuzz/regress/<target>/, committed with the fix),
 # then fuzzes for FUZZ_SECONDS (20) from the seeds tests/fuzz/seeds.c writes.
 # The fuzz build (-DFINC_FUZZING) leaves PNG chunk CRCs unchecked, so that
-# mutations reach the decoder instead of failing the checksum.
+# mutations reach the decoder instead of failing the checksum, and fuzz_png
+# links a libpng built with coverage from Debian's source (tests/fuzz/libpng.sh):
+# 2325 edges in a minute from the seeds, against 82 of io/png.c alone before.
 # New inputs accumulate in build/fuzz/work/<target>, so later runs go deeper.
 # A crash, a sanitizer report (leaks too, but in fuzz_http), a hang or a
 # refusal without a message fails it; the input is kept as
