@@ -2210,8 +2210,13 @@ START_TEST(memory_returns_after_a_burst)
     close(err_fd);
     ck_assert_msg(peak > base + (long)CONNS * BODY / 2, "the burst did not show: %ld MB -> %ld MB", base >> 20,
                   peak >> 20);
+#ifdef __SANITIZE_ADDRESS__
+    /* AddressSanitizer's allocator keeps freed blocks in quarantine: glibc's behaviour is the one tested */
+    (void)now;
+#else
     ck_assert_msg(now <= base + base / 5, "resident memory %ld MB before, %ld MB at the peak, %ld MB after",
                   base >> 20, peak >> 20, now >> 20);
+#endif
 }
 END_TEST
 
