@@ -41,7 +41,7 @@ static const char *usage_text =
     "  eval WEIGHTS [--data SRC] [--offset N] [--limit N] [--samples S] [--seed S] [--json]\n"
     "                                                mean bits/dim over a data set (and the fraction\n"
     "                                                flagged at alpha 0.01 and 0.05 when calibrated)\n"
-    "  calibrate WEIGHTS --data SRC [--offset N] [--limit N] -o OUT.safetensors\n"
+    "  calibrate WEIGHTS --data SRC [--offset N] [--limit N] [--data-name TEXT] -o OUT.safetensors\n"
     "                                                fit the anomaly score on in-distribution images\n"
     "  ood WEIGHTS --in SRC --out SRC [--out SRC...] [--limit N] [--json]\n"
     "                                                AUROC, AUPR, FPR at 95% TPR: bits/dim and anomaly score\n"
@@ -49,7 +49,8 @@ static const char *usage_text =
     "  --version                                     version, backends built in, the GPUs CUDA sees\n"
     "engine options: --backend cpu|cuda|auto, --threads N, --batch N (largest batch)\n"
     "SRC: test, train or val (Fashion-MNIST's test file, training file, its last 5,000),\n"
-    "     an IDX file, or a folder of PNGs (searched recursively, in path order)\n";
+    "     an IDX file, a .npy of uint8 (N, C, H, W), or a folder of PNGs (searched recursively,\n"
+    "     in path order)\n";
 
 static int usage(const char *fmt, ...)
 {
@@ -85,13 +86,13 @@ typedef struct {
     float temperature;
     double alpha;
     uint64_t seed;
-    const char *out, *data, *in;
+    const char *out, *data, *in, *data_name;
     const char *ood[MAX_OOD_SETS];
     int nood;
 } cli_opts;
 
 enum { OPT_SEED = 256, OPT_JSON, OPT_SAMPLES, OPT_BACKEND, OPT_THREADS, OPT_BATCH,
-       OPT_TENSORS, OPT_DATA, OPT_LIMIT, OPT_OFFSET, OPT_ALPHA, OPT_IN, OPT_OUT };
+       OPT_TENSORS, OPT_DATA, OPT_LIMIT, OPT_OFFSET, OPT_ALPHA, OPT_IN, OPT_OUT, OPT_DATA_NAME };
 
 static int parse_int(const char *s, long lo, long hi, long *out)
 {
@@ -130,6 +131,7 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
         {"batch", required_argument, 0, OPT_BATCH},
         {"tensors", no_argument, 0, OPT_TENSORS},
         {"data", required_argument, 0, OPT_DATA},
+        {"data-name", required_argument, 0, OPT_DATA_NAME},
         {"limit", required_argument, 0, OPT_LIMIT},
         {"offset", required_argument, 0, OPT_OFFSET},
         {"alpha", required_argument, 0, OPT_ALPHA},
@@ -180,6 +182,7 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
             break;
         case OPT_TENSORS: o->tensors = 1; break;
         case OPT_DATA: o->data = optarg; break;
+        case OPT_DATA_NAME: o->data_name = optarg; break;
         case OPT_LIMIT:
             if (parse_int(optarg, 1, 100000000, &v)) return usage("--limit wants a positive count, got '%s'", optarg);
             o->limit = (int)v;
@@ -625,8 +628,8 @@ static int cmd_calibrate(int argc, char **argv)
     else if (n_fit > FINC_ANOMALY_MAX_FIT || n - n_fit > FINC_ANOMALY_MAX_FIT)
         rc = fail("%d images; calibrate takes at most %d (--limit)", n, 2 * FINC_ANOMALY_MAX_FIT);
     else {
-        snprintf(what, sizeof what, "%s, images %d..%d (fit on the first %d)", o.data, o.offset, o.offset + n - 1,
-                 n_fit);
+        snprintf(what, sizeof what, "%s, images %d..%d (fit on the first %d)", o.data_name ? o.data_name : o.data,
+                 o.offset, o.offset + n - 1, n_fit);
         if (finc_calibrate(e, n, pixels, n_fit, what, &a, err, sizeof err))
             rc = fail("%s: %s", o.data, err);
         else if (!(block = finc_anomaly_to_json(&a, cfg))) rc = fail("out of memory");

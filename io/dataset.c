@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 
 #include "engine/error.h"
 #include "io/idx.h"
+#include "io/npy.h"
 #include "io/png.h"
 
 #define FMNIST_TRAIN FINC_FMNIST_DIR "/train-images-idx3-ubyte.gz"
@@ -114,6 +116,45 @@ static int load_pngs(const char *dir, int C, int H, int W, long offset, long lim
     return 0;
 }
 
+/* A .npy image set (uint8 (N, C, H, W)); gray sets feed a colour model as
+ * the PNG reader does (the value in all three channels), colour ones are
+ * refused by a gray model (convert them as you mean to). */
+static int load_npy(const char *path, int C, int H, int W, long offset, long limit, uint8_t **pixels, int *n,
+                    char *err, size_t errlen)
+{
+    uint8_t *all;
+    size_t total;
+    int c, h, w;
+    if (finc_npy_read_images(path, &all, &total, &c, &h, &w, err, errlen) != 0) return -1;
+    int rc = 0;
+    if (h != H || w != W || (c != C && !(c == 1 && C == 3)))
+        rc = finc_errorf(err, errlen, "%s: images are %dx%dx%d, the model expects %dx%dx%d", path, c, h, w, C, H, W);
+    else if ((size_t)offset >= total)
+        rc = finc_errorf(err, errlen, "%s: %zu images, none from %ld on", path, total, offset);
+    else if (total - (size_t)offset > INT_MAX)
+        rc = finc_errorf(err, errlen, "%s: %zu images, more than can be read at once", path, total);
+    if (rc) {
+        free(all);
+        return -1;
+    }
+    size_t count = total - (size_t)offset;
+    if (limit > 0 && (size_t)limit < count) count = (size_t)limit;
+    const size_t d = (size_t)c * H * W, D = (size_t)C * H * W;
+    uint8_t *out = malloc(count * D);
+    if (!out) {
+        free(all);
+        return finc_errorf(err, errlen, "out of memory for %zu images", count);
+    }
+    for (size_t i = 0; i < count; i++)
+        for (int k = 0; k < C; k++)
+            memcpy(out + i * D + (size_t)k * H * W, all + ((size_t)offset + i) * d + (c == C ? (size_t)k * H * W : 0),
+                   (size_t)H * W);
+    free(all);
+    *pixels = out;
+    *n = (int)count;
+    return 0;
+}
+
 int finc_dataset_load(const char *src, int C, int H, int W, long offset, long limit, uint8_t **pixels, int *n,
                       char *err, size_t errlen)
 {
@@ -128,6 +169,8 @@ int finc_dataset_load(const char *src, int C, int H, int W, long offset, long li
     struct stat st;
     if (stat(path, &st) != 0) return finc_errorf(err, errlen, "%s: %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode)) return load_pngs(path, C, H, W, offset, limit, pixels, n, err, errlen);
+    const size_t plen = strlen(path);
+    if (plen > 4 && !strcmp(path + plen - 4, ".npy")) return load_npy(path, C, H, W, offset, limit, pixels, n, err, errlen);
 
     uint8_t *all;
     int total, h, w;

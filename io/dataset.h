@@ -1,6 +1,7 @@
 /* Image sets named on the command line: the Fashion-MNIST files by name
- * (test, train, val), an IDX file, or a folder of PNGs searched recursively
- * in path order. What `finc eval`, `calibrate` and `ood` read. */
+ * (test, train, val), an IDX file, a .npy of uint8 (N, C, H, W) (or (N, H, W)),
+ * or a folder of PNGs searched recursively in path order. What `finc eval`,
+ * `calibrate` and `ood` read. */
 #ifndef FINC_DATASET_H
 #define FINC_DATASET_H
 

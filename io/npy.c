@@ -21,8 +21,9 @@
 #define CHUNK        4096 /* values converted per step when streaming */
 
 typedef struct npy_info {
-    size_t n, d;        /* (N, D); a (D,) file reads as (1, D) */
-    int elsize;         /* 4: '<f4', 8: '<f8' */
+    size_t n, d;        /* (N, D); a (D,) file reads as (1, D); images: (N, C*H*W) */
+    int elsize;         /* 4: '<f4', 8: '<f8'; 1: '|u1' images */
+    int c, h, w;        /* images only */
     size_t data_off;    /* bytes before the data */
 } npy_info;
 
@@ -238,7 +239,8 @@ static int lex_shape(lexer *lx, uint64_t *dims, int *ndim)
     return 0;
 }
 
-static int parse_dict(const char *s, size_t len, npy_info *info, char *err, size_t errlen)
+/* images: uint8 (N, C, H, W) or (N, H, W) image sets instead of float (N, D) arrays. */
+static int parse_dict(const char *s, size_t len, npy_info *info, int images, char *err, size_t errlen)
 {
     lexer lx = {s, len, 0, err, errlen};
     char descr[16] = "";
@@ -291,6 +293,33 @@ static int parse_dict(const char *s, size_t len, npy_info *info, char *err, size
         return -1;
     }
 
+    if (images) {
+        if (strcmp(descr, "|u1") != 0 && strcmp(descr, "<u1") != 0 && strcmp(descr, ">u1") != 0) {
+            finc_errorf(err, errlen, "dtype '%s': image sets are uint8 ('|u1'); convert with .astype(np.uint8)",
+                        descr);
+            return -1;
+        }
+        if (fortran) {
+            finc_errorf(err, errlen, "Fortran-order arrays are not supported (save a C-order array)");
+            return -1;
+        }
+        if (ndim != 3 && ndim != 4) {
+            finc_errorf(err, errlen, "shape has %d dimensions; image sets are (N, C, H, W) or (N, H, W)", ndim);
+            return -1;
+        }
+        const uint64_t c = ndim == 4 ? dims[1] : 1, h = dims[ndim - 2], w = dims[ndim - 1];
+        if (dims[0] == 0 || c == 0 || h == 0 || w == 0 || (uint64_t)dims[0] * c * h * w > FINC_NPY_MAX_ELEMS) {
+            finc_errorf(err, errlen, "shape (%llu, %llu, %llu, %llu) is empty or over the limit of %zu elements",
+                        (unsigned long long)dims[0], (unsigned long long)c, (unsigned long long)h,
+                        (unsigned long long)w, FINC_NPY_MAX_ELEMS);
+            return -1;
+        }
+        info->elsize = 1;
+        info->n = (size_t)dims[0];
+        info->c = (int)c, info->h = (int)h, info->w = (int)w;
+        info->d = (size_t)(c * h * w);
+        return 0;
+    }
     if (strcmp(descr, "<f4") == 0) {
         info->elsize = 4;
     } else if (strcmp(descr, "<f8") == 0) {
@@ -331,9 +360,9 @@ static int data_size_err(const npy_info *info, size_t have, char *err, size_t er
     size_t want = info->n * info->d * (size_t)info->elsize;
     if (have == want)
         return 0;
-    finc_errorf(err, errlen, "%s: %zu data bytes, shape (%zu, %zu) of '<f%d' needs %zu",
+    finc_errorf(err, errlen, "%s: %zu data bytes, shape (%zu, %zu) of '%s' needs %zu",
             have < want ? "truncated .npy file" : "trailing bytes in .npy file", have, info->n,
-            info->d, info->elsize, want);
+            info->d, info->elsize == 1 ? "|u1" : info->elsize == 4 ? "<f4" : "<f8", want);
     return -1;
 }
 
@@ -360,7 +389,7 @@ int finc_npy_decode_f32(const void *buf, size_t len, float **data, size_t *n, si
         return -1;
     }
     npy_info info;
-    if (parse_dict((const char *)p + off, hlen, &info, err, errlen) != 0)
+    if (parse_dict((const char *)p + off, hlen, &info, 0, err, errlen) != 0)
         return -1;
     info.data_off = off + hlen;
     if (data_size_err(&info, len - info.data_off, err, errlen) != 0)
@@ -398,7 +427,7 @@ static int read_file(FILE *fp, float **data, npy_info *info, char *err, size_t e
         free(hdr);
         return -1;
     }
-    int rc = parse_dict(hdr, hlen, info, err, errlen);
+    int rc = parse_dict(hdr, hlen, info, 0, err, errlen);
     free(hdr);
     if (rc != 0)
         return -1;
@@ -481,6 +510,71 @@ int finc_npy_read_f32(const char *path, float **data, size_t *n, size_t *d,
     *n = info.n;
     *d = info.d;
     return 0;
+}
+
+int finc_npy_decode_images(const void *buf, size_t len, uint8_t **pixels, size_t *n, int *c, int *h, int *w,
+                           char *err, size_t errlen)
+{
+    *pixels = NULL;
+    *n = 0;
+    *c = *h = *w = 0;
+    const uint8_t *p = buf;
+    if (p == NULL)
+        len = 0;
+    size_t off, hlen;
+    if (parse_prelude(p, len, &off, &hlen, err, errlen) != 0)
+        return -1;
+    if (hlen > len - off) {
+        finc_errorf(err, errlen, "truncated .npy file: header of %zu bytes, %zu present", hlen, len - off);
+        return -1;
+    }
+    npy_info info;
+    if (parse_dict((const char *)p + off, hlen, &info, 1, err, errlen) != 0)
+        return -1;
+    info.data_off = off + hlen;
+    if (data_size_err(&info, len - info.data_off, err, errlen) != 0)
+        return -1;
+    uint8_t *out = malloc(info.n * info.d);
+    if (out == NULL) {
+        finc_errorf(err, errlen, "out of memory for %zu images", info.n);
+        return -1;
+    }
+    memcpy(out, p + info.data_off, info.n * info.d);
+    *pixels = out;
+    *n = info.n;
+    *c = info.c, *h = info.h, *w = info.w;
+    return 0;
+}
+
+int finc_npy_read_images(const char *path, uint8_t **pixels, size_t *n, int *c, int *h, int *w, char *err,
+                         size_t errlen)
+{
+    *pixels = NULL;
+    FILE *fp = fopen(path, "rb");
+    struct stat st;
+    if (fp == NULL || fstat(fileno(fp), &st) != 0) {
+        finc_errorf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        if (fp) fclose(fp);
+        return -1;
+    }
+    /* the largest image set plus the largest header */
+    const size_t cap = FINC_NPY_MAX_ELEMS + FINC_NPY_MAX_HEADER + 12;
+    if (!S_ISREG(st.st_mode) || (size_t)st.st_size > cap) {
+        finc_errorf(err, errlen, "%s: %s", path, S_ISREG(st.st_mode) ? "over the size limit" : "not a regular file");
+        fclose(fp);
+        return -1;
+    }
+    uint8_t *buf = malloc((size_t)st.st_size ? (size_t)st.st_size : 1);
+    const size_t got = buf ? fread(buf, 1, (size_t)st.st_size, fp) : 0;
+    fclose(fp);
+    char msg[256];
+    int rc = buf && got == (size_t)st.st_size
+                 ? finc_npy_decode_images(buf, got, pixels, n, c, h, w, msg, sizeof msg)
+                 : (snprintf(msg, sizeof msg, "read error"), -1);
+    free(buf);
+    if (rc != 0)
+        finc_errorf(err, errlen, "%s: %s", path, msg);
+    return rc;
 }
 
 /* ---- write ----------------------------------------------------------------- */

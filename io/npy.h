@@ -1,4 +1,5 @@
-/* NumPy .npy files of 2-D float arrays (N, D): the latent files of model.md §3,
+/* NumPy .npy files of 2-D float arrays (N, D): the latent files of the model
+ * format (docs/model.md), and of uint8 image sets (below),
  * one row per image. Writes format 1.0, '<f4', C order, byte for byte what
  * numpy 1.24's np.save writes; reads format 1.0/2.0/3.0 with '<f4' or '<f8'
  * (converted to float32), shape (N, D) or (D,) as (1, D), validating every
@@ -27,5 +28,13 @@ int finc_npy_encode_f32(const float *data, size_t n, size_t d, uint8_t **out, si
                         char *err, size_t errlen);
 int finc_npy_write_f32(const char *path, const float *data, size_t n, size_t d,
                        char *err, size_t errlen);
+
+/* Image sets: uint8 ('|u1') arrays shaped (N, C, H, W), or (N, H, W) read as
+ * C = 1, as numpy's np.save writes them. *pixels is malloc'd (N, C, H, W).
+ * Return 0, or -1 with err set (naming path for the file reader). */
+int finc_npy_decode_images(const void *buf, size_t len, uint8_t **pixels, size_t *n, int *c, int *h, int *w,
+                           char *err, size_t errlen);
+int finc_npy_read_images(const char *path, uint8_t **pixels, size_t *n, int *c, int *h, int *w, char *err,
+                         size_t errlen);
 
 #endif

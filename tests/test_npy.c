@@ -578,6 +578,46 @@ START_TEST(test_file_errors)
 }
 END_TEST
 
+/* uint8 image sets: (N, C, H, W), and (N, H, W) as one channel; other kinds refused with what to do. */
+START_TEST(test_image_sets)
+{
+    uint8_t data[24], *buf, *px;
+    for (int i = 0; i < 24; i++) data[i] = (uint8_t)(i * 11);
+    size_t n, len;
+    int c, h, w;
+    char err[256];
+    buf = make_npy(1, "{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3, 2, 2), }", data, 24, &len);
+    ck_assert_int_eq(finc_npy_decode_images(buf, len, &px, &n, &c, &h, &w, err, sizeof err), 0);
+    ck_assert(n == 2 && c == 3 && h == 2 && w == 2);
+    ck_assert_mem_eq(px, data, 24);
+    free(px);
+    free(buf);
+    buf = make_npy(1, "{'descr': '|u1', 'fortran_order': False, 'shape': (3, 2, 4), }", data, 24, &len);
+    ck_assert_int_eq(finc_npy_decode_images(buf, len, &px, &n, &c, &h, &w, err, sizeof err), 0);
+    ck_assert(n == 3 && c == 1 && h == 2 && w == 4);
+    free(px);
+    free(buf);
+    static const struct {
+        const char *dict;
+        size_t n;
+        const char *msg;
+    } bad[] = {
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1, 2, 3), }", 24, "image sets are uint8"},
+        {"{'descr': '|u1', 'fortran_order': False, 'shape': (4, 6), }", 24, "(N, C, H, W) or (N, H, W)"},
+        {"{'descr': '|u1', 'fortran_order': True, 'shape': (2, 3, 4), }", 24, "Fortran-order"},
+        {"{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3, 5), }", 24, "truncated"},
+        {"{'descr': '|u1', 'fortran_order': False, 'shape': (0, 3, 5), }", 0, "empty"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        buf = make_npy(1, bad[i].dict, data, bad[i].n, &len);
+        ck_assert_int_eq(finc_npy_decode_images(buf, len, &px, &n, &c, &h, &w, err, sizeof err), -1);
+        free(buf);
+        ck_assert_ptr_null(px);
+        ck_assert_msg(strstr(err, bad[i].msg) != NULL, "case %zu: %s", i, err);
+    }
+}
+END_TEST
+
 static Suite *npy_suite(void)
 {
     Suite *s = suite_create("npy");
@@ -592,6 +632,7 @@ static Suite *npy_suite(void)
     tcase_add_test(tc, test_header_errors);
     tcase_add_test(tc, test_truncated_every_length);
     tcase_add_test(tc, test_file_errors);
+    tcase_add_test(tc, test_image_sets);
     suite_add_tcase(s, tc);
     return s;
 }

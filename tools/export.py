@@ -1,23 +1,33 @@
 #!/usr/bin/python3
-"""Exports a training checkpoint of tools/train.py to the shipped weights file.
+"""Exports a training checkpoint of tools/train.py to a finc weights file, calibrated.
 
     /usr/bin/python3 tools/export.py [--checkpoint tools/checkpoints/fmnist.best.pt]
                                      [--out weights/fashion-mnist.safetensors] [--test-bpd 3.05]
 
 Default source: the best-by-validation copy if present, else the training checkpoint.
-Metadata (strings, model.md section 4): format, format_version, config, dataset,
-epochs (completed epochs of the exported weights), steps, parameters, train_bpd (mean
-training bits/dim of the last completed epoch, uniform dequantization), val_bpd
-(validation, uniform u with a fixed seed) and val_bpd_u05 (validation with u = 0.5, the
-engine's default score) from the log, or measured now by the float32 PyTorch reference
-unless --no-eval; test_bpd when --test-bpd gives one (measured by the C engine).
+Default output: weights/fashion-mnist.safetensors for Fashion-MNIST, else NAME.safetensors
+beside the checkpoint (NAME: the data set's name).
+Metadata (strings, docs/model.md): format, format_version, config, dataset (its name),
+data_images and data_shape (the set's size and C x H x W), split (how it was held out,
+with counts), epochs (completed epochs of the exported weights), steps, parameters,
+train_bpd (mean training bits/dim of the last completed epoch, uniform dequantization),
+val_bpd (validation, uniform u with a fixed seed) and val_bpd_u05 (validation with
+u = 0.5, the engine's default score) from the log, or measured now by the float32
+PyTorch reference unless --no-eval; test_bpd when --test-bpd gives one (measured by the
+C engine).
+
+Then `finc calibrate` fits the anomaly score on the validation split (docs/anomaly.md),
+so the file answers with anomaly verdicts; --no-calibrate leaves it uncalibrated.
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 
+import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,10 +52,39 @@ def facts_from_log(ck):
     return epochs, (vals[-1] if vals else None)
 
 
+def data_record(ck):
+    """The checkpoint's data record; checkpoints from before --data trained on Fashion-MNIST."""
+    return ck.get("data") or {"src": "fashion-mnist", "name": "fashion-mnist", "kind": "fashion-mnist"}
+
+
+def split_text(rec, n_train, n_val):
+    if rec["kind"] == "fashion-mnist":
+        return "train: first %d of the training file; validation: last %d" % (n_train, n_val)
+    return "train: %d, validation: %d (%g held out, shuffled with seed %d)" % (
+        n_train, n_val, rec["val_fraction"], rec["split_seed"])
+
+
+def calibrate(finc, out, val_px, name):
+    """finc calibrate on the validation images, through a .npy of them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "val.npy")
+        np.save(path, np.ascontiguousarray(val_px.numpy(), dtype=np.uint8))
+        what = "%s validation split (%d images)" % (name, len(val_px))
+        r = subprocess.run([finc, "calibrate", out, "--data", path, "--data-name", what, "-o", out],
+                           capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit("export: finc calibrate failed: %s%s" % (r.stderr.strip(), (
+            "\n(the anomaly score needs more validation images: raise --val-fraction or add images, or "
+            "export with --no-calibrate)") if "fit images" in r.stderr else ""))
+    print(r.stdout.strip())
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="export a training checkpoint to a finc weights file")
     p.add_argument("--checkpoint", default=None, help="default: the best copy, else the checkpoint")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "weights", "fashion-mnist.safetensors"))
+    p.add_argument("--out", help="default: weights/fashion-mnist.safetensors, or NAME.safetensors by the checkpoint")
+    p.add_argument("--finc", default=os.path.join(os.path.dirname(HERE), "finc"), help="the finc binary (calibrate)")
+    p.add_argument("--no-calibrate", action="store_true", help="leave the anomaly score uncalibrated")
     p.add_argument("--test-bpd", type=float, help="test bits/dim measured by the C engine")
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                    help="one more metadata string (figures measured by the C engine)")
@@ -58,11 +97,21 @@ def main(argv=None):
     model = ft.FInCFlow(ck["config"])
     model.load_state_dict(ck["model"])
     epochs, val = facts_from_log(ck)
-
-    meta = {"dataset": "fashion-mnist", "epochs": str(epochs), "steps": str(ck["step"]),
+    rec = data_record(ck)
+    if args.out is None:
+        args.out = (os.path.join(os.path.dirname(HERE), "weights", "fashion-mnist.safetensors")
+                    if rec["kind"] == "fashion-mnist" else
+                    os.path.join(os.path.dirname(os.path.abspath(src)), rec["name"] + ".safetensors"))
+    if not args.no_calibrate and not os.access(args.finc, os.X_OK):
+        p.error("%s is not built: run make first, or pass --finc PATH or --no-calibrate" % args.finc)
+    import train  # the same data, split and validation routine as training
+    train_px, val_px, _ = train.load_data(rec["src"], saved=rec if "fingerprint" in rec else None)
+    c, h, w = ck["config"]["image"]
+    meta = {"dataset": rec["name"], "epochs": str(epochs), "steps": str(ck["step"]),
             "parameters": str(sum(t.numel() for t in ft.weights(model).values())),
             "source": "tools/train.py (%s)" % os.path.basename(src),
-            "split": "train: first 55000 of the training file; validation: last 5000"}
+            "data_images": str(len(train_px) + len(val_px)), "data_shape": "%dx%dx%d" % (c, h, w),
+            "split": split_text(rec, len(train_px), len(val_px))}
     if val is not None:
         if val.get("train_bpd") is not None:
             meta["train_bpd"] = "%.4f" % val["train_bpd"]
@@ -70,8 +119,6 @@ def main(argv=None):
         if val.get("val_bpd_u05") is not None:
             meta["val_bpd_u05"] = "%.4f" % val["val_bpd_u05"]
     if not args.no_eval and "val_bpd_u05" not in meta:
-        import train  # the same fixed split and validation routine as training
-        _, val_px = train.load_split(train.DATA_DIR)
         half, unif = train.validate(model, val_px, "cpu", 500, ck.get("args", {}).get("seed", 1) + 99)
         meta["val_bpd_u05"] = "%.4f" % half
         meta.setdefault("val_bpd", "%.4f" % unif)
@@ -94,6 +141,8 @@ def main(argv=None):
     os.replace(tmp, args.out)
     ft.load_safetensors(args.out)  # the file passes the reference loader's checks
     print("wrote %s (%d bytes) from %s: %s" % (args.out, size, src, json.dumps(meta)))
+    if not args.no_calibrate:
+        calibrate(args.finc, args.out, val_px, rec["name"])
     return 0
 
 

@@ -1,18 +1,29 @@
 #!/usr/bin/python3
-"""Trains a FInC Flow (tools/finc_torch.py, docs/model.md) on Fashion-MNIST.
+"""Trains a FInC Flow (tools/finc_torch.py, docs/model.md) on a set of images.
 
-    /usr/bin/python3 tools/train.py --threads 1          # start, or resume from --checkpoint
+    /usr/bin/python3 tools/train.py --threads 1          # Fashion-MNIST; start, or resume from --checkpoint
     /usr/bin/python3 tools/export.py                     # then write weights/fashion-mnist.safetensors
 
-Data: the 60,000-image training file is split once and for all into the first 55,000
-images (training) and the last 5,000 (validation); the file is already in random order.
-The test file is never read here. Uniform dequantization v + u, u ~ U[0,1), during
+    /usr/bin/python3 tools/train.py --data my-pngs/ --checkpoint models/parts/ckpt.pt --epochs 20
+    /usr/bin/python3 tools/export.py --checkpoint models/parts/ckpt.best.pt --out models/parts.safetensors
+
+Data (--data, tools/datasets.py): Fashion-MNIST by default, or an IDX file, a .npy of
+uint8 (N, C, H, W), or a folder of PNGs; gray (C = 1) or RGB (C = 3), any H x W that
+the levels halve evenly. Fashion-MNIST's 60,000-image training file is split as the
+shipped model was: the first 55,000 images train, the last 5,000 validate (the file is
+already in random order; the test file is never read here). Any other set is shuffled
+with --split-seed and a --val-fraction (0.1) held out for validation. The split, the
+data's size and a fingerprint of its pixels are kept in the checkpoint: a resumed run
+uses the same split, and refuses data that changed. Uniform dequantization v + u, u ~ U[0,1), during
 training. Validation, once per epoch on all 5,000 images without gradients, reports
 bits/dim with uniform u from a fixed seed (the usual dequantized bound, used to pick
 "best"), and every --val-u05-every epochs also with u = 0.5 (the engine's default score).
 
-Architecture: L=2, K=[8,8], k=3, F=128, ActNorm on (about 0.46M parameters, 1.8 MB of
-float32 weights). Measured on this 2-core machine with 1 thread, batch 64 (one
+Architecture (defaults for Fashion-MNIST; for other sets --levels defaults to the most
+levels, up to 4, that halve H and W evenly and leave at least 4x4, --width to 96 past
+4096 dimensions): L=2, K=[8,8], k=3, F=128, ActNorm on (about 0.46M parameters, 1.8 MB of
+float32 weights). The parameters, and after the first steps the time per epoch, are
+printed at the start. Measured on this 2-core machine with 1 thread, batch 64 (one
 forward+backward+Adam step): L=2,K=8,F=128 0.31 s; K=6,F=160 0.30 s; K=10,F=96 0.28 s.
 The paper's MNIST model (K=16..32, F=512) is ~20-40x the work per step and would see
 only a few epochs in a day here; at 0.31 s/step an epoch (860 steps) takes ~4.5 min, so a
@@ -34,7 +45,6 @@ resume so it never holds steps that were lost.
 """
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -42,31 +52,51 @@ import signal
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import datasets  # noqa: E402
 import finc_torch as ft  # noqa: E402
 
-DATA_DIR = "/usr/share/datasets/fashion-mnist"
-N_TRAIN = 55000
-N_VAL = 5000
+
+def load_data(src, channels=None, split_seed=0, val_fraction=0.1, saved=None):
+    """(train pixels, validation pixels, data record) as uint8 tensors (N, C, H, W).
+    With saved (a checkpoint's data record), its split is used and the data must match it."""
+    px, name, kind = datasets.load(src, channels)
+    fp = datasets.fingerprint(px)
+    if saved is not None:
+        if saved["fingerprint"] != fp or saved["n"] != len(px):
+            raise datasets.DataError(
+                "%s: %d images (fingerprint %s), but the checkpoint was trained on %d (fingerprint %s): "
+                "the data changed; start a new checkpoint, or restore the data" %
+                (src, len(px), fp, saved["n"], saved["fingerprint"]))
+        val = torch.tensor(saved["val"], dtype=torch.long)
+        keep = torch.ones(len(px), dtype=torch.bool)
+        keep[val] = False
+        train = torch.nonzero(keep).flatten()
+        rec = saved
+    else:
+        train, val = (torch.from_numpy(i.astype("int64")) for i in datasets.split(len(px), kind, split_seed,
+                                                                                   val_fraction))
+        rec = {"src": src if kind == "fashion-mnist" else os.path.abspath(src), "name": name, "kind": kind,
+               "n": len(px), "shape": list(px.shape[1:]), "fingerprint": fp, "split_seed": split_seed,
+               "val_fraction": val_fraction, "val": val.tolist()}
+    t = torch.from_numpy(px)
+    return t[train], t[val], rec
 
 
-def read_idx_images(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    magic, n, h, w = np.frombuffer(data[:16], dtype=">u4")
-    if magic != 2051:
-        raise ValueError("%s: not an IDX image file" % path)
-    return np.frombuffer(data[16:], dtype=np.uint8).reshape(int(n), 1, int(h), int(w))
-
-
-def load_split(data_dir):
-    images = read_idx_images(os.path.join(data_dir, "train-images-idx3-ubyte.gz"))
-    if len(images) != N_TRAIN + N_VAL:
-        raise ValueError("expected %d training images, found %d" % (N_TRAIN + N_VAL, len(images)))
-    return torch.from_numpy(images[:N_TRAIN].copy()), torch.from_numpy(images[N_TRAIN:].copy())
+def default_config(a, shape):
+    """The architecture flags, with defaults for an image of shape (C, H, W)."""
+    c, h, w = shape
+    levels = a.levels or datasets.default_levels(h, w)
+    if h % (1 << levels) or w % (1 << levels):
+        raise datasets.DataError("images are %dx%d (height x width): %d levels need both divisible by %d; "
+                                 "use --levels %d or fewer" % (h, w, levels, 1 << levels,
+                                                              datasets.default_levels(h, w)))
+    steps = a.steps * levels if len(a.steps) == 1 else a.steps
+    width = a.width or (128 if c * h * w <= 4096 else 96)
+    return ft.check_config({"image": [c, h, w], "levels": levels, "steps": steps, "kernel": a.kernel,
+                            "coupling_width": width, "actnorm": not a.no_actnorm, "alpha": 1e-6})
 
 
 def stem(path):
@@ -82,8 +112,14 @@ def atomic_save(obj, path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="tools/checkpoints/fmnist.pt")
-    p.add_argument("--data", default=DATA_DIR)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist, an IDX file, a .npy of uint8 (N, C, H, W), or a folder of PNGs")
+    p.add_argument("--channels", type=int, choices=[1, 3],
+                   help="convert every image to 1 (gray) or 3 (RGB) channels (default: as they are)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held out for validation (not Fashion-MNIST)")
+    p.add_argument("--split-seed", type=int, default=0, help="the validation split's shuffle")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: cuda when a GPU answers, else cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch", type=int, default=64)
@@ -91,9 +127,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=500, help="linear lr warm-up, in steps")
     p.add_argument("--lr-decay", type=float, default=0.985, help="lr factor per epoch")
     p.add_argument("--clip", type=float, default=50.0, help="max gradient norm")
-    p.add_argument("--levels", type=int, default=2)
+    p.add_argument("--levels", type=int, help="default: from the image size (2 for 28x28)")
     p.add_argument("--steps", type=int, nargs="+", default=[8], help="K per level (one value = all)")
-    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--width", type=int, help="coupling width F (default 128, 96 past 4096 dimensions)")
     p.add_argument("--kernel", type=int, default=3)
     p.add_argument("--no-actnorm", action="store_true")
     p.add_argument("--seed", type=int, default=1)
@@ -103,12 +139,20 @@ def parse_args(argv=None):
     p.add_argument("--val-u05-every", type=int, default=5,
                    help="also score validation with u=0.5 every this many epochs (and the last)")
     p.add_argument("--max-hours", type=float, default=0.0, help="stop after this long (0: no limit)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in all (0: no limit)")
     a = p.parse_args(argv)
-    steps = a.steps * a.levels if len(a.steps) == 1 else a.steps
-    a.config = ft.check_config({"image": [1, 28, 28], "levels": a.levels, "steps": steps,
-                                "kernel": a.kernel, "coupling_width": a.width,
-                                "actnorm": not a.no_actnorm, "alpha": 1e-6})
+    if not 0 < a.val_fraction < 1:
+        p.error("--val-fraction wants a fraction in (0, 1)")
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no GPU answers here (torch.cuda.is_available() is False)")
     return a
+
+
+def fmt_time(sec):
+    sec = max(0, int(sec))
+    return "%dh%02dm" % (sec // 3600, sec // 60 % 60) if sec >= 3600 else "%dm%02ds" % (sec // 60, sec % 60)
 
 
 class Progress:
@@ -158,7 +202,20 @@ class Trainer:
         self.best_path = stem(self.ckpt) + ".best.pt"
         self.log_path = stem(self.ckpt) + ".log.jsonl"
         self.stop = False
-        self.train_px, self.val_px = load_split(args.data)
+        saved = None
+        if os.path.exists(self.ckpt):
+            saved = torch.load(self.ckpt, map_location="cpu").get("data", {
+                # checkpoints from before --data: Fashion-MNIST's fixed split
+                "src": "fashion-mnist", "kind": "fashion-mnist"})
+            if saved.get("kind") == "fashion-mnist" and "fingerprint" not in saved:
+                saved = None
+            elif os.path.abspath(args.data) != saved["src"] and args.data != saved["src"]:
+                sys.stderr.write("note: resuming on %s, the checkpoint's data (--data %s is ignored)\n"
+                                 % (saved["src"], args.data))
+        src = saved["src"] if saved else args.data
+        self.train_px, self.val_px, self.data = load_data(src, args.channels, args.split_seed, args.val_fraction,
+                                                          saved)
+        args.config = default_config(args, tuple(self.train_px.shape[1:]))
         self.state = None
 
     # ----------------------------------------------------------------- state
@@ -196,7 +253,7 @@ class Trainer:
                 f.write(json.dumps(rec) + "\n")
 
     def save(self):
-        atomic_save({"version": 1, "config": self.config, "args": vars(self.args),
+        atomic_save({"version": 1, "config": self.config, "args": vars(self.args), "data": self.data,
                      "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                      "optimizer": self.opt.state_dict(), "epoch": self.epoch, "pos": self.pos,
                      "step": self.step, "noise_rng": self.noise.get_state(),
@@ -205,7 +262,7 @@ class Trainer:
                      "lr_scale": self.lr_scale}, self.ckpt)
 
     def save_best(self, rec):
-        atomic_save({"version": 1, "config": self.config,
+        atomic_save({"version": 1, "config": self.config, "data": self.data, "args": vars(self.args),
                      "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                      "epoch": self.epoch, "step": self.step, "val": rec, "log": self.log},
                     self.best_path)
@@ -241,8 +298,17 @@ class Trainer:
         t_start, t_saved = time.time(), time.time()
         base_elapsed = self.elapsed
         acc, acc_n, acc_gn, acc_t, bad = 0.0, 0, 0.0, time.time(), 0
-        sys.stderr.write("config %s, %d parameters, %d steps per epoch\n" % (
-            json.dumps(self.config), sum(p.numel() for p in self.model.parameters()), nbatches))
+        if nbatches == 0:
+            raise datasets.DataError("%d training images, fewer than one batch of %d: lower --batch"
+                                     % (len(self.train_px), a.batch))
+        c, h, w = self.config["image"]
+        sys.stderr.write("data %s: %d training and %d validation images of %dx%dx%d (C x H x W), split %s\n" % (
+            self.data["name"], len(self.train_px), len(self.val_px), c, h, w,
+            "as shipped (the last 5,000 held out)" if self.data["kind"] == "fashion-mnist"
+            else "seed %d, %.0f%% held out" % (self.data["split_seed"], 100 * self.data["val_fraction"])))
+        sys.stderr.write("config %s, %d parameters, %d steps per epoch, device %s\n" % (
+            json.dumps(self.config), sum(p.numel() for p in self.model.parameters()), nbatches, a.device))
+        run_t0, run_s0, estimated = time.time(), self.step, False
 
         while self.epoch < a.epochs and not self.stop:
             perm = self.permutation()
@@ -254,6 +320,9 @@ class Trainer:
                 if not self.initialized:
                     ft.data_dependent_init(self.model, px, u)
                     self.initialized = True
+                    _, v0 = validate(self.model, self.val_px, self.device, a.val_batch, a.seed + 99, False)
+                    self.record({"kind": "val_init", "step": 0, "val_bpd": round(v0, 5)})
+                    sys.stderr.write("validation bits/dim at the start: %.4f\n" % v0)
                 for group in self.opt.param_groups:
                     group["lr"] = self.lr_at()
                 lp, _ = ft.log_prob(self.model, px, u)
@@ -288,13 +357,25 @@ class Trainer:
                                  "lr": self.lr_at(), "sec_per_step": round((now - acc_t) / acc_n, 4),
                                  "elapsed_s": round(self.elapsed, 1)})
                     acc, acc_n, acc_gn, acc_t = 0.0, 0, 0.0, now
-                progress.show("epoch %d %s %d/%d  bpd %.4f  step %d  %.0f s" % (
+                if self.step - run_s0 == 1:
+                    run_t0, run_s0 = time.time(), self.step  # timed from after the first step's set-up
+                per_step = (time.time() - run_t0) / max(self.step - run_s0, 1)
+                if not estimated and self.step - run_s0 >= 5:
+                    estimated = True
+                    sys.stderr.write("estimate: %.3f s per step, %s per epoch\n"
+                                     % (per_step, fmt_time(per_step * nbatches)))
+                left = (nbatches - self.pos) + (a.epochs - self.epoch - 1) * nbatches
+                if a.max_steps:
+                    left = min(left, a.max_steps - self.step)
+                progress.show("epoch %d %s %d/%d  bpd %.4f  step %d  %s, eta %s" % (
                     self.epoch, progress.bar(self.pos, nbatches), self.pos, nbatches,
-                    ep_sum / max(ep_n, 1), self.step, self.elapsed))
+                    ep_sum / max(ep_n, 1), self.step, fmt_time(self.elapsed), fmt_time(left * per_step)))
                 if time.time() - t_saved > a.save_every:
                     self.save()
                     t_saved = time.time()
                 if a.max_hours and self.elapsed - base_elapsed > a.max_hours * 3600:
+                    self.stop = True
+                if a.max_steps and self.step >= a.max_steps:
                     self.stop = True
             if self.pos >= nbatches:
                 half = (self.epoch + 1) % a.val_u05_every == 0 or self.epoch + 1 == a.epochs
@@ -333,14 +414,23 @@ class Trainer:
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    trainer = Trainer(args)
+    try:
+        trainer = Trainer(args)
+    except datasets.DataError as e:
+        sys.stderr.write("train: %s\n" % e)
+        return 2
 
     def on_signal(signum, frame):
         trainer.stop = True
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    trainer.run()
+    try:
+        trainer.run()
+    except datasets.DataError as e:
+        sys.stderr.write("train: %s\n" % e)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

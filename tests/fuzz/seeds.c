@@ -303,6 +303,16 @@ int main(int argc, char **argv)
     }
     put("npy", "2x6.npy", npy, len);
     free(npy);
+    /* an image set: uint8 (2, 3, 2, 2), as np.save writes it */
+    static const char dict[] = "{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3, 2, 2), }";
+    uint8_t u8[128] = "\x93NUMPY\x01\x00";
+    const size_t hl = 128 - 24 - 10;
+    u8[8] = (uint8_t)hl;
+    memset(u8 + 10, ' ', hl);
+    memcpy(u8 + 10, dict, sizeof dict - 1);
+    u8[10 + hl - 1] = '\n';
+    for (int i = 0; i < 24; i++) u8[10 + hl + (size_t)i] = (uint8_t)(i * 10);
+    put("npy", "images-2x3x2x2.npy", u8, sizeof u8);
 
     /* IDX: 2 images of 3x4 (magic 0x00000803), plain and gzip; 3 labels. */
     uint8_t idx[16 + 24] = {0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4};
