@@ -9,6 +9,7 @@
 #                     and heavy requests: /healthz within 1 s throughout, memory back after each
 #   make fuzz     the parsers of untrusted bytes and the HTTP server under libFuzzer, ASan, UBSan
 #   make ood      anomaly detection on the probe sets (make probes), raw bits/dim against the anomaly score
+#   make model DATA=folder/ NAME=parts   train, export and calibrate a model of your own images
 
 CC       ?= gcc
 ARCH     ?= -march=native
@@ -128,6 +129,23 @@ ood: probes finc
 
 run: deps finc
 	./finc serve --weights $(WEIGHTS) --port $(PORT) --backend $(BACKEND)
+
+# make model DATA=SRC NAME=name [EPOCHS=20] [TRAIN_ARGS="--levels 3 ..."]: a model of your
+# own images (a folder of PNGs, a .npy of uint8 (N, C, H, W), or an IDX file). Trains
+# (tools/train.py; run it again to resume), then writes models/NAME.safetensors, calibrated
+# on the held-out validation images (tools/export.py).
+MODELS  ?= models
+EPOCHS  ?= 20
+THREADS ?= $(shell nproc)
+.PHONY: model
+model: deps finc
+	@if [ -z "$(DATA)" ] || [ -z "$(NAME)" ]; then \
+	  echo "usage: make model DATA=folder-of-pngs NAME=name [EPOCHS=20] [TRAIN_ARGS=...]"; exit 2; fi
+	$(PYTHON) tools/train.py --data "$(DATA)" --checkpoint $(MODELS)/$(NAME)/checkpoint.pt --epochs $(EPOCHS) \
+	  --threads $(THREADS) $(TRAIN_ARGS)
+	$(PYTHON) tools/export.py --checkpoint $(MODELS)/$(NAME)/checkpoint.best.pt --out $(MODELS)/$(NAME).safetensors \
+	  --threads $(THREADS)
+	@echo "serve it: ./finc serve --weights $(MODELS)/$(NAME).safetensors"
 
 clean:
 	rm -rf build build-asan finc

@@ -635,8 +635,8 @@ static int cmd_calibrate(int argc, char **argv)
         else if (!(block = finc_anomaly_to_json(&a, cfg))) rc = fail("out of memory");
         else if (write_calibrated(argv[optind], o.out, block, err, sizeof err)) rc = fail("%s: %s", o.out, err);
         else
-            printf("%s: calibrated on %s: %d statistics fitted on %d images, %d calibration scores\n", o.out, o.data,
-                   a.d, a.n_fit, a.n_cal);
+            printf("%s: calibrated on %s: %d statistics fitted on %d images, %d calibration scores\n", o.out,
+                   o.data_name ? o.data_name : o.data, a.d, a.n_fit, a.n_cal);
     }
     free(block);
     finc_anomaly_free(&a);

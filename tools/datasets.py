@@ -168,14 +168,22 @@ def fingerprint(px):
     return hashlib.sha256(px.tobytes()).hexdigest()[:16]
 
 
-def split(n, kind, seed=0, val_fraction=0.1):
+def val_count(n, val_fraction=None):
+    """Images held out of n: val_fraction of them, or by default a tenth but at least 400
+    (the anomaly score's fit and calibration take half each) and at most half."""
+    if val_fraction is not None:
+        return max(1, int(round(n * val_fraction)))
+    return max(int(round(n * 0.1)), min(400, n // 2))
+
+
+def split(n, kind, seed=0, val_fraction=None):
     """(train indices, validation indices). Fashion-MNIST keeps the shipped model's split
     (the last 5,000 of the training file held out); other sets are shuffled with seed and
-    the first val_fraction (at least one image) held out."""
+    the first val_count of them held out."""
     if kind == "fashion-mnist":
         return np.arange(n - FMNIST_VAL), np.arange(n - FMNIST_VAL, n)
     perm = np.random.RandomState(seed).permutation(n)
-    nval = max(1, int(round(n * val_fraction)))
+    nval = val_count(n, val_fraction)
     return np.sort(perm[nval:]), np.sort(perm[:nval])
 
 

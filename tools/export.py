@@ -23,6 +23,7 @@ so the file answers with anomaly verdicts; --no-calibrate leaves it uncalibrated
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -60,11 +61,10 @@ def data_record(ck):
 def split_text(rec, n_train, n_val):
     if rec["kind"] == "fashion-mnist":
         return "train: first %d of the training file; validation: last %d" % (n_train, n_val)
-    return "train: %d, validation: %d (%g held out, shuffled with seed %d)" % (
-        n_train, n_val, rec["val_fraction"], rec["split_seed"])
+    return "train: %d, validation: %d (shuffled with seed %d)" % (n_train, n_val, rec["split_seed"])
 
 
-def calibrate(finc, out, val_px, name):
+def calibrate(finc, out, val_px, name, n_all):
     """finc calibrate on the validation images, through a .npy of them."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "val.npy")
@@ -73,9 +73,13 @@ def calibrate(finc, out, val_px, name):
         r = subprocess.run([finc, "calibrate", out, "--data", path, "--data-name", what, "-o", out],
                            capture_output=True, text=True)
     if r.returncode != 0:
-        raise SystemExit("export: finc calibrate failed: %s%s" % (r.stderr.strip(), (
-            "\n(the anomaly score needs more validation images: raise --val-fraction or add images, or "
-            "export with --no-calibrate)") if "fit images" in r.stderr else ""))
+        m = re.search(r"need (\d+)\.\.", r.stderr)
+        hint = ("\nthe anomaly score fits on half the validation images and calibrates on the other half: "
+                "this model needs at least %d, the split has %d. Train a new checkpoint with a larger "
+                "--val-fraction (%.2f of these %d images), or add images, or export with --no-calibrate"
+                % (2 * int(m.group(1)), len(val_px), min(0.5, 2 * int(m.group(1)) / max(n_all, 1) + 0.01), n_all)
+                if m else "")
+        raise SystemExit("export: finc calibrate failed: %s%s" % (r.stderr.strip(), hint))
     print(r.stdout.strip())
 
 
@@ -142,7 +146,7 @@ def main(argv=None):
     ft.load_safetensors(args.out)  # the file passes the reference loader's checks
     print("wrote %s (%d bytes) from %s: %s" % (args.out, size, src, json.dumps(meta)))
     if not args.no_calibrate:
-        calibrate(args.finc, args.out, val_px, rec["name"])
+        calibrate(args.finc, args.out, val_px, rec["name"], len(train_px) + len(val_px))
     return 0
 
 

@@ -254,7 +254,7 @@ class OwnImages(unittest.TestCase):
         second = torch.load(ckpt)
         self.assertEqual(second["step"], 25)
         self.assertEqual(second["data"]["val"], first["data"]["val"])
-        self.assertEqual(len(first["data"]["val"]), 12)
+        self.assertEqual(len(first["data"]["val"]), 60)  # at least 400, at most half
         with open(os.path.join(folder, "0003.png"), "wb") as f:
             f.write(png_bytes(px[4]))
         r, _ = self.train(folder, "--max-steps", "30")

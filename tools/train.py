@@ -12,7 +12,8 @@ uint8 (N, C, H, W), or a folder of PNGs; gray (C = 1) or RGB (C = 3), any H x W 
 the levels halve evenly. Fashion-MNIST's 60,000-image training file is split as the
 shipped model was: the first 55,000 images train, the last 5,000 validate (the file is
 already in random order; the test file is never read here). Any other set is shuffled
-with --split-seed and a --val-fraction (0.1) held out for validation. The split, the
+with --split-seed and part held out for validation: --val-fraction, by default a tenth
+but at least 400 images (what calibrating the anomaly score takes) and at most half. The split, the
 data's size and a fingerprint of its pixels are kept in the checkpoint: a resumed run
 uses the same split, and refuses data that changed. Uniform dequantization v + u, u ~ U[0,1), during
 training. Validation, once per epoch on all 5,000 images without gradients, reports
@@ -59,7 +60,7 @@ import datasets  # noqa: E402
 import finc_torch as ft  # noqa: E402
 
 
-def load_data(src, channels=None, split_seed=0, val_fraction=0.1, saved=None):
+def load_data(src, channels=None, split_seed=0, val_fraction=None, saved=None):
     """(train pixels, validation pixels, data record) as uint8 tensors (N, C, H, W).
     With saved (a checkpoint's data record), its split is used and the data must match it."""
     px, name, kind = datasets.load(src, channels)
@@ -116,7 +117,9 @@ def parse_args(argv=None):
                    help="fashion-mnist, an IDX file, a .npy of uint8 (N, C, H, W), or a folder of PNGs")
     p.add_argument("--channels", type=int, choices=[1, 3],
                    help="convert every image to 1 (gray) or 3 (RGB) channels (default: as they are)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held out for validation (not Fashion-MNIST)")
+    p.add_argument("--val-fraction", type=float,
+                   help="held out for validation (not Fashion-MNIST); default a tenth, at least 400 images "
+                        "(the anomaly calibration's need) and at most half")
     p.add_argument("--split-seed", type=int, default=0, help="the validation split's shuffle")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: cuda when a GPU answers, else cpu")
@@ -141,7 +144,7 @@ def parse_args(argv=None):
     p.add_argument("--max-hours", type=float, default=0.0, help="stop after this long (0: no limit)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in all (0: no limit)")
     a = p.parse_args(argv)
-    if not 0 < a.val_fraction < 1:
+    if a.val_fraction is not None and not 0 < a.val_fraction < 1:
         p.error("--val-fraction wants a fraction in (0, 1)")
     if a.device == "auto":
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -305,7 +308,7 @@ class Trainer:
         sys.stderr.write("data %s: %d training and %d validation images of %dx%dx%d (C x H x W), split %s\n" % (
             self.data["name"], len(self.train_px), len(self.val_px), c, h, w,
             "as shipped (the last 5,000 held out)" if self.data["kind"] == "fashion-mnist"
-            else "seed %d, %.0f%% held out" % (self.data["split_seed"], 100 * self.data["val_fraction"])))
+            else "shuffled with seed %d" % self.data["split_seed"]))
         sys.stderr.write("config %s, %d parameters, %d steps per epoch, device %s\n" % (
             json.dumps(self.config), sum(p.numel() for p in self.model.parameters()), nbatches, a.device))
         run_t0, run_s0, estimated = time.time(), self.step, False
