@@ -97,7 +97,7 @@ def default_config(a, shape):
     steps = a.steps * levels if len(a.steps) == 1 else a.steps
     width = a.width or (128 if c * h * w <= 4096 else 96)
     return ft.check_config({"image": [c, h, w], "levels": levels, "steps": steps, "kernel": a.kernel,
-                            "coupling_width": width, "actnorm": not a.no_actnorm, "alpha": 1e-6})
+                            "coupling_width": width, "actnorm": a.actnorm, "alpha": 1e-6})
 
 
 def stem(path):
@@ -134,7 +134,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, nargs="+", default=[8], help="K per level (one value = all)")
     p.add_argument("--width", type=int, help="coupling width F (default 128, 96 past 4096 dimensions)")
     p.add_argument("--kernel", type=int, default=3)
-    p.add_argument("--no-actnorm", action="store_true")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--actnorm", dest="actnorm", action="store_true", default=True, help="ActNorm in each step (default)")
+    g.add_argument("--no-actnorm", dest="actnorm", action="store_false")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--log-every", type=int, default=50, help="steps per train log line")
     p.add_argument("--save-every", type=float, default=300.0, help="seconds between checkpoints")
