@@ -368,6 +368,24 @@ static int data_size_err(const npy_info *info, size_t have, char *err, size_t er
 
 /* ---- read ------------------------------------------------------------------ */
 
+/* A whole file in memory: its header, and data of exactly the size it declares. */
+static int parse_buffer(const uint8_t *p, size_t len, int images, npy_info *info, char *err, size_t errlen)
+{
+    if (p == NULL)
+        len = 0;
+    size_t off, hlen;
+    if (parse_prelude(p, len, &off, &hlen, err, errlen) != 0)
+        return -1;
+    if (hlen > len - off) {
+        finc_errorf(err, errlen, "truncated .npy file: header of %zu bytes, %zu present", hlen, len - off);
+        return -1;
+    }
+    if (parse_dict((const char *)p + off, hlen, info, images, err, errlen) != 0)
+        return -1;
+    info->data_off = off + hlen;
+    return data_size_err(info, len - info->data_off, err, errlen);
+}
+
 int finc_npy_decode_f32(const void *buf, size_t len, float **data, size_t *n, size_t *d,
                         char *err, size_t errlen)
 {
@@ -378,21 +396,8 @@ int finc_npy_decode_f32(const void *buf, size_t len, float **data, size_t *n, si
     *data = NULL;
     *n = *d = 0;
     const uint8_t *p = buf;
-    if (p == NULL)
-        len = 0;
-    size_t off, hlen;
-    if (parse_prelude(p, len, &off, &hlen, err, errlen) != 0)
-        return -1;
-    if (hlen > len - off) {
-        finc_errorf(err, errlen, "truncated .npy file: header of %zu bytes, %zu present", hlen,
-                len - off);
-        return -1;
-    }
     npy_info info;
-    if (parse_dict((const char *)p + off, hlen, &info, 0, err, errlen) != 0)
-        return -1;
-    info.data_off = off + hlen;
-    if (data_size_err(&info, len - info.data_off, err, errlen) != 0)
+    if (parse_buffer(p, len, 0, &info, err, errlen) != 0)
         return -1;
     float *out = malloc(info.n * info.d * sizeof *out);
     if (out == NULL) {
@@ -519,20 +524,8 @@ int finc_npy_decode_images(const void *buf, size_t len, uint8_t **pixels, size_t
     *n = 0;
     *c = *h = *w = 0;
     const uint8_t *p = buf;
-    if (p == NULL)
-        len = 0;
-    size_t off, hlen;
-    if (parse_prelude(p, len, &off, &hlen, err, errlen) != 0)
-        return -1;
-    if (hlen > len - off) {
-        finc_errorf(err, errlen, "truncated .npy file: header of %zu bytes, %zu present", hlen, len - off);
-        return -1;
-    }
     npy_info info;
-    if (parse_dict((const char *)p + off, hlen, &info, 1, err, errlen) != 0)
-        return -1;
-    info.data_off = off + hlen;
-    if (data_size_err(&info, len - info.data_off, err, errlen) != 0)
+    if (parse_buffer(p, len, 1, &info, err, errlen) != 0)
         return -1;
     uint8_t *out = malloc(info.n * info.d);
     if (out == NULL) {
