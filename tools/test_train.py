@@ -12,6 +12,8 @@ the C engine, the CLI and finc serve, on sets these tests draw themselves.
 - The data readers: one set as IDX, .npy and PNGs reads the same; mixed sizes, mixed
   channels, an unreadable file and too few images give their messages.
 - A resumed run keeps its split, and refuses data that changed.
+- PNGs of every kind (RGBA, LA, 16-bit, 1-bit, palette with tRNS, RGB) read by datasets.py
+  as gray and as RGB score exactly as the C decoder's reading of them.
 Needs ./finc (make); skipped without.
 """
 
@@ -260,6 +262,52 @@ class OwnImages(unittest.TestCase):
         r, _ = self.train(folder, "--max-steps", "30")
         self.assertEqual(r.returncode, 2)
         self.assertIn("the data changed", r.stderr)
+
+
+@unittest.skipUnless(os.access(FINC, os.X_OK), "needs ./finc (make)")
+class DecodeParity(unittest.TestCase):
+    """tools/datasets.py reads PNGs as the C engine does: each odd kind of PNG scores exactly
+    as a plain 8-bit PNG of the pixels datasets.py made of it (finc score, the C decoder)."""
+
+    def test_png_kinds(self):
+        from PIL import Image
+        rng = np.random.RandomState(2)
+        tmp = tempfile.mkdtemp(prefix="finc-decode-")
+        try:
+            def save(name, im, **kw):
+                path = os.path.join(tmp, name)
+                im.save(path, format="PNG", **kw)
+                return path
+            def kinds(h, w):
+                pal = Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8), "RGB").convert(
+                    "P", palette=Image.ADAPTIVE, colors=16)
+                return {
+                    "rgba": (Image.fromarray(rng.randint(0, 256, (h, w, 4), dtype=np.uint8), "RGBA"), {}),
+                    "la": (Image.fromarray(rng.randint(0, 256, (h, w, 2), dtype=np.uint8), "LA"), {}),
+                    "gray16": (Image.fromarray(rng.randint(0, 65536, (h, w)).astype(np.uint16)), {}),
+                    "bits": (Image.fromarray(rng.randint(0, 2, (h, w)).astype(bool)), {}),
+                    "rgb": (Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8), "RGB"), {}),
+                    "palette-trns": (pal, {"transparency": 3}),
+                }
+            # the vector models: gray 1x8x12 and RGB 3x8x8; each kind of PNG read as each
+            models = {1: ("l2_1x8x12", 8, 12), 3: ("l3_3x8x8_k2_noact", 8, 8)}
+            checked = 0
+            for c, (model, h, w) in models.items():
+                model = os.path.join(ROOT, "tests", "vectors", model + ".safetensors")
+                for name, (im, kw) in kinds(h, w).items():
+                    path = save("%s-%d.png" % (name, c), im, **kw)
+                    a = datasets._png_pixels(path)
+                    plain = os.path.join(tmp, "%s-%d-plain.png" % (name, c))
+                    with open(plain, "wb") as f:
+                        f.write(png_bytes(datasets.to_channels(a, c)))
+                    r = run([FINC, "score", model, "--json", path, plain])
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    got = [json.loads(line)["log_likelihood"] for line in r.stdout.splitlines()]
+                    self.assertEqual(got[0], got[1], "%s as %d channels" % (name, c))
+                    checked += 1
+            self.assertEqual(checked, 12)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
