@@ -3,7 +3,7 @@ the C engine, the CLI and finc serve, on sets these tests draw themselves.
 
     /usr/bin/python3 -m unittest discover -s tools -p 'test_*.py'
 
-- RGB 3x16x16 rendered shapes (a folder of PNGs) and gray 1x16x32 stripes (a .npy): 100
+- RGB 3x16x32 rendered shapes (a folder of PNGs) and gray 1x16x32 stripes (a .npy): 100
   training steps each (a few seconds), validation bits/dim at least 1.0 below its value
   at the start (measured: 7.2 -> 5.2 for the shapes), the exported file's log p equal to
   the PyTorch reference's (relative 1e-5), calibrated, then served: /v1/models, scores
@@ -45,14 +45,14 @@ SMALL = ["--levels", "2", "--steps", "2", "--width", "32", "--batch", "16", "--w
          "--log-every", "20", "--epochs", "1000"]
 
 
-def shapes_rgb(n, seed=0):
-    """Discs and squares of random colours on dark backgrounds, (n, 3, 16, 16)."""
+def shapes_rgb(n, seed=0, w=16):
+    """Discs and squares of random colours on dark backgrounds, (n, 3, 16, w)."""
     rng = np.random.RandomState(seed)
-    yy, xx = np.mgrid[0:16, 0:16]
-    out = np.zeros((n, 3, 16, 16), np.uint8)
+    yy, xx = np.mgrid[0:16, 0:w]
+    out = np.zeros((n, 3, 16, w), np.uint8)
     for i in range(n):
         out[i] = rng.randint(0, 40, (3, 1, 1))
-        cy, cx, r = rng.randint(4, 12), rng.randint(4, 12), rng.randint(2, 6)
+        cy, cx, r = rng.randint(4, 12), rng.randint(4, w - 4), rng.randint(2, 6)
         m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r if i % 2 else (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
         out[i][:, m] = rng.randint(120, 256, (3, 1))
     return out
@@ -196,8 +196,8 @@ class OwnImages(unittest.TestCase):
         finally:
             srv.close()
 
-    def test_rgb_png_folder(self):
-        px = shapes_rgb(500)
+    def test_rgb_non_square_png_folder(self):
+        px = shapes_rgb(500, w=32)
         folder = os.path.join(self.tmp, "shapes")
         write_pngs(folder, px)
         # the folder reads in sorted path order: put the arrays in that order for the checks
