@@ -5,6 +5,7 @@
 #   make asan     the test suites under AddressSanitizer + UBSan
 #   make bench    benchmarks (docs/benchmarks.md)
 #   make test-deploy  deploy/ validated, and three replicas behind nginx under faults
+#   make image        the CPU container image (podman or docker); make test-image runs and checks it
 #   make test-hostile finc serve under inflate bombs, slow heads, a full pool, body-memory pressure
 #                     and heavy requests: /healthz within 1 s throughout, memory back after each
 #   make fuzz     the parsers of untrusted bytes and the HTTP server under libFuzzer, ASan, UBSan
@@ -154,6 +155,15 @@ clean:
 # then the compose topology without containers: three replicas behind Debian's
 # nginx, one killed and one drained under load, Prometheus scraping them all
 # (tests/deploy/run.sh).
+# make image: the CPU image as finc:cpu (tools/image.sh: podman, or docker when an
+# engine answers; the Debian base made with debootstrap where no registry is reachable).
+# make test-image: that image run and checked (tests/deploy/image.sh).
+.PHONY: image test-image
+image: deps
+	@bash tools/image.sh
+test-image: image finc
+	@bash tests/deploy/image.sh
+
 .PHONY: test-hostile
 test-hostile: deps finc
 	$(PYTHON) tests/hostile/run.py --finc ./finc --weights $(WEIGHTS)
