@@ -169,7 +169,7 @@ test-hostile: deps finc
 	$(PYTHON) tests/hostile/run.py --finc ./finc --weights $(WEIGHTS)
 
 .PHONY: test-deploy
-test-deploy: deps finc
+test-deploy: deps finc image
 	@bash tests/deploy/validate.sh
 	@bash tests/deploy/run.sh
 

@@ -5,7 +5,8 @@
 # Where no registry serves base images (this project's machines reach only Debian's
 # package archive), the Dockerfile's bases debian:bookworm and debian:bookworm-slim
 # are made first with debootstrap (--variant=minbase) and imported under those
-# names; the root filesystem is cached in $FINC_IMAGE_CACHE (/var/cache/finc-image)
+# names (both tags one tree, trimmed as Debian's slim image is); the root filesystem
+# is cached in $FINC_IMAGE_CACHE (/var/cache/finc-image)
 # and so are the packages the build's apt-get downloads, so a second build on the
 # same machine downloads nothing but apt's lists.
 #
@@ -40,8 +41,19 @@ if ! has_image "$base:$suite" || ! has_image "$base:$suite-slim"; then
             rm -rf "$cache/rootfs"
             debootstrap --variant=minbase "$suite" "$cache/rootfs" "${mirror:-http://deb.debian.org/debian}" >"$cache/debootstrap.log" 2>&1 \
                 || { tail -n 20 "$cache/debootstrap.log" >&2; exit 1; }
-            # as Debian's images: no apt lists or package cache inside
+            # As Debian's slim images: no apt lists or package cache inside, and dpkg
+            # told to leave out documentation, man pages and translations, so the
+            # runtime stage's packages weigh what they would on debian:bookworm-slim.
             rm -rf "$cache"/rootfs/var/lib/apt/lists/* "$cache"/rootfs/var/cache/apt/*.bin
+            printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+                'path-exclude /usr/share/man/*' 'path-exclude /usr/share/groff/*' 'path-exclude /usr/share/info/*' \
+                'path-exclude /usr/share/lintian/*' 'path-exclude /usr/share/locale/*' \
+                'path-include /usr/share/locale/locale.alias' >"$cache/rootfs/etc/dpkg/dpkg.cfg.d/slim"
+            find "$cache"/rootfs/usr/share/doc -mindepth 2 ! -name copyright ! -type d -delete 2>/dev/null || true
+            rm -rf "$cache"/rootfs/usr/share/man/* "$cache"/rootfs/usr/share/info/* "$cache"/rootfs/usr/share/lintian/*
+            find "$cache"/rootfs/usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} + 2>/dev/null || true
+            # and apt keeps no package caches (Debian's images say the same)
+            printf '%s\n' 'Dir::Cache::pkgcache "";' 'Dir::Cache::srcpkgcache "";' >"$cache/rootfs/etc/apt/apt.conf.d/no-cache"
             tar -C "$cache/rootfs" -c . >"$cache/rootfs.tar.tmp" && mv "$cache/rootfs.tar.tmp" "$cache/rootfs.tar"
             rm -rf "$cache/rootfs"
         fi

@@ -60,17 +60,17 @@ build/image-host/finc serve --host 127.0.0.1 --port "$hport" --weights weights/f
 host_pid=$!
 wait_ready "http://127.0.0.1:$hport" || bad "the host build did not start"
 ./finc sample weights/fashion-mnist.safetensors -n 1 --seed 7 -o "$tmp/one.png" >/dev/null
-same() {  # WHAT CURL-ARGS...: the container's and the host's answers, byte for byte
-    local what=$1; shift
+same() {  # PATH WHAT CURL-ARGS...: the container's and the host's answers, byte for byte
+    local path=$1 what=$2; shift 2
     rm -f "$tmp/c.out" "$tmp/h.out"
     curl -sf -o "$tmp/c.out" "$@" "$url$path" && curl -sf -o "$tmp/h.out" "$@" "http://127.0.0.1:$hport$path" \
         && cmp -s "$tmp/c.out" "$tmp/h.out"
     verdict "$what: the container's answer equals the host build's ($(stat -c %s "$tmp/c.out" 2>/dev/null) bytes)" $?
 }
-path=/readyz same "/readyz"
-path=/sample same "/sample, a PNG grid of 16 at seed 42" -H 'Accept: image/png' -d '{"n": 16, "temperature": 0.7, "seed": 42}'
+same /readyz "/readyz"
+same /sample "/sample, a PNG grid of 16 at seed 42" -H 'Accept: image/png' -d '{"n": 16, "temperature": 0.7, "seed": 42}'
 head -c 8 "$tmp/c.out" | od -An -c | grep -q 'P   N   G'; verdict "/sample answered a PNG" $?
-path='/log-likelihood?samples=4&seed=1' same "/log-likelihood, a PNG, importance-weighted" \
+same '/log-likelihood?samples=4&seed=1' "/log-likelihood, a PNG, importance-weighted" \
     -H 'Content-Type: image/png' --data-binary @"$tmp/one.png"
 grep -q '"anomaly"' "$tmp/c.out"; verdict "/log-likelihood answered with anomaly verdicts" $?
 

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# The deploy/compose.yaml topology without containers (make test-deploy): three
-# `finc serve` replicas on loopback ports, Debian's nginx running the repo's
+# The deploy/compose.yaml topology (make test-deploy): three replicas, each a
+# container of the CPU image (make image) run by podman on a loopback port
+# (REPLICAS=processes: three `finc serve` processes instead, where no container
+# engine runs), Debian's nginx running the repo's
 # deploy/nginx/nginx.conf (only the upstream addresses and the listen port
 # replaced) and Debian's Prometheus running deploy/prometheus/prometheus.yml
 # (targets replaced, intervals shortened). Clients drive load through nginx
-# for LOAD_SECONDS; meanwhile one replica is killed (SIGKILL), another gets
-# SIGTERM (it drains and exits) and the killed one is restarted. Passes when
+# for LOAD_SECONDS; meanwhile one replica is killed (SIGKILL), another is
+# stopped (SIGTERM: it drains and exits) and the killed one is started again
+# (a new container on its port). Passes when
 # every client request got a 200 with the right body, the drained replica
 # exited 0, the restarted one serves again, Prometheus scraped every replica,
 # and each replica's /metrics passes `promtool check metrics`.
 #
-#   tests/deploy/run.sh          env: FINC (./finc), WEIGHTS, LOAD_SECONDS (20),
+#   tests/deploy/run.sh          env: REPLICAS (containers, or processes), IMAGE (finc:cpu),
+#                                FINC (./finc), WEIGHTS, LOAD_SECONDS (20),
 #                                WORKERS (8), MAX_REQUESTS (20000), KEEP=1 keeps logs
+# The containers use the host's network, so every request stays on 127.0.0.1;
+# podman on this machine needs runc and explicit rlimits.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 
@@ -25,6 +31,9 @@ NGINX=${NGINX:-/usr/sbin/nginx}
 PROMETHEUS=${PROMETHEUS:-prometheus}
 PROMTOOL=${PROMTOOL:-promtool}
 DRAIN_TIMEOUT=10   # the SIGTERM'd replica must be gone well within this
+REPLICAS=${REPLICAS:-containers}
+IMAGE=${IMAGE:-finc:cpu}
+RUN_FLAGS=(--runtime runc --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --network host --health-interval disable)
 
 passed=0 failed=0
 ok()   { passed=$((passed + 1)); echo "  ok    $*"; }
@@ -37,10 +46,16 @@ for tool in "$FINC" "$NGINX" "$PY" curl "$PROMETHEUS" "$PROMTOOL"; do
     command -v "$tool" >/dev/null 2>&1 || { echo "deploy: $tool not found (make finc; tools/deps.sh installs nginx-light and prometheus)" >&2; exit 1; }
 done
 [ -f "$WEIGHTS" ] || { echo "deploy: no weights file $WEIGHTS" >&2; exit 1; }
+if [ "$REPLICAS" = containers ]; then
+    if ! command -v podman >/dev/null || ! podman image exists "$IMAGE"; then
+        echo "deploy: no podman or no $IMAGE (make image), or run with REPLICAS=processes" >&2; exit 1
+    fi
+fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/finc-deploy.XXXXXX")
 chmod 0755 "$tmp"   # nginx workers drop to an unprivileged user when started as root
-declare -A pid=()   # name -> pid of every process this script started
+declare -A pid=()   # name -> pid of every process this script started (a container's: its log follower)
+declare -A ctr=()   # replica name -> container name
 t_start=$(date +%s.%N)
 elapsed() { awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
@@ -56,6 +71,8 @@ stop_all() {
     for name in "${!pid[@]}"; do kill -KILL "${pid[$name]}" 2>/dev/null; done
     for name in "${!pid[@]}"; do wait "${pid[$name]}" 2>/dev/null; done
     pid=()
+    for name in "${!ctr[@]}"; do podman rm -f "${ctr[$name]}" >/dev/null 2>&1; done
+    ctr=()
 }
 finish() {
     trap - EXIT INT TERM
@@ -93,16 +110,44 @@ wait_for() {  # SECONDS DESCRIPTION COMMAND...: poll every 0.1 s
 # One engine thread each: three replicas, nginx, Prometheus and the clients
 # share two cores. A short batching delay keeps latency low at this load.
 declare -A port=()
-start_replica() {  # NAME PORT (0: any free one); sets pid[NAME] and port[NAME]
-    local name=$1 log="$tmp/$1.log"
-    "$FINC" serve --host 127.0.0.1 --port "$2" --weights "$WEIGHTS" --threads 1 --http-threads 2 \
-        --max-delay-ms 1 --drain-timeout "$DRAIN_TIMEOUT" --timeout-ms 20000 --log json 2>"$log" &
+start_replica() {  # NAME PORT (0: any free one); sets port[NAME], and pid[NAME] or ctr[NAME]
+    local name=$1 log="$tmp/$1.log" p=$2
+    if [ "$REPLICAS" = containers ]; then
+        [ "$p" = 0 ] && p=$(free_port)
+        ctr[$name]=finc-deploy-$$-$name
+        podman run -d --name "${ctr[$name]}" "${RUN_FLAGS[@]}" -e FINC_HOST=127.0.0.1 -e FINC_PORT="$p" \
+            -e FINC_THREADS=1 -e FINC_HTTP_THREADS=2 -e FINC_MAX_DELAY_MS=1 -e FINC_DRAIN_TIMEOUT="$DRAIN_TIMEOUT" \
+            -e FINC_TIMEOUT_MS=20000 -e FINC_LOG=json "$IMAGE" >/dev/null 2>"$log.run" || { cat "$log.run" >&2; return 1; }
+        podman logs -f "${ctr[$name]}" >"$log" 2>&1 &
+    else
+        "$FINC" serve --host 127.0.0.1 --port "$p" --weights "$WEIGHTS" --threads 1 --http-threads 2 \
+            --max-delay-ms 1 --drain-timeout "$DRAIN_TIMEOUT" --timeout-ms 20000 --log json 2>"$log" &
+    fi
     pid[$name]=$!
     wait_for 30 "$name to be ready" grep -q 'ready on port' "$log" || return 1
     port[$name]=$(sed -nE 's/.*ready on port ([0-9]+).*/\1/p' "$log")
 }
-gone_within() {  # SECONDS NAME: wait for a process of ours to exit; its status in $rc
+signal_replica() {  # NAME SIGNAL: SIGKILL it, or SIGTERM (podman stop, which would SIGKILL after the drain)
+    if [ "$REPLICAS" = containers ]; then
+        if [ "$2" = KILL ]; then podman kill --signal KILL "${ctr[$1]}" >/dev/null
+        else podman stop -t $((DRAIN_TIMEOUT + 5)) "${ctr[$1]}" >/dev/null 2>&1 &
+        fi
+    else
+        kill -"$2" "${pid[$1]}"
+    fi
+}
+gone_within() {  # SECONDS NAME: wait for a replica (or the client) to exit; its status in $rc
     local end=$(( $(date +%s) + $1 ))
+    if [ -n "${ctr[$2]:-}" ]; then
+        while [ "$(podman inspect "${ctr[$2]}" --format '{{.State.Running}}')" = true ]; do
+            [ "$(date +%s)" -ge "$end" ] && { rc=timeout; return 1; }
+            sleep 0.05
+        done
+        rc=$(podman inspect "${ctr[$2]}" --format '{{.State.ExitCode}}')
+        wait "${pid[$2]}" 2>/dev/null   # its log follower
+        unset "pid[$2]"
+        return 0
+    fi
     while kill -0 "${pid[$2]}" 2>/dev/null; do
         [ "$(date +%s)" -ge "$end" ] && { rc=timeout; return 1; }
         sleep 0.05
@@ -118,7 +163,7 @@ requests_in_log() {  # LOG STATUS [after the line matching PATTERN]
         END { print n + 0 }' "$log"
 }
 
-echo "deploy: starting 3 replicas, nginx, prometheus ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
+echo "deploy: starting 3 replicas as $REPLICAS, nginx, prometheus ($(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg))"
 for r in r1 r2 r3; do
     start_replica "$r" 0 || die "replica $r did not start"
 done
@@ -185,12 +230,12 @@ at() {  # sleep until S seconds into the load
 
 at $(( LOAD_SECONDS / 4 ))
 served_r1=$(requests_in_log "$tmp/r1.log" 200)
-kill -KILL "${pid[r1]}"; wait "${pid[r1]}" 2>/dev/null; unset 'pid[r1]'
+signal_replica r1 KILL; gone_within 10 r1
 echo "deploy: $(elapsed) s: SIGKILL r1 (127.0.0.1:${port[r1]}) after $served_r1 answers"
 
 at $(( LOAD_SECONDS * 9 / 20 ))
 t_term=$(date +%s.%N)
-kill -TERM "${pid[r2]}"
+signal_replica r2 TERM
 echo "deploy: $(elapsed) s: SIGTERM r2 (127.0.0.1:${port[r2]})"
 gone_within $((DRAIN_TIMEOUT + 5)) r2; rc_r2=$rc
 drain_s=$(awk -v a="$t_term" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')

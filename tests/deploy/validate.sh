@@ -97,7 +97,7 @@ if [ -x "$tmp/ctx/finc" ]; then
 fi
 
 echo "validate: scripts"
-run "shellcheck: tests/deploy/*.sh, deploy/docker/healthcheck.sh" shellcheck tests/deploy/*.sh deploy/docker/healthcheck.sh
+run "shellcheck: tests/deploy/*.sh, tools/image.sh, deploy/docker/healthcheck.sh" shellcheck tests/deploy/*.sh tools/image.sh deploy/docker/healthcheck.sh
 run "python: tests/deploy/*.py compile" env PYTHONPYCACHEPREFIX="$tmp/pycache" "$PY" -m py_compile tests/deploy/client.py tests/deploy/configs.py tests/deploy/check_config.py
 
 echo
