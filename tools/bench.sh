@@ -2,7 +2,8 @@
 # make bench: the CPU engine against the PyTorch + Cython baseline on the same
 # weights in the same run, and the FInC wavefront inverse against a raster
 # solve, and scoring with the anomaly fields against scoring without them
-# (the shipped, calibrated model). Raw JSON lines go to build/bench/results.jsonl; the tables to stdout
+# (the shipped, calibrated model), and the start-up cost of whole CLI processes
+# (tools/bench_startup.py). Raw JSON lines go to build/bench/results.jsonl; the tables to stdout
 # (docs/benchmarks.md keeps a copy). Time on a quiet machine: the load average
 # is printed with the figures.
 set -euo pipefail
@@ -25,4 +26,12 @@ done
 build/bench/bench_engine --threads "$THREADS" --finc | grep -v '"sgemm"' >> "$out"
 build/bench/bench_engine --threads "$THREADS" --anomaly weights/fashion-mnist.safetensors | grep '"anomaly"' >> "$out"
 build/bench/bench_engine --threads "$THREADS" | grep '"sgemm"' >> "$out"
+# Start-up of whole processes: this build, and where it has CUDA, a CUDA=0 build of the same source.
+builds=("$( [ -n "$(make -s -f Makefile --eval 'print-nvcc: ; @echo $(NVCC)' print-nvcc)" ] && echo cuda build || echo cpu-only build)=./finc")
+if [ "${builds[0]%%=*}" = "cuda build" ]; then
+    make -s BUILD=build/nocuda CUDA=0 build/nocuda/finc
+    builds+=("CUDA=0 build=build/nocuda/finc")
+fi
+$PY tools/bench_startup.py "${builds[@]}" --model shipped=weights/fashion-mnist.safetensors \
+    --model 10M=build/bench/mnist-f512.safetensors >> "$out"
 $PY tools/bench_report.py "$out"

@@ -66,6 +66,15 @@ def main(path):
             print(f"| {r['batch']} | {r['score_ms']:.2f} ms | {r['score_anomaly_ms']:.2f} ms "
                   f"| {r['throughput_ratio']:.3f} |")
 
+    startup = [r for r in rows if r["bench"] == "startup"]
+    if startup:
+        print("\nStart-up (tools/bench_startup.py): whole processes, median wall time and largest peak RSS of "
+              "7 runs; \"cuda build\" is the default build where nvcc exists, run here without a GPU:\n")
+        print("| build | model | command | wall | peak RSS |")
+        print("|---|---|---|---|---|")
+        for r in startup:
+            print(f"| {r['build']} | {r['model']} | `{r['command']}` | {r['wall_ms']:.0f} ms | {r['peak_rss_mb']:.0f} MB |")
+
 
 if __name__ == "__main__":
     main(sys.argv[1])
