@@ -54,10 +54,13 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # The runtime stage installs the packages that own the libraries this binary
 # links, found here with ldd and dpkg -S, rather than a list of Ubuntu package
 # names kept by hand next to the Debian one.
+# finc links no CUDA library: the CUDA backend is its module, libfinc-cuda.so,
+# which it finds beside itself.
 RUN if [ -n "$CUDA_ARCH" ]; then set -- CUDA_ARCH="$CUDA_ARCH"; fi \
- && make -j"$(nproc)" finc ARCH="$ARCH" CUDA=1 "$@" \
+ && make -j"$(nproc)" finc build/libfinc-cuda.so ARCH="$ARCH" CUDA=1 "$@" \
  && install -D -s -m 0755 finc /out/finc \
- && for lib in $(ldd /out/finc | awk '$2 == "=>" && $3 ~ /^\// { print $3 }'); do \
+ && install -D -s -m 0755 build/libfinc-cuda.so /out/libfinc-cuda.so \
+ && for lib in $(ldd /out/finc /out/libfinc-cuda.so | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do \
         real=$(readlink -f "$lib"); pkg=; \
         for path in "$real" "$lib" "${real#/usr}" "/usr$lib"; do \
             pkg=$(dpkg -S "$path" 2>/dev/null | head -n 1 | cut -d: -f1) && [ -n "$pkg" ] && break; \
@@ -83,10 +86,10 @@ RUN apt-get update \
  && groupadd --gid 10001 finc \
  && useradd --uid 10001 --gid finc --home-dir /opt/finc --no-create-home \
         --shell /usr/sbin/nologin finc
-COPY --from=build-cuda /out/finc /usr/local/bin/finc
+COPY --from=build-cuda /out/finc /out/libfinc-cuda.so /usr/local/bin/
 COPY --chmod=0755 deploy/docker/healthcheck.sh /usr/local/bin/finc-healthcheck
 COPY weights/fashion-mnist.safetensors /opt/finc/weights/fashion-mnist.safetensors
-RUN if ldd /usr/local/bin/finc | grep 'not found'; then exit 1; fi \
+RUN if ldd /usr/local/bin/finc /usr/local/bin/libfinc-cuda.so | grep 'not found'; then exit 1; fi \
  && finc info /opt/finc/weights/fashion-mnist.safetensors
 # auto: the GPU when the container is given one (--gpus, nvidia.com/gpu), else
 # the CPU engine, so the same image also starts on a CPU node.

@@ -19,7 +19,7 @@ PKGS     := libcjson libpng zlib libmicrohttpd libuv
 SAN      ?=
 CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) $(ARCH) -g -fopenmp $(SAN) -Wall -Wextra -Werror \
             -Wshadow -Wno-unused-parameter $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I.
-LDLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -lm -lpthread
+LDLIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -lm -lpthread -ldl
 LDFLAGS  := -fopenmp $(SAN)
 BUILD    ?= build
 PYTHON   ?= /usr/bin/python3
@@ -37,10 +37,12 @@ SERVER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(SERVER_SRC))
 UTIL_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(TEST_UTIL))
 TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
-# The CUDA engine (kernels/*.cu) goes into libfinc.a when nvcc is found (on PATH
-# or in /usr/local/cuda); CUDA=0 leaves it out. The same build runs where no GPU
-# is: --backend auto then falls back to the CPU. Switching CUDA on or off needs
-# make clean (or another BUILD directory).
+# The CUDA engine (kernels/*.cu) is built, when nvcc is found (on PATH or in
+# /usr/local/cuda), into the shared module $(BUILD)/libfinc-cuda.so, which ./finc
+# loads with dlopen only when CUDA is asked for (engine/cuda_module.c): ./finc
+# itself links no CUDA library, and runs the same with or without the module.
+# CUDA=0 builds no module. Switching CUDA on or off needs make clean (or
+# another BUILD directory).
 NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
 ifeq ($(CUDA),0)
 NVCC :=
@@ -54,12 +56,14 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(realpath $(NVCC)))
 # sm_90 (H100/H200) code plus compute_90 PTX that newer GPUs JIT-compile.
 CUDA_ARCH ?= -gencode arch=compute_90,code=[sm_90,compute_90]
 NVCCFLAGS := -O3 -std=c++17 $(CUDA_ARCH) -lineinfo -DFINC_HAVE_CUDA -I. -Werror all-warnings \
-             -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter
-LIB_OBJ   += $(patsubst %.cu,$(BUILD)/%.o,$(wildcard kernels/*.cu))
-CFLAGS    += -DFINC_HAVE_CUDA
-LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+             -Xcompiler -fPIC,-Wall,-Wextra,-Werror,-Wno-unused-parameter
+KERNEL_OBJ := $(patsubst %.cu,$(BUILD)/%.o,$(wildcard kernels/*.cu))
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+CUDA_MODULE := $(BUILD)/libfinc-cuda.so
 CUDA_CHECK_BIN := $(BUILD)/bench/cuda_check
 endif
+# The module takes the engine functions it uses from the executable.
+LDFLAGS   += -rdynamic
 
 WEIGHTS ?= weights/fashion-mnist.safetensors
 PORT    ?= 8080
@@ -67,10 +71,11 @@ PORT    ?= 8080
 BACKEND ?= auto
 
 .PHONY: all deps test asan run-suites bench bench-server run clean vectors
-all: finc
+all: finc $(CUDA_MODULE)
 
 # ./finc; $(BUILD)/finc is the same program for builds kept apart (make cuda-bundle).
-finc $(BUILD)/finc: $(CLI_OBJ) $(BUILD)/libfinc_server.a $(BUILD)/libfinc.a
+# Either is built with the CUDA module beside it (./finc finds $(BUILD)/ too).
+finc $(BUILD)/finc: $(CLI_OBJ) $(BUILD)/libfinc_server.a $(BUILD)/libfinc.a | $(CUDA_MODULE)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # The HTTP service (server/), linked into ./finc and the test binaries.
@@ -238,6 +243,13 @@ $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c -o $@ $<
 
-$(BUILD)/bench/cuda_check: $(BUILD)/bench/cuda_check.o $(UTIL_OBJ) $(BUILD)/libfinc.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# -Bsymbolic: the module's calls to its own functions stay in the module.
+$(CUDA_MODULE): $(KERNEL_OBJ)
+	$(CC) -shared -Wl,-Bsymbolic -o $@ $^ $(CUDA_LIBS)
+
+# The per-op checks link the kernels directly; the engine-level ones go through
+# the module, as ./finc does.
+$(BUILD)/bench/cuda_check: $(BUILD)/bench/cuda_check.o $(UTIL_OBJ) $(KERNEL_OBJ) $(BUILD)/libfinc.a | $(CUDA_MODULE)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
+$(BUILD)/bench/cuda_check.o: CFLAGS += -DFINC_HAVE_CUDA
 endif

@@ -743,25 +743,22 @@ static void set_spin_count(char **argv)
     if (setenv("GOMP_SPINCOUNT", "10000", 1) == 0) execv("/proc/self/exe", argv);
 }
 
-/* The version, and the GPUs the CUDA backend would see: what an operator
- * checks first when a container does not use its GPU. */
+/* The version, the backends, and the GPUs the CUDA backend would see or why
+ * it cannot: what an operator checks first when a container does not use its GPU. */
 static int cmd_version(void)
 {
-#ifdef FINC_HAVE_CUDA
-    printf("finc %s (backends: cpu, cuda)\n", FINC_SERVER_VERSION);
-    char desc[512];
-    const int n = finc_cuda_device_count();
-    if (n == 0) {
-        finc_cuda_describe(0, desc, sizeof desc);
-        printf("cuda: no usable device (%s)\n", desc);
+    char why[1024];
+    const int cuda = finc_cuda_available(why, sizeof why);
+    printf("finc %s (backends: cpu%s)\n", FINC_SERVER_VERSION, cuda ? ", cuda" : "");
+    if (!cuda) {
+        printf("cuda: not available: %s\n", why);
+        return 0;
     }
-    for (int d = 0; d < n; d++) {
-        finc_cuda_describe(d, desc, sizeof desc);
-        printf("cuda: device %d: %s\n", d, desc);
+    printf("cuda: module %s\n", finc_cuda_module_path());
+    for (int d = 0; d < finc_cuda_devices(); d++) {
+        finc_cuda_device_text(d, why, sizeof why);
+        printf("cuda: device %d: %s\n", d, why);
     }
-#else
-    printf("finc %s (backends: cpu; built without CUDA)\n", FINC_SERVER_VERSION);
-#endif
     return 0;
 }
 

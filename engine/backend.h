@@ -88,18 +88,43 @@ struct finc_backend {
 finc_backend *finc_backend_cpu_new(const finc_model *m, int max_batch, int threads,
                                    char *err, size_t errlen);
 
-#ifdef FINC_HAVE_CUDA
-/* The CUDA backend (kernels/), built when the Makefile finds nvcc. device < 0
- * takes $FINC_CUDA_DEVICE or 0. Weights are uploaded once and activations
- * sized for max_batch. Returns NULL with a message on failure (no driver or
- * device, out of device memory). */
+/* The CUDA backend (kernels/) is a shared module, libfinc-cuda.so, that the
+ * Makefile builds where nvcc is. Nothing else links CUDA: the engine loads the
+ * module with dlopen the first time CUDA is asked for (engine/cuda_module.c),
+ * so a process that never asks maps no CUDA library. The module's one entry
+ * point returns this table; the ABI number changes with the table or with
+ * finc_backend or finc_model. */
+#define FINC_CUDA_MODULE_ABI 1
+#define FINC_CUDA_MODULE_SYMBOL "finc_cuda_module"
+typedef struct {
+    int abi;
+    finc_backend *(*backend_new)(const finc_model *m, int max_batch, int device, char *err, size_t errlen);
+    int (*device_count)(void);
+    int (*describe)(int device, char *buf, size_t n);
+} finc_cuda_module_api;
+
+/* engine/cuda_module.c. The module is looked for at $FINC_CUDA_MODULE, then
+ * beside the executable, in build/ beside it, and in ../lib/finc/. */
+/* 1 when the module is loaded and a device answers; else 0, with why in why:
+ * no module, a module that would not load (the loader's message: a missing
+ * CUDA library, say), no driver, a driver too old for the runtime (both
+ * versions), or no device. */
+int finc_cuda_available(char *why, size_t n);
+/* The module's path once loaded, else NULL. */
+const char *finc_cuda_module_path(void);
+/* Usable devices (0 without a module, driver or device), and one line each. */
+int finc_cuda_devices(void);
+int finc_cuda_device_text(int device, char *buf, size_t n);
+/* The CUDA backend, through the module. device < 0 takes $FINC_CUDA_DEVICE or
+ * 0. Weights are uploaded once and activations sized for max_batch. NULL with
+ * a message when CUDA cannot be used (the reasons above, out of memory). */
+finc_backend *finc_cuda_open(const finc_model *m, int max_batch, int device, char *err, size_t errlen);
+
+/* kernels/cuda_backend.cu: what the module's table points at (bench/cuda_check
+ * also links the kernels directly for its per-op checks). */
 finc_backend *finc_backend_cuda_new(const finc_model *m, int max_batch, int device,
                                     char *err, size_t errlen);
-/* Usable CUDA devices; 0 when there is no driver or device. */
 int finc_cuda_device_count(void);
-/* One line: name, SMs, memory, compute capability, driver and runtime versions.
- * Returns 0, or -1 with the CUDA error in buf. */
 int finc_cuda_describe(int device, char *buf, size_t n);
-#endif
 
 #endif

@@ -58,11 +58,6 @@ static void engine_release(finc_engine *e)
     free(e);
 }
 
-#ifdef FINC_HAVE_CUDA
-#define FINC_BUILT_CUDA 1
-#else
-#define FINC_BUILT_CUDA 0
-#endif
 
 /* The terms of log p that do not depend on the image: the pre-processing
  * constants (-D ln 256 + D ln(1 - 2a), statistic 0's), each latent's Gaussian
@@ -83,13 +78,16 @@ static void set_constants(finc_engine *e)
     for (int r = 0; r < S; r++) e->logp_const += e->stat_const[r];
 }
 
-/* "auto" takes CUDA when it is built and a device answers, else the CPU. */
+/* "auto" takes CUDA when its module loads and a device answers, else the CPU,
+ * and says why on stderr. */
 static finc_backend *open_backend(const finc_model *m, const finc_engine_opts *o, char *err, size_t errlen)
 {
-#ifdef FINC_HAVE_CUDA
-    if (strcmp(o->backend, "cuda") == 0 || (strcmp(o->backend, "auto") == 0 && finc_cuda_device_count() > 0))
-        return finc_backend_cuda_new(m, o->max_batch, -1, err, errlen);
-#endif
+    if (strcmp(o->backend, "cuda") == 0) return finc_cuda_open(m, o->max_batch, -1, err, errlen);
+    if (strcmp(o->backend, "auto") == 0) {
+        char why[1024];
+        if (finc_cuda_available(why, sizeof why)) return finc_cuda_open(m, o->max_batch, -1, err, errlen);
+        fprintf(stderr, "finc: backend auto: the CPU (%s)\n", why);
+    }
     return finc_backend_cpu_new(m, o->max_batch, o->threads, err, errlen);
 }
 
@@ -99,10 +97,8 @@ finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *
     finc_engine_opts o = opts ? *opts : (finc_engine_opts){0};
     if (!o.backend) o.backend = "cpu";
     if (o.max_batch <= 0) o.max_batch = 64;
-    if (strcmp(o.backend, "cpu") != 0 && strcmp(o.backend, "auto") != 0 &&
-        (strcmp(o.backend, "cuda") != 0 || !FINC_BUILT_CUDA)) {
-        snprintf(err, errlen, "backend '%s' is not available in this build (have: cpu%s)", o.backend,
-                 FINC_BUILT_CUDA ? ", cuda" : "; built without CUDA");
+    if (strcmp(o.backend, "cpu") != 0 && strcmp(o.backend, "auto") != 0 && strcmp(o.backend, "cuda") != 0) {
+        snprintf(err, errlen, "unknown backend '%s' (cpu, cuda or auto)", o.backend);
         return NULL;
     }
     finc_engine *e = calloc(1, sizeof *e);

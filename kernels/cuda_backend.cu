@@ -67,7 +67,17 @@ extern "C" int finc_cuda_describe(int device, char *buf, size_t n)
     if (e == cudaSuccess) e = cudaRuntimeGetVersion(&rt);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
-        snprintf(buf, n, "device %d: %s (%s)", device, cudaGetErrorString(e), cudaGetErrorName(e));
+        int d = 0, r = 0;
+        (void)cudaDriverGetVersion(&d);
+        (void)cudaRuntimeGetVersion(&r);
+        if (e == cudaErrorInsufficientDriver && d == 0)
+            snprintf(buf, n, "no CUDA driver (libcuda.so.1 is not installed or not visible; the runtime is %d.%d)",
+                     r / 1000, r % 1000 / 10);
+        else if (e == cudaErrorInsufficientDriver)
+            snprintf(buf, n, "the CUDA driver %d.%d is older than the runtime %d.%d this build needs", d / 1000,
+                     d % 1000 / 10, r / 1000, r % 1000 / 10);
+        else
+            snprintf(buf, n, "device %d: %s (%s)", device, cudaGetErrorString(e), cudaGetErrorName(e));
         return -1;
     }
     snprintf(buf, n, "%s, %d SMs, %.1f GiB, compute %d.%d, %zu KiB shared/block, driver %d.%d, runtime %d.%d",
@@ -652,4 +662,13 @@ extern "C" void finc_cuda_set_finc_mode(finc_backend *be, int mode)
     finc_cuda_ctx *c = enter(be);
     finc_cuda_flush(c, 0);
     c->finc_mode = mode;
+}
+
+/* ---- the module's entry point (engine/backend.h) ------------------------ */
+
+extern "C" const finc_cuda_module_api *finc_cuda_module(void)
+{
+    static const finc_cuda_module_api api = {FINC_CUDA_MODULE_ABI, finc_backend_cuda_new, finc_cuda_device_count,
+                                             finc_cuda_describe};
+    return &api;
 }

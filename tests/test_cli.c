@@ -74,6 +74,30 @@ START_TEST(usage_errors_exit_2)
 }
 END_TEST
 
+/* ./finc links no CUDA library; CUDA comes from its module, loaded only when
+ * asked for. Without a usable module and device: --backend cuda says why and
+ * exits 1, auto runs on the CPU and says why, --version says why. */
+START_TEST(cuda_only_when_asked)
+{
+    ck_assert_int_eq(run("ldd ./finc"), 0);
+    ck_assert_msg(!strstr(out, "libcuda") && !strstr(out, "libcublas"), "./finc links CUDA: %s", out);
+    ck_assert_int_eq(run("FINC_CUDA_MODULE=%s/none.so ./finc sample %s --backend cuda -o %s/x.png", dir, weights, dir), 1);
+    ck_assert_msg(strstr(out, "backend 'cuda' is not available: no CUDA module (looked for ") != NULL, "%s", out);
+    ck_assert_int_eq(run("FINC_CUDA_MODULE=%s/none.so ./finc sample %s --backend auto -o %s/x.png", dir, weights, dir), 0);
+    ck_assert_msg(strstr(out, "backend auto: the CPU (no CUDA module") != NULL, "%s", out);
+    ck_assert_int_eq(run("FINC_CUDA_MODULE=%s/none.so ./finc --version", dir), 0);
+    ck_assert_msg(strstr(out, "backends: cpu)") && strstr(out, "cuda: not available: no CUDA module"), "%s", out);
+    /* a file that is no module */
+    ck_assert_int_eq(run("echo junk > %s/junk.so && FINC_CUDA_MODULE=%s/junk.so ./finc --version", dir, dir), 0);
+    ck_assert_msg(strstr(out, "does not load") != NULL, "%s", out);
+    /* the module this build made, where it made one: it loads, and no GPU here says so */
+    if (access("build/libfinc-cuda.so", F_OK) == 0 && run("nvidia-smi >/dev/null 2>&1") != 0) {
+        ck_assert_int_eq(run("./finc sample %s --backend cuda -o %s/x.png", weights, dir), 1);
+        ck_assert_msg(strstr(out, "backend 'cuda' is not available: no usable CUDA device") != NULL, "%s", out);
+    }
+}
+END_TEST
+
 START_TEST(bad_files_exit_1)
 {
     ck_assert_int_eq(run("./finc info %s/none.safetensors", dir), 1);
@@ -300,6 +324,7 @@ static Suite *cli_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, usage_errors_exit_2);
     tcase_add_test(tc, bad_files_exit_1);
+    tcase_add_test(tc, cuda_only_when_asked);
     tcase_add_test(tc, info_sample_score_encode_decode);
     tcase_add_test(tc, eval_on_idx_file);
     tcase_add_test(tc, calibrate_score_eval_ood);

@@ -827,9 +827,10 @@ START_TEST(concurrent_clients_batch_and_agree)
         const char *kind = k ? "score" : "sample";
         snprintf(s1, sizeof s1, "finc_batch_size_bucket{kind=\"%s\",le=\"1\"}", kind);
         snprintf(sc, sizeof sc, "finc_batch_size_count{kind=\"%s\"}", kind);
-        /* every request has 2 images, so every batch holds more than one, but
-         * for an image with 3 draws: a batch holds at most 4 passes */
-        const double ones = k ? 4 : 0;
+        /* every request has 2 images, so every batch holds more than one image,
+         * or more than one pass: a batch holds at most 4 passes, so an
+         * importance-weighted image (2 or 3 draws; 12 of them) may go alone */
+        const double ones = k ? 12 : 0;
         ck_assert_msg(metric(m, s1) <= ones, "%s batches of one: %g", kind, metric(m, s1));
         ck_assert(metric(m, sc) >= 1);
         snprintf(s1, sizeof s1, "finc_batch_size_bucket{kind=\"%s\",le=\"4\"}", kind);
@@ -2164,7 +2165,7 @@ static long rss_of(pid_t pid)
 }
 
 /* After a burst of large bodies the memory goes back: the process's
- * resident size returns within 20% of what it was before. */
+ * resident size returns within 20% (or 16 MB) of what it was before. */
 START_TEST(memory_returns_after_a_burst)
 {
     int err_fd;
@@ -2199,8 +2200,10 @@ START_TEST(memory_returns_after_a_burst)
     usleep(500000);
     const long peak = rss_of(pid);
     for (int i = 0; i < CONNS; i++) close(fds[i]);
+    /* within 20% of the baseline, or 16 MB where that is smaller (a CPU-only process starts near 15 MB) */
+    const long slack = base / 5 > (16L << 20) ? base / 5 : (16L << 20);
     long now = peak;
-    for (int i = 0; i < 100 && now > base + base / 5; i++) {
+    for (int i = 0; i < 100 && now > base + slack; i++) {
         usleep(100000);
         now = rss_of(pid);
     }
@@ -2214,7 +2217,7 @@ START_TEST(memory_returns_after_a_burst)
     /* AddressSanitizer's allocator keeps freed blocks in quarantine: glibc's behaviour is the one tested */
     (void)now;
 #else
-    ck_assert_msg(now <= base + base / 5, "resident memory %ld MB before, %ld MB at the peak, %ld MB after",
+    ck_assert_msg(now <= base + slack, "resident memory %ld MB before, %ld MB at the peak, %ld MB after",
                   base >> 20, peak >> 20, now >> 20);
 #endif
 }

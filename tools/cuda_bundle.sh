@@ -3,8 +3,8 @@
 # cuBLAS but not this project's build dependencies (oneDNN, cJSON, libpng,
 # libmicrohttpd, libuv): a cloud GPU image, say.
 #
-#   tools/cuda_bundle.sh pack      (make cuda-bundle) builds finc,
-#       cuda_check, bench_engine and loadgen with CUDA, for any x86-64 CPU
+#   tools/cuda_bundle.sh pack      (make cuda-bundle) builds finc and its
+#       CUDA module, cuda_check, bench_engine and loadgen, for any x86-64 CPU
 #       with AVX2 (build/cuda-bundle.obj), and packs them with
 #       every shared library they load here, except glibc and the C++ runtime
 #       (the host's must be glibc 2.35 and GCC 11 or newer: Ubuntu 22.04,
@@ -50,7 +50,8 @@ cublas_dir() {
     d=$(find /usr /opt -maxdepth 9 -name libcublas.so.13 -print -quit 2>/dev/null || true)
     [ -n "$d" ] && dirname "$d"
 }
-PROGRAMS="finc loadgen bench/cuda_check bench/bench_engine"
+# finc finds the CUDA module beside itself.
+PROGRAMS="finc libfinc-cuda.so loadgen bench/cuda_check bench/bench_engine"
 # The loader path for a bundle unpacked in DIR: its lib/, then the host's cuBLAS.
 loader_path() {  # DIR
     local cb
@@ -122,8 +123,10 @@ pack() {
         echo "cuda_bundle: the bundled cuda_check failed (exit $rc): $out" >&2
         exit 1
     fi
-    LD_LIBRARY_PATH=$only "$stage/cuda-bundle/finc" --version | grep -q 'backends: cpu, cuda' ||
-        { echo "cuda_bundle: the bundled finc is not a CUDA build" >&2; exit 1; }
+    # The module loads; with no GPU here it can only say there is no device.
+    out=$(LD_LIBRARY_PATH=$only "$stage/cuda-bundle/finc" --version)
+    grep -q 'backends: cpu, cuda\|cuda: not available: no usable CUDA device' <<<"$out" ||
+        { echo "cuda_bundle: the bundled finc does not load its CUDA module: $out" >&2; exit 1; }
     rm -rf "$stage"
     echo "cuda_bundle: the unpacked bundle's programs load their libraries from it"
 }

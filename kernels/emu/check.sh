@@ -19,7 +19,7 @@ san=""
 [ "${EMU_SAN:-0}" = 1 ] && san="-fsanitize=address -fno-omit-frame-pointer"
 pkgs="libcjson libpng zlib"
 cflags="-std=c11 -D_GNU_SOURCE -O1 -g -fopenmp -DFINC_HAVE_CUDA -I. $(pkg-config --cflags $pkgs) $san"
-cxxflags="-std=c++17 -O1 -g -ffp-contract=off -DFINC_HAVE_CUDA -DFINC_CUDA_EMU -Wall -Wextra -Wno-unused-parameter \
+cxxflags="-std=c++17 -O1 -g -fPIC -ffp-contract=off -DFINC_HAVE_CUDA -DFINC_CUDA_EMU -Wall -Wextra -Wno-unused-parameter \
   -I$out -Ikernels/emu/include -I. $san"
 
 # k<<<cfg>>>(args); becomes EMU_LAUNCH((cfg), k, args); and the dynamic
@@ -52,8 +52,13 @@ compile_c "$out/obj/lib" engine/*.c io/*.c
 compile_c "$out/obj/cuda_check" tests/testmodel.c bench/cuda_check.c
 compile_c "$out/obj/finc" server/*.c cli/*.c
 libs="$(pkg-config --libs $pkgs) -ldnnl -lopenblas -lm -lpthread"
-g++ -fopenmp $san -o "$out/cuda_check" "$out"/obj/*.o "$out"/obj/lib/*.o "$out"/obj/cuda_check/*.o $libs
-g++ -fopenmp $san -o "$out/finc" "$out"/obj/*.o "$out"/obj/lib/*.o "$out"/obj/finc/*.o $(pkg-config --libs libmicrohttpd libuv) $libs
+# The emulated kernels as the CUDA module, which finc (and cuda_check's engine-level
+# checks) load with dlopen from beside themselves, as the real build does; cuda_check
+# also links them directly for its per-op checks.
+g++ -shared -Wl,-Bsymbolic $san -o "$out/libfinc-cuda.so" "$out"/obj/*.o -lopenblas -lm -lpthread
+g++ -fopenmp $san -rdynamic -o "$out/cuda_check" "$out"/obj/*.o "$out"/obj/lib/*.o "$out"/obj/cuda_check/*.o $libs -ldl
+g++ -fopenmp $san -rdynamic -o "$out/finc" "$out"/obj/lib/*.o "$out"/obj/finc/*.o $(pkg-config --libs libmicrohttpd libuv) \
+    $libs -ldl
 
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(--small)
