@@ -45,7 +45,7 @@ struct finc_batcher {
     /* shared between threads, under mu */
     pthread_mutex_t mu;
     pthread_cond_t engine_cv, ready_cv;
-    int state;                /* 0 loading, 1 ready, -1 failed */
+    finc_load_state state;
     char load_err[512];
     finc_job *in_head, *in_tail;  /* submitted, not yet seen by the loop */
     long reserved[FINC_JOB_KINDS];  /* images claimed and not yet dispatched or dropped */
@@ -62,7 +62,7 @@ struct finc_batcher {
 
     /* engine thread */
     finc_engine *engine;      /* owned and touched only by the engine thread */
-    const finc_model *model;  /* set before state turns 1, read-only afterwards */
+    const finc_model *model;  /* set before state turns FINC_READY, read-only afterwards */
     const char *backend;
     int D;
 
@@ -380,9 +380,10 @@ static void process(finc_batcher *b)
     b->in_head = b->in_tail = NULL;
     batch *ret = b->returned;
     b->returned = NULL;
-    const int flush = b->flush, closing = b->closing, stop = b->stop, state = b->state;
+    const int flush = b->flush, closing = b->closing, stop = b->stop;
+    const finc_load_state state = b->state;
     char load_err[600];
-    if (state < 0) snprintf(load_err, sizeof load_err, "model failed to load: %s", b->load_err);
+    if (state == FINC_LOAD_FAILED) snprintf(load_err, sizeof load_err, "model failed to load: %s", b->load_err);
     pthread_mutex_unlock(&b->mu);
 
     while (in) {
@@ -398,7 +399,7 @@ static void process(finc_batcher *b)
         for (finc_job *j = b->q[k].head, *next; j; j = next) {
             next = j->link;
             if (closing) job_end(b, j, FINC_JOB_REJECTED, "the server is shutting down");
-            else if (state < 0) job_end(b, j, FINC_JOB_FAILED, load_err);
+            else if (state == FINC_LOAD_FAILED) job_end(b, j, FINC_JOB_FAILED, load_err);
             else if (j->deadline > 0 && now >= j->deadline) {
                 char msg[120] = "its deadline passed while it was queued";
                 if (j->next > 0)
@@ -409,7 +410,7 @@ static void process(finc_batcher *b)
     }
 
     double wake_at = INFINITY;
-    if (!b->busy && state == 1) {
+    if (!b->busy && state == FINC_READY) {
         /* Oldest eligible head first: full, waited long enough, already
          * partly run, or draining. */
         int pick = -1;
@@ -505,10 +506,10 @@ static void engine_main(void *arg)
         b->engine = e;
         b->model = finc_engine_model(e);
         b->backend = finc_engine_backend_name(e);
-        b->state = 1;
+        b->state = FINC_READY;
     } else {
         snprintf(b->load_err, sizeof b->load_err, "%s", err);
-        b->state = -1;
+        b->state = FINC_LOAD_FAILED;
     }
     pthread_cond_broadcast(&b->ready_cv);
     wake_locked(b);
@@ -631,11 +632,11 @@ void finc_batcher_stop(finc_batcher *b)
     free_memory(b);
 }
 
-int finc_batcher_state(finc_batcher *b, char *err, size_t errlen)
+finc_load_state finc_batcher_state(finc_batcher *b, char *err, size_t errlen)
 {
     pthread_mutex_lock(&b->mu);
-    int st = b->state;
-    if (st < 0 && err) snprintf(err, errlen, "%s", b->load_err);
+    const finc_load_state st = b->state;
+    if (st == FINC_LOAD_FAILED && err) snprintf(err, errlen, "%s", b->load_err);
     pthread_mutex_unlock(&b->mu);
     return st;
 }
@@ -649,19 +650,18 @@ int finc_batcher_failing(finc_batcher *b, char *err, size_t errlen)
     return n;
 }
 
-int finc_batcher_wait_ready(finc_batcher *b, char *err, size_t errlen)
+finc_load_state finc_batcher_wait_ready(finc_batcher *b, char *err, size_t errlen)
 {
     pthread_mutex_lock(&b->mu);
-    while (b->state == 0) pthread_cond_wait(&b->ready_cv, &b->mu);
-    int st = b->state;
-    if (st < 0 && err) snprintf(err, errlen, "%s", b->load_err);
+    while (b->state == FINC_LOADING) pthread_cond_wait(&b->ready_cv, &b->mu);
+    const finc_load_state st = b->state;
+    if (st == FINC_LOAD_FAILED && err) snprintf(err, errlen, "%s", b->load_err);
     pthread_mutex_unlock(&b->mu);
     return st;
 }
 
 const finc_model *finc_batcher_model(finc_batcher *b) { return b->model; }
 const char *finc_batcher_backend(finc_batcher *b) { return b->backend; }
-int finc_batcher_max_batch(finc_batcher *b) { return b->max_batch; }
 
 int finc_batcher_reserve(finc_batcher *b, const finc_job *j, double *need_s)
 {
@@ -682,14 +682,6 @@ int finc_batcher_reserve(finc_batcher *b, const finc_job *j, double *need_s)
     }
     pthread_mutex_unlock(&b->mu);
     return rc;
-}
-
-void finc_batcher_unreserve(finc_batcher *b, const finc_job *j)
-{
-    unclaim(b, j, j->n);
-    pthread_mutex_lock(&b->mu);
-    b->pending--;
-    pthread_mutex_unlock(&b->mu);
 }
 
 void finc_batcher_submit(finc_batcher *b, finc_job *j)

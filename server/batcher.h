@@ -83,17 +83,18 @@ finc_batcher *finc_batcher_start(const finc_batcher_opts *opts, finc_metrics *me
 /* Cancels what is queued, waits for the running batch, joins, frees. */
 void finc_batcher_stop(finc_batcher *b);
 
-/* 0 loading, 1 ready, -1 the weights failed to load (message in err when non-NULL). */
-int finc_batcher_state(finc_batcher *b, char *err, size_t errlen);
+/* Where loading the weights stands. */
+typedef enum { FINC_LOAD_FAILED = -1, FINC_LOADING = 0, FINC_READY = 1 } finc_load_state;
+/* The message of a failure in err when non-NULL. */
+finc_load_state finc_batcher_state(finc_batcher *b, char *err, size_t errlen);
 /* Failed batches in a row once they reach opts.unhealthy_after, else 0; the
  * last batch's error in err. A batch that succeeds starts the count again. */
 int finc_batcher_failing(finc_batcher *b, char *err, size_t errlen);
-/* Blocks until loaded (1) or failed (-1, message in err). */
-int finc_batcher_wait_ready(finc_batcher *b, char *err, size_t errlen);
+/* Blocks until loaded (FINC_READY) or failed (FINC_LOAD_FAILED, message in err). */
+finc_load_state finc_batcher_wait_ready(finc_batcher *b, char *err, size_t errlen);
 /* Valid once ready; never changes afterwards. */
 const finc_model *finc_batcher_model(finc_batcher *b);
 const char *finc_batcher_backend(finc_batcher *b);
-int finc_batcher_max_batch(finc_batcher *b);
 
 /* A job's cost in passes of an image through the flow: n, times the draws
  * of an importance-weighted score. */
@@ -101,14 +102,13 @@ long finc_job_cost(const finc_job *job);
 /* Heavy jobs (over max_batch passes) may hold this much of a queue of
  * queue_size passes: the last quarter is kept for light ones. */
 static inline long finc_heavy_limit(long queue_size) { return queue_size - queue_size / 4; }
-/* Claims queue room for a job whose kind, n, samples and deadline are set:
+/* Claims queue room for a job whose kind, n, samples and deadline are set
+ * (the submit that follows queues it):
  * 0; -1 when its kind's queue holds too many passes (opts.queue_size; for a
  * heavy job, finc_heavy_limit of its heavy passes); -2 when the job alone
  * needs more engine time (*need_s, from the running cost of a pass in full
- * batches) than its deadline leaves.
- * A claim is followed by exactly one finc_batcher_submit or _unreserve. */
+ * batches) than its deadline leaves.*/
 int finc_batcher_reserve(finc_batcher *b, const finc_job *job, double *need_s);
-void finc_batcher_unreserve(finc_batcher *b, const finc_job *job);
 /* Queues a job (its n images reserved). Its done callback runs later, on
  * the loop thread, never inside this call. */
 void finc_batcher_submit(finc_batcher *b, finc_job *job);

@@ -30,7 +30,7 @@ const model_info *finc_server_model(finc_server *s)
     pthread_mutex_lock(&s->info_mu);
     if (atomic_load(&s->info_ready)) {
         out = &s->info;
-    } else if (finc_batcher_state(s->batcher, NULL, 0) == 1) {
+    } else if (finc_batcher_state(s->batcher, NULL, 0) == FINC_READY) {
         const finc_config *cfg = &finc_batcher_model(s->batcher)->cfg;
         model_info *mi = &s->info;
         mi->c = cfg->c, mi->h = cfg->h, mi->w = cfg->w;
@@ -238,10 +238,10 @@ enum MHD_Result finc_http_enqueue(finc_request *r)
 int finc_health(finc_server *s, finc_endpoint ep, const char **word, char *err, size_t errlen)
 {
     char why[300];
-    const int st = ep == FINC_EP_READYZ ? finc_batcher_state(s->batcher, why, sizeof why) : 1;
-    if (ep == FINC_EP_READYZ && (st != 1 || atomic_load(&s->draining))) {
-        *word = atomic_load(&s->draining) ? "draining" : st == 0 ? "loading" : "failed";
-        if (st < 0) snprintf(err, errlen, "model failed to load: %s", why);
+    const finc_load_state st = ep == FINC_EP_READYZ ? finc_batcher_state(s->batcher, why, sizeof why) : FINC_READY;
+    if (ep == FINC_EP_READYZ && (st != FINC_READY || atomic_load(&s->draining))) {
+        *word = atomic_load(&s->draining) ? "draining" : st == FINC_LOADING ? "loading" : "failed";
+        if (st == FINC_LOAD_FAILED) snprintf(err, errlen, "model failed to load: %s", why);
         else snprintf(err, errlen, "not ready: %s", *word);
         return 503;
     }
@@ -488,10 +488,11 @@ static enum MHD_Result early_checks(finc_request *r, const route *rt)
     }
     if (rt->post) {
         char err[512];
-        int st = finc_batcher_state(s->batcher, err, sizeof err);
-        if (atomic_load(&s->draining) || st != 1) {
+        const finc_load_state st = finc_batcher_state(s->batcher, err, sizeof err);
+        if (atomic_load(&s->draining) || st != FINC_READY) {
             r->retry_after = 1;
-            if (st < 0) return finc_http_error(r, 503, FINC_ERR_NOT_READY, NULL, "model failed to load: %s", err);
+            if (st == FINC_LOAD_FAILED)
+                return finc_http_error(r, 503, FINC_ERR_NOT_READY, NULL, "model failed to load: %s", err);
             return finc_http_error(r, 503, FINC_ERR_NOT_READY, NULL, "%s",
                                    atomic_load(&s->draining) ? "the server is draining" : "the model is loading");
         }
@@ -801,15 +802,15 @@ finc_server *finc_server_start(const finc_server_config *cfg, char *err, size_t 
 
 int finc_server_wait_ready(finc_server *s, char *err, size_t errlen)
 {
-    if (finc_batcher_wait_ready(s->batcher, err, errlen) != 1) return -1;
+    if (finc_batcher_wait_ready(s->batcher, err, errlen) != FINC_READY) return -1;
     finc_server_model(s);
     return 0;
 }
 
-int finc_server_wait_ready_poll(finc_server *s, char *err, size_t errlen)
+finc_load_state finc_server_state(finc_server *s, char *err, size_t errlen)
 {
-    int st = finc_batcher_state(s->batcher, err, errlen);
-    if (st == 1) finc_server_model(s);
+    const finc_load_state st = finc_batcher_state(s->batcher, err, errlen);
+    if (st == FINC_READY) finc_server_model(s);
     return st;
 }
 

@@ -49,10 +49,10 @@ static void on_load_poll(uv_timer_t *t)
 {
     serve_ctx *c = t->data;
     char err[1024];
-    int st = finc_server_wait_ready_poll(c->srv, err, sizeof err);
-    if (st == 0) return;
+    const finc_load_state st = finc_server_state(c->srv, err, sizeof err);
+    if (st == FINC_LOADING) return;
     uv_timer_stop(&c->poll);
-    if (st < 0) {
+    if (st == FINC_LOAD_FAILED) {
         fprintf(stderr, "finc serve: %s\n", err);
         c->rc = 1;
         stop_loop(c);

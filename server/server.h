@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 
+#include "server/batcher.h"
 #include "server/config.h"
 
 /* Request heads the gate lets through: bytes in all, bytes
@@ -34,8 +35,8 @@ typedef struct finc_server finc_server;
 finc_server *finc_server_start(const finc_server_config *cfg, char *err, size_t errlen);
 /* Blocks until the model is loaded: 0, or -1 with the loader's message. */
 int finc_server_wait_ready(finc_server *s, char *err, size_t errlen);
-/* Without blocking: 1 loaded, 0 loading, -1 failed (message in err). */
-int finc_server_wait_ready_poll(finc_server *s, char *err, size_t errlen);
+/* Without blocking: where loading stands (a failure's message in err). */
+finc_load_state finc_server_state(finc_server *s, char *err, size_t errlen);
 /* The bound port (the chosen one when cfg->port was 0). */
 int finc_server_port(const finc_server *s);
 /* The engine's backend once ready: "cpu" or "cuda" (what "auto" chose). */
