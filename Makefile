@@ -1,6 +1,7 @@
 # finc: build, test, benchmark, run.
 #   make          build ./finc
 #   make test     install missing Debian packages, build, run the Check suites and tool tests
+#   make check SUITE=flow   one Check suite (CK_RUN_CASE=<case> for one case of it)
 #   make run      serve the shipped model
 #   make asan     the test suites under AddressSanitizer + UBSan
 #   make bench    benchmarks (docs/benchmarks.md)
@@ -108,6 +109,15 @@ deps:
 test: deps
 	@$(MAKE) --no-print-directory finc $(TEST_BIN) $(BUILD)/loadgen $(CUDA_CHECK_BIN)
 	@PYTHON=$(PYTHON) bash tests/run_suites.sh $(TEST_BIN)
+
+# make check SUITE=flow: one Check suite (tests/test_flow.c); CK_RUN_CASE=<case> and
+# CK_RUN_SUITE narrow it further, CK_VERBOSITY=verbose names every test.
+SUITES := $(patsubst tests/test_%.c,%,$(TEST_SRC))
+.PHONY: check
+check: finc $(if $(SUITE),$(BUILD)/tests/test_$(SUITE))
+	@if [ -z "$(SUITE)" ] || [ ! -f tests/test_$(SUITE).c ]; then \
+	  echo "usage: make check SUITE=name, one of: $(SUITES)"; exit 2; fi
+	$(BUILD)/tests/test_$(SUITE)
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \

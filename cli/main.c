@@ -18,6 +18,7 @@
 #include "engine/backend.h"
 #include "engine/flow.h"
 #include "engine/safetensors.h"
+#include "engine/version.h"
 #include "io/dataset.h"
 #include "io/npy.h"
 #include "io/png.h"
@@ -168,7 +169,7 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
             o->samples = (int)v;
             break;
         case OPT_BACKEND:
-            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto"))
+            if (!finc_backend_name_ok(optarg))
                 return usage("--backend wants cpu, cuda or auto, got '%s'", optarg);
             o->eng.backend = optarg;
             break;
@@ -749,7 +750,7 @@ static int cmd_version(void)
 {
     char why[1024];
     const int cuda = finc_cuda_available(why, sizeof why);
-    printf("finc %s (backends: cpu%s)\n", FINC_SERVER_VERSION, cuda ? ", cuda" : "");
+    printf("finc %s (backends: cpu%s)\n", FINC_VERSION, cuda ? ", cuda" : "");
     if (!cuda) {
         printf("cuda: not available: %s\n", why);
         return 0;

@@ -91,13 +91,18 @@ static finc_backend *open_backend(const finc_model *m, const finc_engine_opts *o
     return finc_backend_cpu_new(m, o->max_batch, o->threads, err, errlen);
 }
 
+int finc_backend_name_ok(const char *name)
+{
+    return name && (!strcmp(name, "cpu") || !strcmp(name, "cuda") || !strcmp(name, "auto"));
+}
+
 finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *opts,
                               char *err, size_t errlen)
 {
     finc_engine_opts o = opts ? *opts : (finc_engine_opts){0};
     if (!o.backend) o.backend = "cpu";
     if (o.max_batch <= 0) o.max_batch = 64;
-    if (strcmp(o.backend, "cpu") != 0 && strcmp(o.backend, "auto") != 0 && strcmp(o.backend, "cuda") != 0) {
+    if (!finc_backend_name_ok(o.backend)) {
         snprintf(err, errlen, "unknown backend '%s' (cpu, cuda or auto)", o.backend);
         return NULL;
     }

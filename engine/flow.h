@@ -21,6 +21,9 @@ typedef struct {
     int uncalibrated;      /* leave out the weights' anomaly block (finc calibrate replaces it) */
 } finc_engine_opts;
 
+/* Whether name is a backend: "cpu", "cuda" or "auto". */
+int finc_backend_name_ok(const char *name);
+
 /* Load the weights and start a backend. Returns NULL with a message in err. */
 finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *opts,
                               char *err, size_t errlen);

@@ -1,13 +1,13 @@
 #include "server/config.h"
 
-#include "server/batcher.h"
-
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "engine/flow.h"
+#include "engine/version.h"
 #include "server/batcher.h"
 
 typedef enum { OPT_INT, OPT_DOUBLE, OPT_STR, OPT_BYTES } opt_type;
@@ -283,7 +283,7 @@ int finc_server_config_args(finc_server_config *c, int argc, char **argv, char *
 
 int finc_server_config_check(const finc_server_config *c, char *err, size_t errlen)
 {
-    if (strcmp(c->backend, "cpu") && strcmp(c->backend, "cuda") && strcmp(c->backend, "auto")) {
+    if (!finc_backend_name_ok(c->backend)) {
         snprintf(err, errlen, "backend must be cpu, cuda or auto, got '%s'", c->backend);
         return -1;
     }
@@ -326,7 +326,7 @@ static void print_value(const finc_server_config *c, const opt_spec *s, FILE *f)
 
 void finc_server_config_print(const finc_server_config *c, FILE *f)
 {
-    fprintf(f, "finc serve %s configuration:\n", FINC_SERVER_VERSION);
+    fprintf(f, "finc serve %s configuration:\n", FINC_VERSION);
     for (size_t i = 0; i < NSPECS; i++) {
         fprintf(f, "  %-16s ", specs[i].flag);
         print_value(c, &specs[i], f);

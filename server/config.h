@@ -7,7 +7,6 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#define FINC_SERVER_VERSION "0.1.0"
 #define FINC_API_KEYS_MAX 64       /* keys accepted at once (rotation) */
 #define FINC_API_KEY_LEN 256       /* bytes of one key */
 

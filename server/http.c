@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "engine/anomaly.h"
+#include "engine/version.h"
 #include "server/http_internal.h"
 #include "server/httputil.h"
 
@@ -43,7 +44,7 @@ const model_info *finc_server_model(finc_server *s)
         if (dot && dot != mi->name) *dot = '\0';
         char shape[200];
         snprintf(shape, sizeof shape, "%s %dx%dx%d", mi->name, mi->c, mi->h, mi->w);
-        finc_metrics_set_info(s->metrics, FINC_SERVER_VERSION, finc_batcher_backend(s->batcher), shape);
+        finc_metrics_set_info(s->metrics, FINC_VERSION, finc_batcher_backend(s->batcher), shape);
         atomic_store(&s->info_ready, 1);
         out = mi;
     }
@@ -311,7 +312,7 @@ static enum MHD_Result handle_models(finc_request *r)
     cJSON_AddNumberToObject(lim, "max_samples", c->max_samples);
     cJSON_AddNumberToObject(lim, "max_body_bytes", (double)c->max_body);
     cJSON_AddNumberToObject(lim, "timeout_ms", c->timeout_ms);
-    cJSON_AddStringToObject(root, "version", FINC_SERVER_VERSION);
+    cJSON_AddStringToObject(root, "version", FINC_VERSION);
     return finc_http_json(r, 200, root);
 }
 
