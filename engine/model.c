@@ -332,11 +332,14 @@ typedef struct {
     size_t used, size;
 } bump;
 
+/* n floats, which the caller fills; the alignment padding after them is zeroed
+ * (the block is copied whole to devices). */
 static float *take(bump *b, size_t n)
 {
     float *p = b->block + b->used;
     b->used += align_up(n);
     FINC_CHECK(b->used <= b->size);
+    memset(p + n, 0, (align_up(n) - n) * sizeof *p);
     return p;
 }
 
@@ -583,8 +586,6 @@ static int build(finc_model *m, want_list *wl, char *err, size_t errlen)
     void *p = NULL;
     if (posix_memalign(&p, 64, total * sizeof(float)) != 0)
         return finc_errorf(err, errlen, "out of memory allocating %zu bytes of weights", total * sizeof(float));
-    /* Zero the alignment padding too: the block is copied whole to devices. */
-    memset(p, 0, total * sizeof(float));
     m->block = p;
     m->block_floats = total;
     bump b = {m->block, 0, total};
@@ -593,7 +594,10 @@ static int build(finc_model *m, want_list *wl, char *err, size_t errlen)
         if (copy_tensor(&wl->v[i], err, errlen))
             return -1;
     }
-    return assign(m, wl, &b, err, errlen);
+    if (assign(m, wl, &b, err, errlen))
+        return -1;
+    memset(b.block + b.used, 0, (b.size - b.used) * sizeof(float));  /* what the derived tensors did not take */
+    return 0;
 }
 
 /* The optional calibration of the anomaly score (engine/anomaly.h). */
