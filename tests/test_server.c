@@ -1440,25 +1440,25 @@ START_TEST(heavy_requests_do_not_starve_light_ones)
     finc_server_config c;
     test_config(&c);
     c.max_batch = 8;
-    c.max_images = 16;
+    c.max_images = 64;
     c.max_samples = 64;
-    c.queue_size = 4096;  /* heavy ones: 3072 passes, three requests of 16 x 64 */
+    c.queue_size = 16384;  /* heavy ones: 12288 passes, three requests of 64 x 64 */
     c.max_delay_ms = 1;
     start(&c);
     bg_score heavy[4];
-    for (int i = 0; i < 4; i++) heavy[i] = (bg_score){.n = 16, .draws = 64};
+    for (int i = 0; i < 4; i++) heavy[i] = (bg_score){.n = 64, .draws = 64};
     pthread_t th[4];
     for (int i = 0; i < 3; i++) ck_assert_int_eq(pthread_create(&th[i], NULL, bg_score_main, &heavy[i]), 0);
     ck_assert(wait_metric("finc_queue_depth{kind=\"score\"}", 1));
-    /* a fourth heavy one does not fit; a light one does, and is answered before the heavy ones */
-    bg_score_main(&heavy[3]);
-    const int fourth = (int)heavy[3].r.status;
+    /* a light one is admitted and answered before the heavy ones; a fourth heavy one does not fit */
     resp r;
     req q = {.path = "/log-likelihood", .ctype = "image/png", .body = img_png[1], .len = (long)img_len[1]};
     http(&q, &r);
     const double t_light = finc_mono_now();
     ck_assert_int_eq(r.status, 200);
     resp_free(&r);
+    bg_score_main(&heavy[3]);
+    const int fourth = (int)heavy[3].r.status;
     for (int i = 0; i < 3; i++) pthread_join(th[i], NULL);
     for (int i = 0; i < 3; i++) {
         ck_assert_int_eq(heavy[i].r.status, 200);
@@ -2282,41 +2282,54 @@ START_TEST(serve_exit_statuses)
 }
 END_TEST
 
+/* One test case per behaviour, so one can be run alone:
+ *   make check SUITE=server CK_RUN_CASE=limits */
+static TCase *tcase(Suite *s, const char *name)
+{
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    suite_add_tcase(s, tc);
+    return tc;
+}
+
 static Suite *server_suite(void)
 {
     Suite *s = suite_create("server");
-    TCase *tc = tcase_create("http");
-    tcase_set_timeout(tc, 120);
-    tcase_add_checked_fixture(tc, setup, teardown);
+    TCase *tc = tcase(s, "endpoints");  /* answers equal the engine's and the CLI's */
     tcase_add_test(tc, health_ready_models);
     tcase_add_test(tc, sample_json_and_png_match_engine);
     tcase_add_test(tc, score_every_content_type_matches_engine);
     tcase_add_test(tc, score_equals_cli);
+    tcase_add_test(tc, anomaly_fields_verdicts_and_metrics);
+    tcase_add_test(tc, uncalibrated_model_has_no_verdicts);
+    tc = tcase(s, "batching");
     tcase_add_test(tc, concurrent_clients_batch_and_agree);
     tcase_add_test(tc, large_n_is_split_across_batches);
+    tcase_add_test(tc, loadgen_drives_both_endpoints);
+    tc = tcase(s, "input");  /* what clients send: refused with clear answers */
     tcase_add_test(tc, bad_input_table);
-    tcase_add_test(tc, hostile_connections);
     tcase_add_test(tc, bearer_token);
     tcase_add_test(tc, ambiguous_framing_refused);
+    tcase_add_test(tc, malformed_heads_answered_json);
+    tcase_add_test(tc, client_bytes_echoed_as_utf8);
+    tc = tcase(s, "limits");  /* connections, bodies, memory, slow and hostile clients */
+    tcase_add_test(tc, hostile_connections);
+    tcase_add_test(tc, per_ip_connection_limit);
+    tcase_add_test(tc, slow_heads_never_starve);
+    tcase_add_test(tc, body_memory_budget);
+    tcase_add_test(tc, connection_limit_fits_open_files);
+    tc = tcase(s, "load");  /* queues, deadlines, fairness, hang-ups */
     tcase_add_test(tc, overload_answers_503_and_recovers);
     tcase_add_test(tc, deadline_expires_while_queued_504);
     tcase_add_test(tc, heavy_requests_do_not_starve_light_ones);
     tcase_add_test(tc, client_hangup_drops_queued_work);
     tcase_add_test(tc, metrics_promtool_and_histograms);
-    tcase_add_test(tc, anomaly_fields_verdicts_and_metrics);
-    tcase_add_test(tc, uncalibrated_model_has_no_verdicts);
-    tcase_add_test(tc, loadgen_drives_both_endpoints);
+    tc = tcase(s, "process");  /* finc serve itself: signals, exit statuses, memory over time */
     tcase_add_test(tc, sigterm_drains_accepted_requests);
     tcase_add_test(tc, sighup_drains);
     tcase_add_test(tc, memory_returns_after_a_burst);
-    tcase_add_test(tc, per_ip_connection_limit);
-    tcase_add_test(tc, malformed_heads_answered_json);
-    tcase_add_test(tc, slow_heads_never_starve);
-    tcase_add_test(tc, client_bytes_echoed_as_utf8);
-    tcase_add_test(tc, body_memory_budget);
     tcase_add_test(tc, serve_exit_statuses);
-    tcase_add_test(tc, connection_limit_fits_open_files);
-    suite_add_tcase(s, tc);
     return s;
 }
 
