@@ -48,8 +48,8 @@ struct finc_batcher {
     finc_load_state state;
     char load_err[512];
     finc_job *in_head, *in_tail;  /* submitted, not yet seen by the loop */
-    long reserved[FINC_JOB_KINDS];  /* images claimed and not yet dispatched or dropped */
-    long reserved_cost[FINC_JOB_KINDS];  /* their passes (finc_job_cost), against opts.queue_size */
+    long reserved_cost[FINC_JOB_KINDS];  /* passes (finc_job_cost) claimed and not yet dispatched or
+                                            dropped, against opts.queue_size */
     long reserved_heavy[FINC_JOB_KINDS]; /* the part of it from heavy jobs (over max_batch passes) */
     double pass_s[FINC_JOB_KINDS];  /* engine seconds per pass in full batches, a running mean; 0 unknown */
     int pending;              /* jobs claimed whose callback has not returned */
@@ -91,11 +91,10 @@ static int draws(const finc_job *j) { return j->kind == FINC_JOB_SCORE && j->sam
 
 long finc_job_cost(const finc_job *j) { return (long)j->n * draws(j); }
 
-/* Takes images of a kind, and their passes, off the claimed counts. */
+/* Takes the passes of images of a job off the claimed counts. */
 static void unclaim(finc_batcher *b, const finc_job *j, int images)
 {
     pthread_mutex_lock(&b->mu);
-    b->reserved[j->kind] -= images;
     b->reserved_cost[j->kind] -= (long)images * draws(j);
     if (finc_job_cost(j) > b->max_batch) b->reserved_heavy[j->kind] -= (long)images * draws(j);
     pthread_mutex_unlock(&b->mu);
@@ -674,7 +673,6 @@ int finc_batcher_reserve(finc_batcher *b, const finc_job *j, double *need_s)
         rc = -2;
     } else if (b->reserved_cost[j->kind] + cost <= b->o.queue_size &&
                (!heavy || b->reserved_heavy[j->kind] + cost <= finc_heavy_limit(b->o.queue_size))) {
-        b->reserved[j->kind] += j->n;
         b->reserved_cost[j->kind] += cost;
         if (heavy) b->reserved_heavy[j->kind] += cost;
         b->pending++;
