@@ -10,13 +10,12 @@
 #include "server/batcher.h"
 #include "server/server.h"
 
-/* The main thread's loop: signals, two polls (readiness while loading,
- * in-flight requests while draining) and the memory tidy. The server's own
- * threads do the work. */
+/* The main thread's loop: signals, and two polls (readiness while loading,
+ * in-flight requests while draining). The server's own threads do the work. */
 typedef struct {
     finc_server *srv;
     uv_signal_t sigterm, sigint, sighup;
-    uv_timer_t poll, tidy;
+    uv_timer_t poll;
     double t_start, drain_timeout, drain_deadline;
     int signals, draining, rc;
 } serve_ctx;
@@ -26,7 +25,6 @@ static void stop_loop(serve_ctx *c)
     uv_signal_stop(&c->sigterm);
     uv_signal_stop(&c->sigint);
     uv_timer_stop(&c->poll);
-    uv_timer_stop(&c->tidy);
     uv_stop(c->poll.loop);
 }
 
@@ -60,19 +58,6 @@ static void on_load_poll(uv_timer_t *t)
     }
     fprintf(stderr, "finc serve: ready on port %d, %s backend (model loaded in %.2f s)\n",
             finc_server_port(c->srv), finc_server_backend(c->srv), finc_mono_now() - c->t_start);
-}
-
-/* Freed memory stays with the process while it serves (see the mallopt
- * calls below); once a second with no request in flight, what a burst left
- * free is handed back, so the resident size returns to its baseline after
- * a flood of large bodies. */
-#define TIDY_FREE_BYTES (8 << 20)
-static void on_tidy(uv_timer_t *t)
-{
-    serve_ctx *c = t->data;
-    if (finc_server_inflight(c->srv) != 0) return;
-    const struct mallinfo2 mi = mallinfo2();
-    if (mi.fordblks > TIDY_FREE_BYTES) malloc_trim(0);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -153,8 +138,7 @@ int finc_serve_main(int argc, char **argv)
     uv_signal_init(&loop, &c.sigint);
     uv_signal_init(&loop, &c.sighup);
     uv_timer_init(&loop, &c.poll);
-    uv_timer_init(&loop, &c.tidy);
-    c.sigterm.data = c.sigint.data = c.sighup.data = c.poll.data = c.tidy.data = &c;
+    c.sigterm.data = c.sigint.data = c.sighup.data = c.poll.data = &c;
     uv_signal_start(&c.sigterm, on_signal, SIGTERM);
     uv_signal_start(&c.sigint, on_signal, SIGINT);
     /* SIGHUP too (a closed terminal, a supervisor's reload): the log is
@@ -169,7 +153,6 @@ int finc_serve_main(int argc, char **argv)
         fprintf(stderr, "finc serve: listening on http://%s:%d, loading %s\n", cfg.host, finc_server_port(c.srv),
                 cfg.weights);
         uv_timer_start(&c.poll, on_load_poll, 0, 10);
-        uv_timer_start(&c.tidy, on_tidy, 1000, 1000);
         uv_run(&loop, UV_RUN_DEFAULT);
         finc_server_stop(c.srv);
         if (c.rc == 0) fprintf(stderr, "finc serve: stopped\n");
@@ -178,7 +161,6 @@ int finc_serve_main(int argc, char **argv)
     uv_close((uv_handle_t *)&c.sigint, NULL);
     uv_close((uv_handle_t *)&c.sighup, NULL);
     uv_close((uv_handle_t *)&c.poll, NULL);
-    uv_close((uv_handle_t *)&c.tidy, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     return c.rc;
