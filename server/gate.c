@@ -152,12 +152,6 @@ typedef struct {
     char id[72];               /* X-Request-Id as sent, when plain */
 } head;
 
-static int tchar(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c && strchr("!#$%&'*+-.^_`|~", c));
-}
-
 static int bad(head *h, int status, const char *msg)
 {
     h->status = status;
@@ -174,7 +168,7 @@ static int request_line(head *h, const char *p, const char *nl)
 {
     const char *e = nl > p && nl[-1] == '\r' ? nl - 1 : nl;
     const char *m = p;
-    while (p < e && tchar((unsigned char)*p)) p++;
+    while (p < e && finc_http_tchar((unsigned char)*p)) p++;
     if (p == m || p >= e || *p != ' ') return bad(h, 400, "malformed request line");
     snprintf(h->method, sizeof h->method, "%.*s", (int)(p - m), m);
     const char *t = ++p;
@@ -206,7 +200,7 @@ static int read_head(head *h, const char *buf, size_t n)
     memset(h, 0, sizeof *h);
     const char *p = buf, *end = buf + n;
     while (p < end && (*p == '\r' || *p == '\n')) p++;  /* empty lines before the request line */
-    if (p < end && !tchar((unsigned char)*p)) return bad(h, 400, "not an HTTP request");
+    if (p < end && !finc_http_tchar((unsigned char)*p)) return bad(h, 400, "not an HTTP request");
     const char *nl = line_end(p, end);
     if (!nl) {
         if (n > FINC_MAX_TARGET + 32) return bad(h, 414, "request line over the limit");
@@ -225,7 +219,7 @@ static int read_head(head *h, const char *buf, size_t n)
         if (++headers > FINC_MAX_HEADERS) return bad(h, 431, "too many header fields");
         if (*p == ' ' || *p == '\t') return bad(h, 400, "folded header lines are not accepted");
         const char *name = p;
-        while (p < nl && tchar((unsigned char)*p)) p++;
+        while (p < nl && finc_http_tchar((unsigned char)*p)) p++;
         if (p == name || *p != ':') {
             const char *colon = memchr(name, ':', (size_t)(nl - name));
             if (!colon || colon - name > 40) return bad(h, 400, "malformed header line");

@@ -400,18 +400,13 @@ typedef struct {
     char bad_name[48];        /* the first header name that is not an RFC 9110 token */
 } framing;
 
-static int is_tchar(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || strchr("!#$%&'*+-.^_`|~", c);
-}
-
 static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
     framing *f = cls;
     (void)kind;
     if (!f->bad_name[0])
         for (const unsigned char *p = (const unsigned char *)key; *p; p++)
-            if (!is_tchar(*p)) {
+            if (!finc_http_tchar(*p)) {
                 snprintf(f->bad_name, sizeof f->bad_name, "%s", key);
                 break;
             }

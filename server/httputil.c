@@ -159,3 +159,9 @@ int finc_parse_positive(const char *s, double max, double *out)
     *out = v;
     return 0;
 }
+
+int finc_http_tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}

@@ -24,6 +24,9 @@ void finc_utf8_sanitize(char *s);
  * cut to fit outlen). Returns out. */
 char *finc_json_escape(const char *s, char *out, size_t outlen);
 
+/* Is c a token character (RFC 9110: header names, methods)? */
+int finc_http_tchar(unsigned char c);
+
 /* Parses a positive decimal (milliseconds, say) up to max: 0, or -1. */
 int finc_parse_positive(const char *s, double max, double *out);
 
