@@ -102,10 +102,10 @@ int finc_cuda_available(char *why, size_t n)
 
 finc_backend *finc_cuda_open(const finc_model *m, int max_batch, int device, char *err, size_t errlen)
 {
-    char why[1024];
-    if (!finc_cuda_available(why, sizeof why)) {
-        snprintf(err, errlen, "backend 'cuda' is not available: %.900s", why);
+    pthread_once(&once, load);
+    if (!api) {
+        snprintf(err, errlen, "backend 'cuda' is not available: %.900s", load_why);
         return NULL;
     }
-    return api->backend_new(m, max_batch, device, err, errlen);
+    return api->backend_new(m, max_batch, device, err, errlen);  /* it says why when no device answers */
 }

@@ -553,8 +553,9 @@ extern "C" finc_backend *finc_backend_cuda_new(const finc_model *m, int max_batc
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {
         (void)cudaGetLastError();
-        snprintf(err, errlen, "CUDA backend: no usable CUDA device (%s)",
-                 e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+        char why[400] = "none found";
+        if (e != cudaSuccess) finc_cuda_describe(0, why, sizeof why);  /* no driver, or one too old: which */
+        snprintf(err, errlen, "CUDA backend: no usable CUDA device: %s", why);
         return NULL;
     }
     if (device < 0) {
