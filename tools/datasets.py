@@ -23,6 +23,7 @@ import numpy as np
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_TRAIN = "train-images-idx3-ubyte.gz"
+FMNIST_IMAGES = 60000  # in the training file
 FMNIST_VAL = 5000
 MIN_IMAGES = 20
 

@@ -33,6 +33,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import datasets  # noqa: E402
 import finc_torch as ft  # noqa: E402
 
 MAX_BYTES = 45 * 1024 * 1024
@@ -51,11 +52,6 @@ def facts_from_log(ck):
         return epochs, ck["val"]
     vals = [r for r in log if r.get("kind") == "val" and r.get("epoch") == epochs - 1]
     return epochs, (vals[-1] if vals else None)
-
-
-def data_record(ck):
-    """The checkpoint's data record; checkpoints from before --data trained on Fashion-MNIST."""
-    return ck.get("data") or {"src": "fashion-mnist", "name": "fashion-mnist", "kind": "fashion-mnist"}
 
 
 def split_text(rec, n_train, n_val):
@@ -101,21 +97,30 @@ def main(argv=None):
     model = ft.FInCFlow(ck["config"])
     model.load_state_dict(ck["model"])
     epochs, val = facts_from_log(ck)
-    rec = data_record(ck)
+    import train  # the same data, split and validation routine as training
+    rec = train.data_record(ck)
     if args.out is None:
         args.out = (os.path.join(os.path.dirname(HERE), "weights", "fashion-mnist.safetensors")
                     if rec["kind"] == "fashion-mnist" else
                     os.path.join(os.path.dirname(os.path.abspath(src)), rec["name"] + ".safetensors"))
     if not args.no_calibrate and not os.access(args.finc, os.X_OK):
         p.error("%s is not built: run make first, or pass --finc PATH or --no-calibrate" % args.finc)
-    import train  # the same data, split and validation routine as training
-    train_px, val_px, _ = train.load_data(rec["src"], saved=rec if "fingerprint" in rec else None)
+    # The split's sizes are in the record; the images are read only to score or calibrate.
+    n_all = rec.get("n", datasets.FMNIST_IMAGES)
+    n_val = len(rec["val"]) if "val" in rec else datasets.FMNIST_VAL
+    val_px = None
+
+    def val_images():
+        nonlocal val_px
+        if val_px is None:
+            val_px = train.load_data(rec["src"], saved=rec if "fingerprint" in rec else None)[1]
+        return val_px
     c, h, w = ck["config"]["image"]
     meta = {"dataset": rec["name"], "epochs": str(epochs), "steps": str(ck["step"]),
             "parameters": str(sum(t.numel() for t in ft.weights(model).values())),
             "source": "tools/train.py (%s)" % os.path.basename(src),
-            "data_images": str(len(train_px) + len(val_px)), "data_shape": "%dx%dx%d" % (c, h, w),
-            "split": split_text(rec, len(train_px), len(val_px))}
+            "data_images": str(n_all), "data_shape": "%dx%dx%d" % (c, h, w),
+            "split": split_text(rec, n_all - n_val, n_val)}
     if val is not None:
         if val.get("train_bpd") is not None:
             meta["train_bpd"] = "%.4f" % val["train_bpd"]
@@ -123,7 +128,7 @@ def main(argv=None):
         if val.get("val_bpd_u05") is not None:
             meta["val_bpd_u05"] = "%.4f" % val["val_bpd_u05"]
     if not args.no_eval and "val_bpd_u05" not in meta:
-        half, unif = train.validate(model, val_px, "cpu", 500, ck.get("args", {}).get("seed", 1) + 99)
+        half, unif = train.validate(model, val_images(), "cpu", 500, ck.get("args", {}).get("seed", 1) + 99)
         meta["val_bpd_u05"] = "%.4f" % half
         meta.setdefault("val_bpd", "%.4f" % unif)
     if args.test_bpd is not None:
@@ -146,7 +151,7 @@ def main(argv=None):
     ft.load_safetensors(args.out)  # the file passes the reference loader's checks
     print("wrote %s (%d bytes) from %s: %s" % (args.out, size, src, json.dumps(meta)))
     if not args.no_calibrate:
-        calibrate(args.finc, args.out, val_px, rec["name"], len(train_px) + len(val_px))
+        calibrate(args.finc, args.out, val_images(), rec["name"], n_all)
     return 0
 
 

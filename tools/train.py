@@ -86,6 +86,12 @@ def load_data(src, channels=None, split_seed=0, val_fraction=None, saved=None):
     return t[train], t[val], rec
 
 
+def data_record(ck):
+    """A checkpoint's data record; checkpoints from before --data trained on Fashion-MNIST
+    with its fixed split."""
+    return ck.get("data") or {"src": "fashion-mnist", "name": "fashion-mnist", "kind": "fashion-mnist"}
+
+
 def default_config(a, shape):
     """The architecture flags, with defaults for an image of shape (C, H, W)."""
     c, h, w = shape
@@ -207,13 +213,12 @@ class Trainer:
         self.best_path = stem(self.ckpt) + ".best.pt"
         self.log_path = stem(self.ckpt) + ".log.jsonl"
         self.stop = False
-        saved = None
-        if os.path.exists(self.ckpt):
-            saved = torch.load(self.ckpt, map_location="cpu").get("data", {
-                # checkpoints from before --data: Fashion-MNIST's fixed split
-                "src": "fashion-mnist", "kind": "fashion-mnist"})
-            if saved.get("kind") == "fashion-mnist" and "fingerprint" not in saved:
-                saved = None
+        # read once: its data record now, the rest when run() resumes from it
+        self.first_ck = torch.load(self.ckpt, map_location="cpu") if os.path.exists(self.ckpt) else None
+        saved = data_record(self.first_ck) if self.first_ck else None
+        if saved:
+            if "fingerprint" not in saved:
+                saved = None  # Fashion-MNIST before --data: the fixed split is made again
             elif os.path.abspath(args.data) != saved["src"] and args.data != saved["src"]:
                 sys.stderr.write("note: resuming on %s, the checkpoint's data (--data %s is ignored)\n"
                                  % (saved["src"], args.data))
@@ -235,8 +240,9 @@ class Trainer:
         self.log, self.best_val, self.elapsed, self.lr_scale = [], float("inf"), 0.0, 1.0
         self.initialized = False
 
-    def resume(self):
-        ck = torch.load(self.ckpt, map_location="cpu")
+    def resume(self, ck=None):
+        if ck is None:
+            ck = torch.load(self.ckpt, map_location="cpu")
         self.config = ft.check_config(ck["config"])
         if self.config != self.args.config:
             sys.stderr.write("note: resuming with the checkpoint's config %s (the command line's "
@@ -290,8 +296,9 @@ class Trainer:
     def run(self):
         a = self.args
         os.makedirs(os.path.dirname(os.path.abspath(self.ckpt)), exist_ok=True)
-        if os.path.exists(self.ckpt):
-            self.resume()
+        if self.first_ck is not None:
+            self.resume(self.first_ck)
+            self.first_ck = None
             sys.stderr.write("resumed from %s: epoch %d, step %d\n" % (self.ckpt, self.epoch, self.step))
         else:
             self.fresh()
