@@ -261,11 +261,15 @@ static void get(const char *path, resp *r)
     http(&q, r);
 }
 
-static void post_json(const char *path, const char *body, resp *r)
+/* A JSON POST, with one more header (or NULL) and a client timeout (0: 30 s). */
+static void post_json_with(const char *path, const char *body, const char *header, long timeout_ms, resp *r)
 {
-    req q = {.path = path, .ctype = "application/json", .body = body, .len = -1};
+    req q = {.path = path, .ctype = "application/json", .body = body, .len = -1, .header = header,
+             .timeout_ms = timeout_ms};
     http(&q, r);
 }
+
+static void post_json(const char *path, const char *body, resp *r) { post_json_with(path, body, NULL, 0, r); }
 
 static double jnum(const cJSON *o, const char *k)
 {
@@ -1354,9 +1358,7 @@ typedef struct {
 static void *bg_sample(void *arg)
 {
     bg_req *b = arg;
-    req q = {.path = "/sample", .ctype = "application/json", .body = b->body, .len = -1,
-             .timeout_ms = b->timeout_ms, .header = b->header};
-    http(&q, &b->r);
+    post_json_with("/sample", b->body, b->header, b->timeout_ms, &b->r);
     return NULL;
 }
 
@@ -1423,9 +1425,7 @@ static void *bg_score_main(void *arg)
     for (int i = 0; i < b->n; i++) k += (size_t)snprintf(b->body + k, cap - k, "%s\"%s\"", i ? "," : "", one);
     snprintf(b->body + k, cap - k, "]}");
     free(one);
-    req q = {.path = "/log-likelihood", .ctype = "application/json", .body = b->body, .len = -1,
-             .header = b->header};
-    http(&q, &b->r);
+    post_json_with("/log-likelihood", b->body, b->header, 0, &b->r);
     b->t_done = finc_mono_now();
     return NULL;
 }
