@@ -6,8 +6,7 @@
 #   - /readyz answers, and /sample (PNG) and /log-likelihood answer byte for byte
 #     what the same source built on the host with the image's flags answers;
 #   - podman stop (SIGTERM) drains and the container exits 0 within its grace period.
-# The container uses the host's network and listens on a loopback port, so every
-# request stays on 127.0.0.1. podman on this machine needs runc and explicit rlimits.
+# How the container runs here: tests/deploy/podman.sh.
 #   tests/deploy/image.sh        env: IMAGE (finc:cpu), KEEP=1 keeps logs
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -15,7 +14,8 @@ IMAGE=${IMAGE:-finc:cpu}
 PY=${PYTHON:-/usr/bin/python3}
 # The Dockerfile's ARCH, so the host build compiles what the image's does.
 ARCH_FLAGS=$(sed -n 's/^ARG ARCH=//p' Dockerfile)
-RUN_FLAGS=(--runtime runc --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --network host --health-interval disable)
+# shellcheck source=tests/deploy/podman.sh
+. tests/deploy/podman.sh
 
 passed=0 failed=0
 ok()  { passed=$((passed + 1)); echo "  ok    $*"; }
@@ -33,7 +33,6 @@ cleanup() {
     if [ "${KEEP:-0}" = 1 ]; then echo "image: logs kept in $tmp"; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_ready() {  # URL: up to 30 s
     for _ in $(seq 1 300); do curl -sf "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done
     return 1

@@ -16,8 +16,7 @@
 #   tests/deploy/run.sh          env: REPLICAS (containers, or processes), IMAGE (finc:cpu),
 #                                FINC (./finc), WEIGHTS, LOAD_SECONDS (20),
 #                                WORKERS (8), MAX_REQUESTS (20000), KEEP=1 keeps logs
-# The containers use the host's network, so every request stays on 127.0.0.1;
-# podman on this machine needs runc and explicit rlimits.
+# How the containers run here: tests/deploy/podman.sh.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 
@@ -33,7 +32,8 @@ PROMTOOL=${PROMTOOL:-promtool}
 DRAIN_TIMEOUT=10   # the SIGTERM'd replica must be gone well within this
 REPLICAS=${REPLICAS:-containers}
 IMAGE=${IMAGE:-finc:cpu}
-RUN_FLAGS=(--runtime runc --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --network host --health-interval disable)
+# shellcheck source=tests/deploy/podman.sh
+. tests/deploy/podman.sh
 
 passed=0 failed=0
 ok()   { passed=$((passed + 1)); echo "  ok    $*"; }
@@ -94,9 +94,6 @@ finish() {
 trap finish EXIT
 trap 'echo "deploy: interrupted" >&2; failed=$((failed + 1)); finish' INT TERM
 
-free_port() {
-    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 wait_for() {  # SECONDS DESCRIPTION COMMAND...: poll every 0.1 s
     local secs=$1 what=$2; shift 2
     local end=$(( $(date +%s) + secs ))
