@@ -116,40 +116,39 @@ static int load_pngs(const char *dir, int C, int H, int W, long offset, long lim
     return 0;
 }
 
-/* A .npy image set (uint8 (N, C, H, W)); gray sets feed a colour model as
- * the PNG reader does (the value in all three channels), colour ones are
- * refused by a gray model (convert them as you mean to). */
-static int load_npy(const char *path, int C, int H, int W, long offset, long limit, uint8_t **pixels, int *n,
-                    char *err, size_t errlen)
+/* Images first + offset .. (+ limit, <= 0: all) of a set read whole (all:
+ * total images of c x h x w, taken), as (n, C, H, W) in *pixels, checked
+ * against the model's shape. With gray_to_rgb a gray set feeds a colour
+ * model as the PNG reader does (the value in all three channels). */
+static int select_images(const char *path, uint8_t *all, size_t total, int c, int h, int w, size_t first,
+                         int gray_to_rgb, int C, int H, int W, long offset, long limit, uint8_t **pixels, int *n,
+                         char *err, size_t errlen)
 {
-    uint8_t *all;
-    size_t total;
-    int c, h, w;
-    if (finc_npy_read_images(path, &all, &total, &c, &h, &w, err, errlen) != 0) return -1;
     int rc = 0;
-    if (h != H || w != W || (c != C && !(c == 1 && C == 3)))
+    if (h != H || w != W || (c != C && !(gray_to_rgb && c == 1 && C == 3)))
         rc = finc_errorf(err, errlen, "%s: images are %dx%dx%d, the model expects %dx%dx%d", path, c, h, w, C, H, W);
-    else if ((size_t)offset >= total)
-        rc = finc_errorf(err, errlen, "%s: %zu images, none from %ld on", path, total, offset);
-    else if (total - (size_t)offset > INT_MAX)
-        rc = finc_errorf(err, errlen, "%s: %zu images, more than can be read at once", path, total);
+    else if (first + (size_t)offset >= total)
+        rc = finc_errorf(err, errlen, "%s: %zu images, none from %ld on", path, total - first, offset);
+    else if (total - first - (size_t)offset > INT_MAX)
+        rc = finc_errorf(err, errlen, "%s: %zu images, more than can be read at once", path, total - first);
     if (rc) {
         free(all);
         return -1;
     }
-    size_t count = total - (size_t)offset;
+    const size_t start = first + (size_t)offset, d = (size_t)c * H * W, D = (size_t)C * H * W;
+    size_t count = total - start;
     if (limit > 0 && (size_t)limit < count) count = (size_t)limit;
-    const size_t d = (size_t)c * H * W, D = (size_t)C * H * W;
-    uint8_t *out = malloc(count * D);
-    if (!out) {
+    uint8_t *out = all;
+    if (c == C) {
+        if (start > 0) memmove(all, all + start * D, count * D);
+    } else if ((out = malloc(count * D)) != NULL) {
+        for (size_t i = 0; i < count; i++)
+            for (int k = 0; k < C; k++) memcpy(out + i * D + (size_t)k * H * W, all + (start + i) * d, (size_t)H * W);
+        free(all);
+    } else {
         free(all);
         return finc_errorf(err, errlen, "out of memory for %zu images", count);
     }
-    for (size_t i = 0; i < count; i++)
-        for (int k = 0; k < C; k++)
-            memcpy(out + i * D + (size_t)k * H * W, all + ((size_t)offset + i) * d + (c == C ? (size_t)k * H * W : 0),
-                   (size_t)H * W);
-    free(all);
     *pixels = out;
     *n = (int)count;
     return 0;
@@ -170,28 +169,17 @@ int finc_dataset_load(const char *src, int C, int H, int W, long offset, long li
     if (stat(path, &st) != 0) return finc_errorf(err, errlen, "%s: %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode)) return load_pngs(path, C, H, W, offset, limit, pixels, n, err, errlen);
     const size_t plen = strlen(path);
-    if (plen > 4 && !strcmp(path + plen - 4, ".npy")) return load_npy(path, C, H, W, offset, limit, pixels, n, err, errlen);
-
     uint8_t *all;
-    int total, h, w;
     char e2[256];
+    if (plen > 4 && !strcmp(path + plen - 4, ".npy")) {
+        size_t total;
+        int c, h, w;
+        if (finc_npy_read_images(path, &all, &total, &c, &h, &w, err, errlen) != 0) return -1;
+        return select_images(path, all, total, c, h, w, 0, 1, C, H, W, offset, limit, pixels, n, err, errlen);
+    }
+    int total, h, w;
     if (finc_idx_read_images(path, &all, &total, &h, &w, e2, sizeof e2) != 0)
         return finc_errorf(err, errlen, "%s: %s", path, e2);
-    int rc = 0;
-    if (C != 1 || h != H || w != W)
-        rc = finc_errorf(err, errlen, "%s: images are 1x%dx%d, the model expects %dx%dx%d", path, h, w, C, H, W);
-    else if (first + offset >= total)
-        rc = finc_errorf(err, errlen, "%s: %ld images, none from %ld on", path, (long)total - first, offset);
-    if (rc) {
-        free(all);
-        return -1;
-    }
-    const long start = first + offset;
-    long count = total - start;
-    if (limit > 0 && limit < count) count = limit;
-    const size_t D = (size_t)H * W;
-    if (start > 0) memmove(all, all + (size_t)start * D, (size_t)count * D);
-    *pixels = all;
-    *n = (int)count;
-    return 0;
+    return select_images(path, all, (size_t)total, 1, h, w, (size_t)first, 0, C, H, W, offset, limit, pixels, n, err,
+                         errlen);
 }
