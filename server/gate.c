@@ -146,7 +146,6 @@ typedef struct {
     int status;                /* 0: well-formed and whole; else the answer's status */
     finc_error_reason reason;
     char error[200];
-    size_t head_len;
     char method[16];
     char path[160];            /* the target up to '?', cut to fit */
     char id[72];               /* X-Request-Id as sent, when plain */
@@ -246,8 +245,7 @@ static int read_head(head *h, const char *buf, size_t n)
         if (nlen == 12 && !strncasecmp(name, "x-request-id", 12) && ve - v < (long)sizeof h->id)
             snprintf(h->id, sizeof h->id, "%.*s", (int)(ve - v), v);
     }
-    h->head_len = (size_t)(nl + 1 - buf);
-    if (h->head_len > FINC_MAX_HEAD) return bad(h, 431, "request head over the limit");
+    if ((size_t)(nl + 1 - buf) > FINC_MAX_HEAD) return bad(h, 431, "request head over the limit");
     if (hosts > 1) return bad(h, 400, "several Host headers");
     if (http11 && !hosts) return bad(h, 400, "HTTP/1.1 requests need a Host header");
     return 1;
