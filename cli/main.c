@@ -731,19 +731,6 @@ static int cmd_ood(int argc, char **argv)
     return rc;
 }
 
-/* libgomp reads its settings when it loads, before main, so the spin count
- * is set by running this binary again with it in the environment. By
- * default an idle OpenMP thread spins for ~300k iterations at every barrier;
- * when the cores are shared (the server's own threads, a neighbour
- * container) that spinning starves the thread it waits for: the CLI's eval
- * ran 6x slower next to one busy process. 10k spins keeps the quiet-machine
- * latency and loses little under load (docs/benchmarks.md). */
-static void set_spin_count(char **argv)
-{
-    if (getenv("GOMP_SPINCOUNT") || getenv("OMP_WAIT_POLICY")) return;
-    if (setenv("GOMP_SPINCOUNT", "10000", 1) == 0) execv("/proc/self/exe", argv);
-}
-
 /* The version, the backends, and the GPUs the CUDA backend would see or why
  * it cannot: what an operator checks first when a container does not use its GPU. */
 static int cmd_version(void)
@@ -765,7 +752,6 @@ static int cmd_version(void)
 
 int main(int argc, char **argv)
 {
-    set_spin_count(argv);
     if (argc < 2) return usage(NULL);
     const char *cmd = argv[1];
     argc--, argv++;

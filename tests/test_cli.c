@@ -74,6 +74,20 @@ START_TEST(usage_errors_exit_2)
 }
 END_TEST
 
+/* finc sets libgomp's spin count in-process (cli/omp_env.c), without running
+ * itself twice: libgomp sees 10000 when the environment says nothing, and the
+ * user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY when it does. */
+START_TEST(openmp_spin_count_set_in_process)
+{
+    ck_assert_int_eq(run("env -u GOMP_SPINCOUNT -u OMP_WAIT_POLICY OMP_DISPLAY_ENV=verbose ./finc --version"), 0);
+    ck_assert_msg(strstr(out, "GOMP_SPINCOUNT = '10000'") != NULL, "%s", out);
+    ck_assert_int_eq(run("env -u OMP_WAIT_POLICY GOMP_SPINCOUNT=7 OMP_DISPLAY_ENV=verbose ./finc --version"), 0);
+    ck_assert_msg(strstr(out, "GOMP_SPINCOUNT = '7'") != NULL, "%s", out);
+    ck_assert_int_eq(run("env -u GOMP_SPINCOUNT OMP_WAIT_POLICY=passive OMP_DISPLAY_ENV=verbose ./finc --version"), 0);
+    ck_assert_msg(strstr(out, "GOMP_SPINCOUNT = '0'") != NULL, "%s", out);
+}
+END_TEST
+
 /* ./finc links no CUDA library; CUDA comes from its module, loaded only when
  * asked for. Without a usable module and device: --backend cuda says why and
  * exits 1, auto runs on the CPU and says why, --version says why. */
@@ -325,6 +339,7 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, usage_errors_exit_2);
     tcase_add_test(tc, bad_files_exit_1);
     tcase_add_test(tc, cuda_only_when_asked);
+    tcase_add_test(tc, openmp_spin_count_set_in_process);
     tcase_add_test(tc, info_sample_score_encode_decode);
     tcase_add_test(tc, eval_on_idx_file);
     tcase_add_test(tc, calibrate_score_eval_ood);
