@@ -290,7 +290,7 @@ static int cmd_info(int argc, char **argv)
     if (optind + 1 != argc) return usage("info wants one weights file");
     char err[ERRLEN];
     finc_model m;
-    if (finc_model_load(&m, argv[optind], err, sizeof err)) return fail("%s: %s", argv[optind], err);
+    if (finc_model_load_header(&m, argv[optind], err, sizeof err)) return fail("%s: %s", argv[optind], err);
     const finc_config *c = &m.cfg;
     int nt = 0;
     finc_config_each_tensor(c, tensor_count, &nt);
@@ -575,14 +575,15 @@ static int write_calibrated(const char *in, const char *out, const char *block, 
 {
     finc_st st;
     if (finc_st_open(&st, in, err, errlen)) return -1;
-    cJSON *meta = cJSON_Parse(st.metadata_json);
+    char *kept = finc_st_metadata_json(&st, "anomaly");
+    cJSON *meta = kept ? cJSON_Parse(kept) : NULL;
+    free(kept);
     finc_st_write_tensor *t = calloc((size_t)st.n + 1, sizeof *t);
     int rc = 0;
     if (!meta || !t) {
         rc = -1;
         snprintf(err, errlen, "out of memory");
     } else {
-        cJSON_DeleteItemFromObjectCaseSensitive(meta, "anomaly");
         cJSON_AddStringToObject(meta, "anomaly", block);
         char *mj = cJSON_PrintUnformatted(meta);
         for (int i = 0; i < st.n; i++) {

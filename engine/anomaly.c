@@ -553,7 +553,9 @@ static int count_of(const cJSON *o, const char *key, int lo, int hi, int *out, c
     return 0;
 }
 
-static int parse_block(struct finc_anomaly *a, const cJSON *o, const finc_config *cfg, char *err, size_t errlen)
+/* The block's small members: method, version, the feature names, the fit's
+ * size, the bandwidth and the data, into a (d, n_fit, bandwidth, data). */
+static int parse_head(struct finc_anomaly *a, const cJSON *o, const finc_config *cfg, char *err, size_t errlen)
 {
     if (!cJSON_IsObject(o)) return finc_errorf(err, errlen, "metadata 'anomaly' is not a JSON object");
     const cJSON *method = cJSON_GetObjectItemCaseSensitive(o, "method");
@@ -573,25 +575,37 @@ static int parse_block(struct finc_anomaly *a, const cJSON *o, const finc_config
         if (!cJSON_IsString(x) || strcmp(x->valuestring, want) != 0)
             return finc_errorf(err, errlen, "metadata 'anomaly': features[%d] must be \"%s\" for this model", i, want);
     }
-    int n_fit = 0, n_cal = 0;
-    if (count_of(o, "fit_images", 2 * d, FINC_ANOMALY_MAX_FIT, &n_fit, err, errlen)) return -1;
-    const cJSON *cal = cJSON_GetObjectItemCaseSensitive(o, "calibration_scores");
-    n_cal = cJSON_IsArray(cal) ? cJSON_GetArraySize(cal) : 0;
-    if (n_cal < 1 || n_cal > FINC_ANOMALY_MAX_CAL)
-        return finc_errorf(err, errlen, "metadata 'anomaly': 'calibration_scores' must be an array of 1..%d numbers",
-                           FINC_ANOMALY_MAX_CAL);
+    if (count_of(o, "fit_images", 2 * d, FINC_ANOMALY_MAX_FIT, &a->n_fit, err, errlen)) return -1;
     const cJSON *bw = cJSON_GetObjectItemCaseSensitive(o, "bandwidth");
     if (!cJSON_IsNumber(bw) || !isfinite(bw->valuedouble) || !(bw->valuedouble > 1e-6) || bw->valuedouble > 1e6)
         return finc_errorf(err, errlen, "metadata 'anomaly': 'bandwidth' must be a number in (1e-6, 1e6]");
     const cJSON *data = cJSON_GetObjectItemCaseSensitive(o, "data");
     if (data && !cJSON_IsString(data)) return finc_errorf(err, errlen, "metadata 'anomaly': 'data' is not a string");
+    a->d = d;
+    a->bandwidth = bw->valuedouble;
+    if (!(a->data = strdup(data ? data->valuestring : ""))) return finc_errorf(err, errlen, "out of memory");
+    return 0;
+}
+
+static int check_cal_count(long n_cal, char *err, size_t errlen)
+{
+    if (n_cal < 1 || n_cal > FINC_ANOMALY_MAX_CAL)
+        return finc_errorf(err, errlen, "metadata 'anomaly': 'calibration_scores' must be an array of 1..%d numbers",
+                           FINC_ANOMALY_MAX_CAL);
+    return 0;
+}
+
+static int parse_block(struct finc_anomaly *a, const cJSON *o, const finc_config *cfg, char *err, size_t errlen)
+{
+    if (parse_head(a, o, cfg, err, errlen)) return -1;
+    const int d = a->d, n_fit = a->n_fit;
+    const cJSON *cal = cJSON_GetObjectItemCaseSensitive(o, "calibration_scores");
+    const int n_cal = cJSON_IsArray(cal) ? cJSON_GetArraySize(cal) : 0;
+    if (check_cal_count(n_cal, err, errlen)) return -1;
     const int P = finc_anomaly_pooled_dim(cfg);
     /* Checked first, so that memory follows the numbers present, not the counts claimed. */
     for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1) {
-            if (alloc_arrays(a, d, n_fit, n_cal, P, err, errlen)) return -1;
-            a->bandwidth = bw->valuedouble;
-        }
+        if (pass == 1 && alloc_arrays(a, d, n_fit, n_cal, P, err, errlen)) return -1;
         if (get_numbers(o, "layout_mean", a->pca_mean, (size_t)P, err, errlen) ||
             get_numbers(o, "layout_basis", a->pca_basis, (size_t)FINC_ANOMALY_PCA * P, err, errlen) ||
             get_numbers(o, "mean", a->mean, (size_t)d, err, errlen) ||
@@ -612,7 +626,6 @@ static int parse_block(struct finc_anomaly *a, const cJSON *o, const finc_config
     for (int c = 1; c < n_cal; c++)
         if (a->cal[c] < a->cal[c - 1])
             return finc_errorf(err, errlen, "metadata 'anomaly': 'calibration_scores' are not in ascending order");
-    if (!(a->data = strdup(data ? data->valuestring : ""))) return finc_errorf(err, errlen, "out of memory");
     return 0;
 }
 
@@ -622,6 +635,102 @@ int finc_anomaly_parse(struct finc_anomaly *a, const char *json, const finc_conf
     cJSON *o = cJSON_Parse(json);
     if (!o) return finc_errorf(err, errlen, "metadata 'anomaly' is not valid JSON");
     const int rc = parse_block(a, o, cfg, err, errlen);
+    cJSON_Delete(o);
+    if (rc) finc_anomaly_free(a);
+    return rc;
+}
+
+/* The end of the JSON value that starts at p (no white space before it), or
+ * NULL when it is cut short or unbalanced; *elements gets an array's count.
+ * Only the structure is read, a run of plain bytes at a time: numbers and
+ * literals are the full parse's to check. */
+static const char *skim_value(const char *p, const char *end, long *elements)
+{
+    static const unsigned char stop[256] = {[' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1, ['"'] = 1, [','] = 1,
+                                            ['['] = 1, [']'] = 1, ['{'] = 1, ['}'] = 1};
+    int depth = 0, empty = 1;
+    long commas = 0;
+    const int array = p < end && *p == '[';
+    *elements = 0;
+    do {
+        const char *run = p;
+        while (p < end && !stop[(unsigned char)*p]) p++;
+        if (p > run && depth == 0) return p;   /* a scalar, up to its delimiter */
+        if (p > run && depth == 1) empty = 0;
+        if (p >= end) return NULL;
+        const char c = *p++;
+        if (depth == 1 && (c == '"' || c == '[' || c == '{')) empty = 0;
+        if (c == '"') {
+            while (p < end && *p != '"') p += *p == '\\' ? 2 : 1;
+            if (p >= end) return NULL;
+            p++;
+        } else if (c == '[' || c == '{') {
+            if (++depth > 64) return NULL;
+        } else if (c == ']' || c == '}') {
+            if (--depth < 0) return NULL;
+        } else if (c == ',' && depth == 1) {
+            commas++;
+        }
+    } while (depth > 0);
+    if (array) *elements = empty ? 0 : commas + 1;
+    return p;
+}
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+int finc_anomaly_parse_summary(struct finc_anomaly *a, const char *json, const finc_config *cfg, char *err,
+                               size_t errlen)
+{
+    static const char *const small[] = {"method", "version", "data", "features", "fit_images", "bandwidth"};
+    memset(a, 0, sizeof *a);
+    const char *p = json, *end = json + strlen(json);
+    cJSON *o = cJSON_CreateObject();
+    long n_cal = 0;
+    int rc = o ? 0 : finc_errorf(err, errlen, "out of memory");
+    p = skip_ws(p, end);
+    if (rc == 0 && (p >= end || *p++ != '{')) rc = finc_errorf(err, errlen, "metadata 'anomaly' is not a JSON object");
+    for (int first = 1; rc == 0; first = 0) {
+        p = skip_ws(p, end);
+        if (p < end && *p == '}' && first) break;
+        long ignored;
+        const char *key = p, *key_end = p < end && *p == '"' ? skim_value(p, end, &ignored) : NULL;
+        const char *v = key_end ? skip_ws(key_end, end) : NULL;
+        if (!v || v >= end || *v != ':') {
+            rc = finc_errorf(err, errlen, "metadata 'anomaly' is not valid JSON");
+            break;
+        }
+        v = skip_ws(v + 1, end);
+        long count;
+        const char *v_end = skim_value(v, end, &count);
+        if (!v_end) {
+            rc = finc_errorf(err, errlen, "metadata 'anomaly' is not valid JSON");
+            break;
+        }
+        const size_t key_len = (size_t)(key_end - key) - 2;
+        char name[32] = "";
+        if (key_len < sizeof name) memcpy(name, key + 1, key_len), name[key_len] = 0;
+        if (!strcmp(name, "calibration_scores") && !cJSON_HasObjectItem(o, name)) {
+            n_cal = *v == '[' ? count : 0;
+            cJSON_AddItemToObject(o, name, cJSON_CreateTrue());   /* seen: the first one counts */
+        }
+        for (size_t i = 0; i < sizeof small / sizeof small[0]; i++) {
+            if (strcmp(name, small[i]) || cJSON_HasObjectItem(o, name)) continue;
+            cJSON *item = cJSON_ParseWithLength(v, (size_t)(v_end - v));
+            if (!item) rc = finc_errorf(err, errlen, "metadata 'anomaly': '%s' is not valid JSON", name);
+            else cJSON_AddItemToObject(o, name, item);
+        }
+        p = skip_ws(v_end, end);
+        if (p < end && *p == ',') p++;
+        else if (p < end && *p == '}') break;
+        else rc = finc_errorf(err, errlen, "metadata 'anomaly' is not valid JSON");
+    }
+    if (rc == 0) rc = parse_head(a, o, cfg, err, errlen);
+    if (rc == 0) rc = check_cal_count(n_cal, err, errlen);
+    if (rc == 0) a->n_cal = (int)n_cal;
     cJSON_Delete(o);
     if (rc) finc_anomaly_free(a);
     return rc;

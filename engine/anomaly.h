@@ -81,6 +81,12 @@ char *finc_anomaly_to_json(const struct finc_anomaly *a, const finc_config *cfg)
 /* Parses and validates a block for a model of config cfg. Returns 0, or -1
  * with one message naming the field at fault; nothing is kept on failure. */
 int finc_anomaly_parse(struct finc_anomaly *a, const char *json, const finc_config *cfg, char *err, size_t errlen);
+/* The block's summary without its arrays of numbers: method, version and
+ * feature names checked, d, n_fit, n_cal, bandwidth and data set, every
+ * array left NULL. What finc info reads: it skips the 100k numbers a full
+ * parse converts. Such a block describes a calibration; it cannot score. */
+int finc_anomaly_parse_summary(struct finc_anomaly *a, const char *json, const finc_config *cfg, char *err,
+                               size_t errlen);
 void finc_anomaly_free(struct finc_anomaly *a);
 
 #endif

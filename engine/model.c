@@ -254,7 +254,7 @@ static void collect(void *user, const char *name, int ndim, const int64_t *shape
 
 static int load_metadata(finc_config *cfg, const finc_st *st, char *err, size_t errlen)
 {
-    if (!st->metadata_json)
+    if (!st->has_metadata)
         return finc_errorf(err, errlen, "file has no __metadata__ (expected format '" FORMAT_NAME "')");
     const char *fmt = finc_st_meta(st, "format");
     if (!fmt)
@@ -271,7 +271,7 @@ static int load_metadata(finc_config *cfg, const finc_st *st, char *err, size_t 
         return finc_errorf(err, errlen, "metadata 'config' missing");
     if (finc_config_parse(cfg, conf, err, errlen))
         return -1;
-    if (!(cfg->metadata_json = strdup(st->metadata_json)))
+    if (!(cfg->metadata_json = finc_st_metadata_json(st, "anomaly")))
         return finc_errorf(err, errlen, "out of memory");
     const char *bpd = finc_st_meta(st, "test_bpd");
     if (bpd) {
@@ -523,6 +523,20 @@ static int assign_coupling(finc_coupling *cp, want_list *wl, int *ci, bump *b, i
     return 0;
 }
 
+/* Each level's shape after its squeeze, its steps and whether it splits. */
+static void set_level_shapes(finc_model *m)
+{
+    const finc_config *cfg = &m->cfg;
+    for (int l = 0, C = 4 * cfg->c; l < cfg->levels; l++, C *= 2) {
+        finc_level *lv = &m->levels[l];
+        lv->c = C;
+        lv->h = cfg->h >> (l + 1);
+        lv->w = cfg->w >> (l + 1);
+        lv->nsteps = cfg->steps[l];
+        lv->has_split = l < cfg->levels - 1;
+    }
+}
+
 static int assign(finc_model *m, want_list *wl, bump *b, char *err, size_t errlen)
 {
     const finc_config *cfg = &m->cfg;
@@ -531,10 +545,6 @@ static int assign(finc_model *m, want_list *wl, bump *b, char *err, size_t errle
     m->logdet_const = 0;
     for (int l = 0; l < cfg->levels; l++, C *= 2) {
         finc_level *lv = &m->levels[l];
-        lv->c = C;
-        lv->h = cfg->h >> (l + 1);
-        lv->w = cfg->w >> (l + 1);
-        lv->nsteps = cfg->steps[l];
         lv->steps = calloc((size_t)lv->nsteps, sizeof *lv->steps);
         if (!lv->steps)
             return finc_errorf(err, errlen, "out of memory");
@@ -569,7 +579,6 @@ static int assign(finc_model *m, want_list *wl, bump *b, char *err, size_t errle
                 return -1;
             m->logdet_const += (double)lv->h * lv->w * (st->w1x1_logdet - st->an_logscale_sum);
         }
-        lv->has_split = l < cfg->levels - 1;
         if (lv->has_split && assign_coupling(&lv->split, wl, &ci, b, C, F, err, errlen))
             return -1;
     }
@@ -601,17 +610,19 @@ static int build(finc_model *m, want_list *wl, char *err, size_t errlen)
 }
 
 /* The optional calibration of the anomaly score (engine/anomaly.h). */
-static int load_anomaly(finc_model *m, const finc_st *st, char *err, size_t errlen)
+static int load_anomaly(finc_model *m, const finc_st *st, int summary, char *err, size_t errlen)
 {
     const char *json = finc_st_meta(st, "anomaly");
     if (!json)
         return 0;
     if (!(m->anomaly = calloc(1, sizeof *m->anomaly)))
         return finc_errorf(err, errlen, "out of memory");
-    return finc_anomaly_parse(m->anomaly, json, &m->cfg, err, errlen);
+    return (summary ? finc_anomaly_parse_summary : finc_anomaly_parse)(m->anomaly, json, &m->cfg, err, errlen);
 }
 
-static int model_load(finc_model *m, const char *path, int anomaly, char *err, size_t errlen)
+enum load_mode { LOAD_ALL, LOAD_UNCALIBRATED, LOAD_HEADER };
+
+static int model_load(finc_model *m, const char *path, enum load_mode mode, char *err, size_t errlen)
 {
     memset(m, 0, sizeof *m);
     m->cfg.test_bpd = NAN;
@@ -628,9 +639,11 @@ static int model_load(finc_model *m, const char *path, int anomaly, char *err, s
     if (rc == 0)
         rc = match_tensors(&wl, &st, &m->n_params, err, errlen);
     if (rc == 0)
+        set_level_shapes(m);
+    if (rc == 0 && mode != LOAD_HEADER)
         rc = build(m, &wl, err, errlen);
-    if (rc == 0 && anomaly)
-        rc = load_anomaly(m, &st, err, errlen);
+    if (rc == 0 && mode != LOAD_UNCALIBRATED)
+        rc = load_anomaly(m, &st, mode == LOAD_HEADER, err, errlen);
     free(wl.v);
     finc_st_close(&st);
     if (rc)
@@ -640,12 +653,17 @@ static int model_load(finc_model *m, const char *path, int anomaly, char *err, s
 
 int finc_model_load(finc_model *m, const char *path, char *err, size_t errlen)
 {
-    return model_load(m, path, 1, err, errlen);
+    return model_load(m, path, LOAD_ALL, err, errlen);
 }
 
 int finc_model_load_uncalibrated(finc_model *m, const char *path, char *err, size_t errlen)
 {
-    return model_load(m, path, 0, err, errlen);
+    return model_load(m, path, LOAD_UNCALIBRATED, err, errlen);
+}
+
+int finc_model_load_header(finc_model *m, const char *path, char *err, size_t errlen)
+{
+    return model_load(m, path, LOAD_HEADER, err, errlen);
 }
 
 void finc_model_free(finc_model *m)

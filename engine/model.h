@@ -19,7 +19,8 @@ typedef struct {
     int actnorm;                  /* 1 when ActNorm layers are present */
     double alpha;                 /* pre-processing alpha */
     char *json;                   /* the config object as stored (owned) */
-    char *metadata_json;          /* the whole __metadata__ object (owned) */
+    char *metadata_json;          /* the __metadata__ object less its "anomaly" block, which is
+                                     finc_model.anomaly (owned) */
     double test_bpd;              /* metadata test_bpd if present, else NaN */
 } finc_config;
 
@@ -74,6 +75,12 @@ int finc_model_load(finc_model *m, const char *path, char *err, size_t errlen);
 /* finc_model_load that leaves out the "anomaly" block, valid or not: what
  * finc calibrate reads, since it replaces the block. */
 int finc_model_load_uncalibrated(finc_model *m, const char *path, char *err, size_t errlen);
+/* The header alone: the format, config, metadata and every tensor's name,
+ * dtype and shape checked, n_params and the level shapes set, and the
+ * anomaly block's summary (finc_anomaly_parse_summary); no weight is read,
+ * so block is NULL and the model cannot run. What finc info shows, in a few
+ * milliseconds whatever the model's size. */
+int finc_model_load_header(finc_model *m, const char *path, char *err, size_t errlen);
 void finc_model_free(finc_model *m);
 
 /* Coupling i of the model in chain order (each level's steps, then its

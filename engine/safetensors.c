@@ -326,8 +326,10 @@ static int check_layout(finc_st *f, size_t data_len, char *err, size_t errlen)
     return rc;
 }
 
-static int parse_metadata(finc_st *f, const cJSON *m, char *err, size_t errlen)
+static int parse_metadata(finc_st *f, cJSON *m, char *err, size_t errlen)
 {
+    f->meta_tree = m;
+    f->has_metadata = 1;
     if (!cJSON_IsObject(m))
         return finc_errorf(err, errlen, "__metadata__ is not an object");
     int n = cJSON_GetArraySize(m);
@@ -341,15 +343,10 @@ static int parse_metadata(finc_st *f, const cJSON *m, char *err, size_t errlen)
         for (int i = 0; i < f->nmeta; i++)
             if (strcmp(f->meta_keys[i], e->string) == 0)
                 return finc_errorf(err, errlen, "__metadata__ key '%s' appears twice", e->string);
-        f->meta_keys[f->nmeta] = strdup(e->string);
-        f->meta_vals[f->nmeta] = strdup(e->valuestring);
+        f->meta_keys[f->nmeta] = e->string;
+        f->meta_vals[f->nmeta] = e->valuestring;
         f->nmeta++;
-        if (!f->meta_keys[f->nmeta - 1] || !f->meta_vals[f->nmeta - 1])
-            return finc_errorf(err, errlen, "out of memory reading __metadata__");
     }
-    f->metadata_json = cJSON_PrintUnformatted(m);
-    if (!f->metadata_json)
-        return finc_errorf(err, errlen, "out of memory reading __metadata__");
     return 0;
 }
 
@@ -386,15 +383,16 @@ static int parse_header(finc_st *f, const char *hdr, size_t hlen, size_t data_le
         return finc_errorf(err, errlen, "out of memory reading a header of %d entries", nent);
     }
     const unsigned char *data = (const unsigned char *)hdr + hlen;
-    int seen_meta = 0;
-    for (const cJSON *e = root->child; e && rc == 0; e = e->next) {
+    cJSON *meta = NULL;
+    for (cJSON *e = root->child; e && rc == 0; e = e->next)
         if (strcmp(e->string, "__metadata__") == 0) {
-            if (seen_meta++)
+            if (meta)
                 rc = finc_errorf(err, errlen, "__metadata__ appears twice in the header");
-            else
-                rc = parse_metadata(f, e, err, errlen);
-            continue;
+            meta = e;
         }
+    if (rc == 0 && meta)   /* kept past the header's tree: the values are read in place */
+        rc = parse_metadata(f, cJSON_DetachItemViaPointer(root, meta), err, errlen);
+    for (const cJSON *e = root->child; e && rc == 0; e = e->next) {
         if (e->string[0] == 0) {
             rc = finc_errorf(err, errlen, "header has a tensor with an empty name");
             break;
@@ -473,13 +471,9 @@ void finc_st_close(finc_st *f)
     for (int i = 0; i < f->n; i++)
         free(f->tensors[i].name);
     free(f->tensors);
-    for (int i = 0; i < f->nmeta; i++) {
-        free(f->meta_keys[i]);
-        free(f->meta_vals[i]);
-    }
     free(f->meta_keys);
     free(f->meta_vals);
-    free(f->metadata_json);
+    cJSON_Delete(f->meta_tree);
     free(f->by_name);
     if (f->map)
         munmap(f->map, f->map_len);
@@ -509,6 +503,22 @@ const char *finc_st_meta(const finc_st *f, const char *key)
         if (strcmp(f->meta_keys[i], key) == 0)
             return f->meta_vals[i];
     return NULL;
+}
+
+char *finc_st_metadata_json(const finc_st *f, const char *except)
+{
+    if (!f->has_metadata)
+        return NULL;
+    cJSON *o = cJSON_CreateObject();
+    for (int i = 0; o && i < f->nmeta; i++)
+        if ((!except || strcmp(f->meta_keys[i], except) != 0) &&
+            !cJSON_AddStringToObject(o, f->meta_keys[i], f->meta_vals[i])) {
+            cJSON_Delete(o);
+            o = NULL;
+        }
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    return s;
 }
 
 /* ---- writer ------------------------------------------------------------ */

@@ -44,9 +44,10 @@ typedef struct {
 typedef struct {
     int n;                        /* tensors, in header order */
     finc_st_tensor *tensors;
-    int nmeta;                    /* __metadata__ entries, in header order */
-    char **meta_keys, **meta_vals;
-    char *metadata_json;          /* __metadata__ re-serialised, NULL when absent */
+    int has_metadata;             /* the header has a __metadata__ object */
+    int nmeta;                    /* its entries, in header order */
+    const char **meta_keys, **meta_vals;   /* into meta_tree */
+    void *meta_tree;              /* the parsed __metadata__ (a cJSON object), kept: no copy of its values */
     int *by_name;                 /* tensor indices sorted by name */
     void *map;
     size_t map_len;
@@ -62,6 +63,9 @@ static inline int finc_st_count(const finc_st *f) { return f->n; }
 static inline const finc_st_tensor *finc_st_at(const finc_st *f, int i) { return &f->tensors[i]; }
 /* A __metadata__ value, or NULL. */
 const char *finc_st_meta(const finc_st *f, const char *key);
+/* The __metadata__ object as JSON text (malloc'd) less the entry `except`
+ * (NULL: none left out); NULL when the file has none or out of memory. */
+char *finc_st_metadata_json(const finc_st *f, const char *except);
 
 /* Copy a tensor out as float32 / float64, converting from any float dtype
  * (F32, F16, BF16, F64) or integer dtype. dst holds t->numel values.

@@ -171,6 +171,12 @@ START_TEST(fit_whitens_the_fit_images)
     for (int i = 0; i < b.n_cal; i++) ck_assert(b.cal[i] == a.cal[i]);
     ck_assert_double_eq(finc_anomaly_score(&b, a.points), finc_anomaly_score(&a, a.points));
     finc_anomaly_free(&b);
+    /* its summary, read without the arrays, says the same of it */
+    ck_assert_msg(finc_anomaly_parse_summary(&b, json, &cfg, err, sizeof err) == 0, "%s", err);
+    ck_assert(b.d == d && b.n_fit == 400 && b.n_cal == 200 && b.bandwidth == a.bandwidth);
+    ck_assert_str_eq(b.data, "unit test");
+    ck_assert(!b.points && !b.cal && !b.mean);
+    finc_anomaly_free(&b);
     finc_anomaly_free(&a);
     free(json);
     free(cj);
@@ -181,29 +187,30 @@ END_TEST
 /* One corruption of a valid block: set key to a JSON value (NULL removes it). */
 typedef struct {
     const char *key, *value, *expect;
+    int in_summary;   /* a fault finc_anomaly_parse_summary finds too */
 } corruption;
 
 static const corruption corruptions[] = {
-    {"method", "\"gaussian\"", "'method'"},
-    {"method", NULL, "'method'"},
-    {"version", "2", "'version'"},
-    {"features", "[\"preprocess.logdet\"]", "'features'"},
-    {"fit_images", "3", "'fit_images'"},
-    {"fit_images", "\"400\"", "'fit_images'"},
-    {"fit_images", "401", "'fit_points'"},
-    {"fit_points", "[1, 2, 3]", "'fit_points'"},
-    {"fit_points", NULL, "'fit_points'"},
-    {"mean", "[1, \"x\"]", "'mean'"},
-    {"mean", "{}", "'mean'"},
-    {"whiten", NULL, "'whiten'"},
-    {"bandwidth", "0", "'bandwidth'"},
-    {"bandwidth", "-1", "'bandwidth'"},
-    {"calibration_scores", "[]", "'calibration_scores'"},
-    {"calibration_scores", "[3, 2, 1]", "ascending"},
-    {"calibration_scores", "[1, null]", "'calibration_scores'"},
-    {"layout_mean", "[0]", "'layout_mean'"},
-    {"layout_basis", NULL, "'layout_basis'"},
-    {"data", "7", "'data'"},
+    {"method", "\"gaussian\"", "'method'", 1},
+    {"method", NULL, "'method'", 1},
+    {"version", "2", "'version'", 1},
+    {"features", "[\"preprocess.logdet\"]", "'features'", 1},
+    {"fit_images", "3", "'fit_images'", 1},
+    {"fit_images", "\"400\"", "'fit_images'", 1},
+    {"fit_images", "401", "'fit_points'", 0},
+    {"fit_points", "[1, 2, 3]", "'fit_points'", 0},
+    {"fit_points", NULL, "'fit_points'", 0},
+    {"mean", "[1, \"x\"]", "'mean'", 0},
+    {"mean", "{}", "'mean'", 0},
+    {"whiten", NULL, "'whiten'", 0},
+    {"bandwidth", "0", "'bandwidth'", 1},
+    {"bandwidth", "-1", "'bandwidth'", 1},
+    {"calibration_scores", "[]", "'calibration_scores'", 1},
+    {"calibration_scores", "[3, 2, 1]", "ascending", 0},
+    {"calibration_scores", "[1, null]", "'calibration_scores'", 0},
+    {"layout_mean", "[0]", "'layout_mean'", 0},
+    {"layout_basis", NULL, "'layout_basis'", 0},
+    {"data", "7", "'data'", 1},
 };
 
 START_TEST(corrupt_blocks_are_refused)
@@ -226,6 +233,12 @@ START_TEST(corrupt_blocks_are_refused)
         ck_assert_msg(strstr(err, c->expect) != NULL, "%s=%s: message '%s' lacks %s", c->key,
                       c->value ? c->value : "(absent)", err, c->expect);
         ck_assert_ptr_null(b.mean);  /* nothing kept */
+        if (c->in_summary) {
+            ck_assert_msg(finc_anomaly_parse_summary(&b, bad, &cfg, err, sizeof err) == -1, "summary: %s=%s accepted",
+                          c->key, c->value ? c->value : "(absent)");
+            ck_assert_msg(strstr(err, c->expect) != NULL, "summary: %s", err);
+            ck_assert_ptr_null(b.data);
+        }
         free(bad);
         cJSON_Delete(o);
     }
@@ -258,6 +271,19 @@ START_TEST(corrupt_blocks_are_refused)
     ck_assert_msg(strstr(err, "not valid JSON"), "%s", err);
     ck_assert_int_eq(finc_anomaly_parse(&b, "[1]", &cfg, err, sizeof err), -1);
     ck_assert_msg(strstr(err, "not a JSON object"), "%s", err);
+    /* the summary's own walk over the text: cut, unbalanced, not an object */
+    static const char *const broken[] = {"{\"method\": ", "[1]", "", "{\"method\" \"x\"}", "{\"a\": [1, 2}",
+                                         "{\"a\": \"unterminated}", "{\"a\": 1 \"b\": 2}", "{\"a\": }"};
+    for (size_t i = 0; i < sizeof broken / sizeof broken[0]; i++) {
+        ck_assert_msg(finc_anomaly_parse_summary(&b, broken[i], &cfg, err, sizeof err) == -1, "%s", broken[i]);
+        ck_assert_msg(strstr(err, "not valid JSON") || strstr(err, "not a JSON object"), "%s: %s", broken[i], err);
+    }
+    /* any cut of a valid block is refused, never read past its end */
+    for (size_t cut = 0; cut < strlen(json); cut += strlen(json) / 97 + 1) {
+        char *part = strndup(json, cut);
+        ck_assert_int_eq(finc_anomaly_parse_summary(&b, part, &cfg, err, sizeof err), -1);
+        free(part);
+    }
     finc_anomaly_free(&a);
     free(json);
     free(cj);
@@ -288,11 +314,20 @@ START_TEST(loader_reads_or_refuses_the_block)
     ck_assert_ptr_nonnull(m.anomaly);
     ck_assert_int_eq(m.anomaly->n_cal, 100);
     ck_assert_str_eq(m.anomaly->data, "unit test");
+    const size_t n_params = m.n_params;
+    finc_model_free(&m);
+    /* the header alone: shapes, counts and the block's summary, no weights */
+    ck_assert_msg(finc_model_load_header(&m, path, err, sizeof err) == 0, "%s", err);
+    ck_assert(m.block == NULL && m.n_params == n_params && m.levels[0].c == 4 * spec.c);
+    ck_assert(m.anomaly && m.anomaly->n_cal == 100 && m.anomaly->n_fit == 200 && !m.anomaly->points);
+    ck_assert_ptr_null(strstr(m.cfg.metadata_json, "anomaly"));
     finc_model_free(&m);
     /* corrupt: the load fails and says where */
     json[strlen(json) / 2] = '\0';
     ck_assert_int_eq(testmodel_write_hook(path, &spec, 3, set_block, json), 0);
     ck_assert_int_eq(finc_model_load(&m, path, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "metadata 'anomaly'"), "%s", err);
+    ck_assert_int_eq(finc_model_load_header(&m, path, err, sizeof err), -1);
     ck_assert_msg(strstr(err, "metadata 'anomaly'"), "%s", err);
     unlink(path);
     finc_anomaly_free(&a);

@@ -131,7 +131,11 @@ START_TEST(test_roundtrip)
     ck_assert_str_eq(finc_st_meta(&f, "config"), "{\"x\":1}");
     ck_assert_ptr_null(finc_st_meta(&f, "v"));
     ck_assert_int_eq(f.nmeta, 2);
-    ck_assert_ptr_nonnull(strstr(f.metadata_json, "\"k\":\"v\""));
+    char *mj = finc_st_metadata_json(&f, NULL), *less = finc_st_metadata_json(&f, "k");
+    ck_assert_str_eq(mj, "{\"k\":\"v\",\"config\":\"{\\\"x\\\":1}\"}");
+    ck_assert_str_eq(less, "{\"config\":\"{\\\"x\\\":1}\"}");
+    free(mj);
+    free(less);
     finc_st_close(&f);
     ck_assert_ptr_null(f.map);
 }
@@ -153,7 +157,7 @@ START_TEST(test_many_tensors_find)
     ck_assert_int_eq(finc_st_write(path, NULL, N, ts, err, sizeof err), 0);
     finc_st f;
     ck_assert_msg(finc_st_open(&f, path, err, sizeof err) == 0, "%s", err);
-    ck_assert_ptr_null(f.metadata_json);
+    ck_assert_ptr_null(finc_st_metadata_json(&f, NULL));
     ck_assert_ptr_null(finc_st_meta(&f, "format"));
     for (int j = 0; j < N; j++) {
         char nm[16];

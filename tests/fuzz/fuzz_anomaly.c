@@ -149,7 +149,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct finc_anomaly a;
     memset(&a, 0xa5, sizeof a);  /* the parse must not rely on a cleared struct */
     char err[512] = "";
+    /* The summary (what finc info reads) walks the text itself: whatever it
+     * says, it stays inside the input, and a block the full parse accepts it
+     * accepts with the same sizes. */
+    struct finc_anomaly sum;
+    const int sum_rc = finc_anomaly_parse_summary(&sum, json, cfg, err, sizeof err);
+    if (sum_rc != 0 && !err[0]) abort();
+    err[0] = 0;
     if (finc_anomaly_parse(&a, json, cfg, err, sizeof err) == 0) {
+        if (sum_rc != 0 || sum.d != a.d || sum.n_fit != a.n_fit || sum.n_cal != a.n_cal || strcmp(sum.data, a.data))
+            abort();
         check(&a, cfg);
         finc_anomaly_free(&a);
         if (a.mean || a.points_t || a.pca_basis_t || a.data || a.d) abort();
@@ -160,6 +169,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             a.pca_mean || a.pca_basis || a.pca_basis_t || a.data)
             abort();
     }
+    if (sum_rc == 0) finc_anomaly_free(&sum);
     free(json);
     return 0;
 }
