@@ -214,10 +214,16 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
     return 0;
 }
 
-static finc_engine *open_engine(const char *path, const cli_opts *o)
+/* The engine for a job of `rows` passes (0: not known before the load): its
+ * activations are sized for min(rows, --batch), so one image costs one
+ * image's buffers. */
+static finc_engine *open_engine(const char *path, const cli_opts *o, long rows)
 {
     char err[ERRLEN];
-    finc_engine *e = finc_engine_open(path, &o->eng, err, sizeof err);
+    finc_engine_opts eng = o->eng;
+    const int batch = eng.max_batch > 0 ? eng.max_batch : FINC_DEFAULT_BATCH;
+    eng.max_batch = rows > 0 && rows < batch ? (int)rows : batch;
+    finc_engine *e = finc_engine_open(path, &eng, err, sizeof err);
     if (!e) fprintf(stderr, "finc: %s: %s\n", path, err);
     return e;
 }
@@ -335,7 +341,7 @@ static int cmd_sample(int argc, char **argv)
     if (rc) return rc;
     if (optind + 1 != argc) return usage("sample wants one weights file");
     if (!o.out) return usage("sample wants -o OUT.png or -o DIR/");
-    finc_engine *e = open_engine(argv[optind], &o);
+    finc_engine *e = open_engine(argv[optind], &o, o.n);
     if (!e) return 1;
     const finc_config *cfg = &finc_engine_model(e)->cfg;
     const size_t D = (size_t)finc_config_dim(cfg);
@@ -402,7 +408,7 @@ static int cmd_score(int argc, char **argv)
     int rc = parse_opts(argc, argv, &o);
     if (rc) return rc;
     if (argc - optind < 2) return usage("score wants a weights file and at least one PNG");
-    finc_engine *e = open_engine(argv[optind], &o);
+    finc_engine *e = open_engine(argv[optind], &o, (long)(argc - optind - 1) * (o.samples > 1 ? o.samples : 1));
     if (!e) return 1;
     const finc_model *m = finc_engine_model(e);
     const finc_config *cfg = &m->cfg;
@@ -431,7 +437,7 @@ static int cmd_encode(int argc, char **argv)
     if (rc) return rc;
     if (argc - optind < 2) return usage("encode wants a weights file and at least one PNG");
     if (!o.out) return usage("encode wants -o Z.npy");
-    finc_engine *e = open_engine(argv[optind], &o);
+    finc_engine *e = open_engine(argv[optind], &o, argc - optind - 1);
     if (!e) return 1;
     const finc_config *cfg = &finc_engine_model(e)->cfg;
     const int n = argc - optind - 1;
@@ -458,7 +464,7 @@ static int cmd_decode(int argc, char **argv)
     if (rc) return rc;
     if (argc - optind != 2) return usage("decode wants a weights file and one .npy file");
     if (!o.out) return usage("decode wants -o OUT.png or -o DIR/");
-    finc_engine *e = open_engine(argv[optind], &o);
+    finc_engine *e = open_engine(argv[optind], &o, 0);
     if (!e) return 1;
     const finc_config *cfg = &finc_engine_model(e)->cfg;
     const size_t D = (size_t)finc_config_dim(cfg);
@@ -509,7 +515,7 @@ static int cmd_eval(int argc, char **argv)
     int rc = parse_opts(argc, argv, &o);
     if (rc) return rc;
     if (optind + 1 != argc) return usage("eval wants one weights file");
-    finc_engine *e = open_engine(argv[optind], &o);
+    finc_engine *e = open_engine(argv[optind], &o, 0);
     if (!e) return 1;
     const finc_model *m = finc_engine_model(e);
     const finc_config *cfg = &m->cfg;
@@ -617,7 +623,7 @@ static int cmd_calibrate(int argc, char **argv)
     if (!o.data) return usage("calibrate wants --data SRC: held-out in-distribution images");
     if (!o.out) return usage("calibrate wants -o OUT.safetensors");
     o.eng.uncalibrated = 1;  /* a stale or broken block is what calibrate is for */
-    finc_engine *e = open_engine(argv[optind], &o);
+    finc_engine *e = open_engine(argv[optind], &o, 0);
     if (!e) return 1;
     const finc_config *cfg = &finc_engine_model(e)->cfg;
     int n;
@@ -678,7 +684,7 @@ static int cmd_ood(int argc, char **argv)
     if (rc) return rc;
     if (optind + 1 != argc) return usage("ood wants one weights file");
     if (!o.in || o.nood == 0) return usage("ood wants --in SRC (in-distribution) and at least one --out SRC");
-    finc_engine *e = open_engine(argv[optind], &o);
+    finc_engine *e = open_engine(argv[optind], &o, 0);
     if (!e) return 1;
     const int cal = finc_engine_model(e)->anomaly != NULL;
     double *in_bpd = NULL, *in_score = NULL, mean_raw = 0, mean_an = 0;

@@ -101,7 +101,7 @@ finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *
 {
     finc_engine_opts o = opts ? *opts : (finc_engine_opts){0};
     if (!o.backend) o.backend = "cpu";
-    if (o.max_batch <= 0) o.max_batch = 64;
+    if (o.max_batch <= 0) o.max_batch = FINC_DEFAULT_BATCH;
     if (!finc_backend_name_ok(o.backend)) {
         snprintf(err, errlen, "unknown backend '%s' (cpu, cuda or auto)", o.backend);
         return NULL;

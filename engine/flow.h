@@ -12,6 +12,8 @@
 #include "backend.h"
 #include "model.h"
 
+#define FINC_DEFAULT_BATCH 64   /* the largest batch when finc_engine_opts.max_batch is <= 0 */
+
 typedef struct finc_engine finc_engine;
 
 typedef struct {

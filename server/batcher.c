@@ -563,7 +563,7 @@ finc_batcher *finc_batcher_start(const finc_batcher_opts *opts, finc_metrics *me
         return NULL;
     }
     b->o = *opts;
-    if (b->o.engine.max_batch <= 0) b->o.engine.max_batch = 64;
+    if (b->o.engine.max_batch <= 0) b->o.engine.max_batch = FINC_DEFAULT_BATCH;
     if (b->o.hangup_poll <= 0) b->o.hangup_poll = 0.1;
     if (b->o.queue_size <= 0) b->o.queue_size = 1024;
     b->max_batch = b->o.engine.max_batch;

@@ -76,7 +76,7 @@ void finc_server_config_defaults(finc_server_config *c)
     snprintf(c->backend, sizeof c->backend, "cpu");
     c->threads = 0;
     c->http_threads = 4;
-    c->max_batch = 64;
+    c->max_batch = FINC_DEFAULT_BATCH;
     c->max_delay_ms = 2;
     c->queue_size = 24576;
     c->max_n = 256;
