@@ -197,39 +197,46 @@ $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(BUILD)/libfinc.a
 # the HTTP server itself on loopback. clang, ASan and UBSan; each replays its
 # regression inputs, then runs FUZZ_SECONDS from seeds that the project's own
 # writers make (tests/fuzz/run.sh).
-FUZZ_SRC := engine/safetensors.c engine/model.c engine/anomaly.c engine/error.c io/png.c io/npy.c io/idx.c \
-            server/multipart.c server/base64.c
+# The library under test is the main source lists (engine, I/O, server), built
+# once with coverage and the sanitizers into libfinc_fuzz.a; each target links
+# what it uses of it.
+FUZZ_LIB_SRC := $(ENGINE_SRC) $(IO_SRC) $(SERVER_SRC)
+FUZZ_OBJ := $(patsubst %.c,$(BUILD)/fuzz/obj/%.o,$(FUZZ_LIB_SRC))
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
-FUZZ_PKGS := libcjson libpng zlib
 .PHONY: fuzz
 fuzz: deps
 	@$(MAKE) --no-print-directory $(FUZZ_BIN) $(BUILD)/fuzz/seeds
 	@BUILD=$(BUILD) bash tests/fuzz/run.sh
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -DFINC_FUZZING -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	       -Wall -Wextra -Werror -Wno-unused-parameter -I.
-$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_SRC)
+FUZZ_SAN := address,undefined -fno-sanitize-recover=undefined
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -DFINC_FUZZING -g -O1 -fopenmp -Wall -Wextra -Werror -Wno-unused-parameter -I. \
+	      $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+FUZZ_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl -lm -lpthread -ldl
+$(BUILD)/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags $(FUZZ_PKGS)) -o $@ $< $(FUZZ_SRC) \
-	  $(shell pkg-config --libs $(FUZZ_PKGS)) -lm
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link,$(FUZZ_SAN) -MMD -MP -c -o $@ $<
+$(BUILD)/fuzz/libfinc_fuzz.a: $(FUZZ_OBJ)
+	ar rcs $@ $^
+-include $(FUZZ_OBJ:.o=.d)
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(BUILD)/fuzz/libfinc_fuzz.a
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer,$(FUZZ_SAN) -o $@ $< $(BUILD)/fuzz/libfinc_fuzz.a $(FUZZ_LIBS)
 # fuzz_png on libpng built for fuzzing from Debian's source (tests/fuzz/libpng.sh),
 # so coverage guides mutations through libpng's decoder; where that source cannot
 # be had, on the system's libpng, uninstrumented, and it says so.
-$(BUILD)/fuzz/fuzz_png: tests/fuzz/fuzz_png.c tests/fuzz/fuzz.h $(FUZZ_SRC) tests/fuzz/libpng.sh
+$(BUILD)/fuzz/fuzz_png: tests/fuzz/fuzz_png.c tests/fuzz/fuzz.h $(BUILD)/fuzz/libfinc_fuzz.a tests/fuzz/libpng.sh
 	@mkdir -p $(dir $@)
 	@if bash tests/fuzz/libpng.sh $(BUILD)/fuzz/libpng; then \
 	  echo "fuzz_png: on libpng $$(cat $(BUILD)/fuzz/libpng/version), instrumented"; \
-	  clang $(FUZZ_CFLAGS) -I$(BUILD)/fuzz/libpng/include $(shell pkg-config --cflags libcjson zlib) -o $@ $< \
-	    $(FUZZ_SRC) $(BUILD)/fuzz/libpng/libpng.a $(shell pkg-config --libs libcjson zlib) -lm; \
+	  clang $(FUZZ_FLAGS) -fsanitize=fuzzer,$(FUZZ_SAN) -o $@ $< $(BUILD)/fuzz/libfinc_fuzz.a \
+	    $(BUILD)/fuzz/libpng/libpng.a $(filter-out -lpng16,$(FUZZ_LIBS)); \
 	else \
 	  echo "fuzz_png: libpng's source could not be had ($(BUILD)/fuzz/libpng/apt.log): on the system's libpng, uninstrumented"; \
-	  clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags $(FUZZ_PKGS)) -o $@ $< $(FUZZ_SRC) \
-	    $(shell pkg-config --libs $(FUZZ_PKGS)) -lm; \
+	  clang $(FUZZ_FLAGS) -fsanitize=fuzzer,$(FUZZ_SAN) -o $@ $< $(BUILD)/fuzz/libfinc_fuzz.a $(FUZZ_LIBS); \
 	fi
 # The whole server (CPU engine, LLVM's OpenMP) behind a loopback socket.
-$(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c $(ENGINE_SRC) $(IO_SRC) $(SERVER_SRC) tests/testmodel.c
+$(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c tests/fuzz/fuzz.h tests/testmodel.c $(BUILD)/fuzz/libfinc_fuzz.a
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -fopenmp $(shell pkg-config --cflags $(PKGS)) -o $@ $^ \
-	  $(shell pkg-config --libs $(PKGS)) -ldnnl -lm -lpthread
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer,$(FUZZ_SAN) -o $@ $< tests/testmodel.c $(BUILD)/fuzz/libfinc_fuzz.a $(FUZZ_LIBS)
 $(BUILD)/fuzz/seeds: $(BUILD)/tests/fuzz/seeds.o $(UTIL_OBJ) $(BUILD)/libfinc_server.a $(BUILD)/libfinc.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

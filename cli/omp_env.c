@@ -3,9 +3,9 @@
  * libgomp reads its settings once, in its own initialiser, before main. By
  * default an idle OpenMP thread spins for about 300k iterations at every
  * barrier. When the cores are shared (the server's own threads, a neighbour
- * container) that spinning starves the thread it waits for: the CLI's eval
- * ran 6x slower next to one busy process. A spin count of 10k keeps the
- * quiet-machine latency and loses little under load (docs/benchmarks.md).
+ * container) that spinning starves the thread it waits for. A spin count of
+ * 10k keeps the quiet-machine latency and loses little next to a busy
+ * process (docs/benchmarks.md has both).
  *
  * A variable set in main comes too late, and one set before libc's own
  * initialiser is undone by it. So this executable defines getenv and

@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "engine/check.h"
+#include "server/metrics.h"
 
 /* A run of images [i0, i0 + k) of one job, at offset off in the batch. */
 typedef struct {
@@ -500,6 +501,7 @@ static void engine_main(void *arg)
             b->D = (int)D;
         }
     }
+    if (e && b->o.on_ready) b->o.on_ready(b->o.ready_user, finc_engine_model(e), finc_engine_backend_name(e));
     pthread_mutex_lock(&b->mu);
     if (e) {
         b->engine = e;

@@ -12,7 +12,8 @@
 #include <time.h>
 
 #include "engine/flow.h"
-#include "server/metrics.h"
+
+typedef struct finc_metrics finc_metrics;   /* server/metrics.h */
 
 typedef enum { FINC_JOB_SAMPLE = 0, FINC_JOB_SCORE = 1 } finc_job_kind;
 #define FINC_JOB_KINDS 2
@@ -65,6 +66,10 @@ typedef struct {
     int queue_size;           /* passes (finc_job_cost) waiting per kind */
     double hangup_poll;       /* seconds between sweeps for hung-up clients; 0: 0.1 */
     int unhealthy_after;      /* failed batches in a row that make the engine failing; 0: never */
+    /* Called once on the engine thread when the model has loaded, before
+     * the batcher says ready (NULL: none). */
+    void (*on_ready)(void *user, const finc_model *m, const char *backend);
+    void *ready_user;
 } finc_batcher_opts;
 
 typedef struct finc_batcher finc_batcher;

@@ -33,7 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "server/http_internal.h"
+#include "server/server_internal.h"
 #include "server/httputil.h"
 
 #define LINGER_S 2.0              /* an answered connection's unread bytes are drained this long */
@@ -285,8 +285,8 @@ static void answer(finc_gate *g, int i, const head *h, int status, finc_endpoint
 {
     finc_server *s = g->srv;
     slot *sl = &g->slots[i];
-    finc_request r = {.srv = s, .ep = ep, .status = status, .reason = h->status ? h->reason : FINC_ERR_NONE};
-    finc_request_id(s, h->id[0] ? h->id : NULL, r.id);
+    finc_request r = {.srv = s, .env = &s->env, .ep = ep, .status = status, .reason = h->status ? h->reason : FINC_ERR_NONE};
+    finc_request_id(&s->env, h->id[0] ? h->id : NULL, r.id);
     finc_format_addr((const struct sockaddr *)&sl->addr, r.remote, sizeof r.remote);
     snprintf(r.path, sizeof r.path, "%s", h->path[0] ? h->path : "-");
     r.method = finc_parse_method(h->method);
@@ -315,7 +315,7 @@ static void answer(finc_gate *g, int i, const head *h, int status, finc_endpoint
     r.bytes_out = w > k ? (size_t)(w - k) : 0;
     free(text);
     finc_metrics_request(s->metrics, ep, status, finc_mono_now() - sl->t_open, r.reason);
-    if (!strcmp(s->cfg.log, "json")) finc_request_log(&r, status, finc_mono_now() - sl->t_open);
+    if (s->env.log_json) finc_request_log(&r, status, finc_mono_now() - sl->t_open);
     /* What the client sent is drained until it closes, then the socket is closed. */
     shutdown(sl->fd, SHUT_WR);
     sl->st = SLOT_LINGER;

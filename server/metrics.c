@@ -55,16 +55,6 @@ struct finc_metrics {
 
 static const char *kind_names[FINC_METRICS_KINDS] = {"sample", "score"};
 static const char *drop_names[FINC_DROP_COUNT] = {"expired", "cancelled", "failed", "shutdown"};
-static const char *ep_paths[FINC_EP_COUNT] = {"/sample", "/log-likelihood", "/healthz", "/readyz",
-                                              "/v1/models", "/metrics", "other"};
-static const char *reason_names[FINC_ERR_COUNT] = {
-    "none", "bad_request", "unauthorized", "not_found", "method_not_allowed", "not_acceptable",
-    "unsupported_media_type", "too_large", "overloaded", "not_ready", "deadline_exceeded",
-    "client_closed", "engine", "internal"};
-
-const char *finc_endpoint_path(finc_endpoint ep) { return ep_paths[ep < FINC_EP_COUNT ? ep : FINC_EP_OTHER]; }
-const char *finc_error_reason_name(finc_error_reason r) { return reason_names[r < FINC_ERR_COUNT ? r : FINC_ERR_INTERNAL]; }
-
 static void hist_init(histogram *h, const double *le, int nb)
 {
     memset(h, 0, sizeof *h);
@@ -363,19 +353,19 @@ char *finc_metrics_render(finc_metrics *m, size_t *len)
     header(&sb, "finc_http_request_duration_seconds", "histogram",
            "HTTP request latency from the first byte read to the last byte sent, by endpoint and status.");
     for (int i = 0; i < m->nseries; i++) {
-        snprintf(labels, sizeof labels, "endpoint=\"%s\",code=\"%d\"", ep_paths[sorted[i]->ep], sorted[i]->code);
+        snprintf(labels, sizeof labels, "endpoint=\"%s\",code=\"%d\"", finc_endpoint_path(sorted[i]->ep), sorted[i]->code);
         hist_render(&sb, "finc_http_request_duration_seconds", labels, &sorted[i]->latency);
     }
     header(&sb, "finc_http_requests_total", "counter", "HTTP requests answered, by endpoint and status.");
     for (int i = 0; i < m->nseries; i++)
         sb_printf(&sb, "finc_http_requests_total{endpoint=\"%s\",code=\"%d\"} %llu\n",
-                  ep_paths[sorted[i]->ep], sorted[i]->code, (unsigned long long)sorted[i]->requests);
+                  finc_endpoint_path(sorted[i]->ep), sorted[i]->code, (unsigned long long)sorted[i]->requests);
     header(&sb, "finc_http_errors_total", "counter", "HTTP requests that failed, by endpoint and reason.");
     for (int ep = 0; ep < FINC_EP_COUNT; ep++)
         for (int r = 1; r < FINC_ERR_COUNT; r++)
             if (m->errors[ep][r])
-                sb_printf(&sb, "finc_http_errors_total{endpoint=\"%s\",reason=\"%s\"} %llu\n", ep_paths[ep],
-                          reason_names[r], (unsigned long long)m->errors[ep][r]);
+                sb_printf(&sb, "finc_http_errors_total{endpoint=\"%s\",reason=\"%s\"} %llu\n", finc_endpoint_path(ep),
+                          finc_error_reason_name(r), (unsigned long long)m->errors[ep][r]);
     header(&sb, "finc_http_requests_in_flight", "gauge", "HTTP requests being read, queued, run or answered.");
     sb_printf(&sb, "finc_http_requests_in_flight %ld\n", m->inflight);
 

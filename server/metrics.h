@@ -7,35 +7,7 @@
 
 #include <stddef.h>
 
-typedef enum {
-    FINC_EP_SAMPLE,
-    FINC_EP_SCORE,
-    FINC_EP_HEALTHZ,
-    FINC_EP_READYZ,
-    FINC_EP_MODELS,
-    FINC_EP_METRICS,
-    FINC_EP_OTHER,       /* unknown paths, one label value so cardinality stays bounded */
-    FINC_EP_COUNT
-} finc_endpoint;
-
-/* Why a request failed; one label value each on finc_http_errors_total. */
-typedef enum {
-    FINC_ERR_NONE,
-    FINC_ERR_BAD_REQUEST,
-    FINC_ERR_UNAUTHORIZED,
-    FINC_ERR_NOT_FOUND,
-    FINC_ERR_METHOD,
-    FINC_ERR_NOT_ACCEPTABLE,
-    FINC_ERR_UNSUPPORTED_MEDIA,
-    FINC_ERR_TOO_LARGE,
-    FINC_ERR_OVERLOADED,
-    FINC_ERR_NOT_READY,
-    FINC_ERR_DEADLINE,
-    FINC_ERR_CLIENT_CLOSED,
-    FINC_ERR_ENGINE,
-    FINC_ERR_INTERNAL,
-    FINC_ERR_COUNT
-} finc_error_reason;
+#include "server/request.h"   /* finc_endpoint, finc_error_reason */
 
 /* Job kinds as the batcher numbers them: 0 sample, 1 score. */
 #define FINC_METRICS_KINDS 2
@@ -54,9 +26,6 @@ typedef struct finc_metrics finc_metrics;
 /* max_batch sizes the batch-size buckets. NULL when out of memory. */
 finc_metrics *finc_metrics_new(int max_batch);
 void finc_metrics_free(finc_metrics *m);
-
-const char *finc_endpoint_path(finc_endpoint ep);
-const char *finc_error_reason_name(finc_error_reason r);
 
 /* finc_build_info's labels, set once the model is loaded. */
 void finc_metrics_set_info(finc_metrics *m, const char *version, const char *backend,

@@ -1,12 +1,13 @@
-/* The HTTP service behind `finc serve`: a gate thread (server/gate.c)
+/* The HTTP service behind `finc serve` (started and stopped in
+ * server/server.c): a gate thread (server/gate.c)
  * accepts connections and vets each one's first request head, then
  * libmicrohttpd owns them (a thread pool on epoll); inference requests become batcher jobs while
  * their connections are suspended, and answers are encoded on the HTTP
  * threads when the batcher resumes them. Those threads are the PNG work
  * pool: a request's PNG work runs on the thread that owns its connection,
- * so no hand-off sits between the batcher and the answer. The most there is
- * for the Fashion-MNIST shape, a grid or 256 PNGs for n = 256, takes 6-7 ms
- * on one core, against 1.5 s of engine time for those images on the CPU.
+ * so no hand-off sits between the batcher and the answer; it is a small
+ * share of the engine's time for the same images (docs/benchmarks.md, the
+ * server section).
  * Start, drain and stop are separate so the signal handling (server/serve.c)
  * and the tests drive the same code. */
 #ifndef FINC_SERVER_H

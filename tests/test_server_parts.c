@@ -11,6 +11,7 @@
 #include "server/base64.h"
 #include "server/config.h"
 #include "server/httputil.h"
+#include "server/inference.h"
 #include "server/metrics.h"
 #include "server/multipart.h"
 #include "tests/check_main.h"
@@ -338,6 +339,132 @@ START_TEST(metrics_exposition)
 }
 END_TEST
 
+/* The request parsers, without a socket: each body format into its ask, or
+ * the status and message the client gets. */
+static finc_server_config parser_cfg(void)
+{
+    finc_server_config c;
+    finc_server_config_defaults(&c);
+    c.max_n = 8;
+    c.max_images = 3;
+    c.max_samples = 16;
+    return c;
+}
+
+#define REFUSED(call, st, text)                                                                  \
+    do {                                                                                         \
+        memset(&e, 0, sizeof e);                                                                 \
+        ck_assert_int_eq(call, -1);                                                              \
+        ck_assert_int_eq(e.status, st);                                                          \
+        ck_assert_msg(strstr(e.message, text) != NULL, "'%s' lacks '%s'", e.message, text);     \
+    } while (0)
+
+START_TEST(sample_parser)
+{
+    const finc_server_config c = parser_cfg();
+    finc_sample_ask a;
+    finc_parse_error e;
+    ck_assert_int_eq(finc_parse_sample("", 0, &c, &a, &e), 0);
+    ck_assert(a.n == 1 && a.temperature == 1.0 && !a.have_seed);
+    const char *ok = "{\"n\": 8, \"temperature\": 0.5, \"seed\": 9007199254740991}  \n";
+    ck_assert_int_eq(finc_parse_sample(ok, strlen(ok), &c, &a, &e), 0);
+    ck_assert(a.n == 8 && a.temperature == 0.5 && a.have_seed && a.seed == 9007199254740991ull);
+    ck_assert_int_eq(finc_parse_sample("{\"seed\": null}", 14, &c, &a, &e), 0);
+    ck_assert(!a.have_seed);
+    static const struct {
+        const char *body, *msg;
+    } bad[] = {
+        {"{\"n\": 9}", "n must be an integer in 1..8"},
+        {"{\"n\": 1.5}", "n must be"},
+        {"{\"temperature\": -1}", "temperature must be a number in [0, 100]"},
+        {"{\"seed\": -1}", "seed must be an integer in 0..9007199254740991"},
+        {"{\"seed\": 9007199254740992}", "seed must be"},
+        {"{\"steps\": 3}", "unknown field 'steps'"},
+        {"[1, 2]", "must be a JSON object"},
+        {"{\"n\": 2} x", "malformed JSON at byte 9"},
+        {"{\"n\": ", "malformed JSON"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        REFUSED(finc_parse_sample(bad[i].body, strlen(bad[i].body), &c, &a, &e), 400, bad[i].msg);
+}
+END_TEST
+
+START_TEST(score_parsers)
+{
+    const finc_server_config c = parser_cfg();
+    finc_score_ask a;
+    finc_parse_error e;
+    static const uint8_t png[] = {0x89, 'P', 'N', 'G', 1, 2, 3};
+    /* raw PNG: the options from the query string */
+    ck_assert_int_eq(finc_parse_score_png(png, sizeof png, "4", "77", "0.01", &c, &a, &e), 0);
+    ck_assert(a.n == 1 && a.images[0].data == png && a.images[0].len == sizeof png && !a.images[0].name);
+    ck_assert(a.samples == 4 && a.have_seed && a.seed == 77 && a.alpha == 0.01);
+    finc_score_ask_free(&a);
+    ck_assert_int_eq(finc_parse_score_png(png, sizeof png, NULL, NULL, NULL, &c, &a, &e), 0);
+    ck_assert(a.samples == 1 && !a.have_seed && isnan(a.alpha));
+    finc_score_ask_free(&a);
+    REFUSED(finc_parse_score_png(png, sizeof png, "17", NULL, NULL, &c, &a, &e), 400, "samples must be an integer in 1..16");
+    finc_score_ask_free(&a);
+    REFUSED(finc_parse_score_png(png, sizeof png, NULL, "x", NULL, &c, &a, &e), 400, "seed must be");
+    finc_score_ask_free(&a);
+    REFUSED(finc_parse_score_png(png, sizeof png, NULL, NULL, "1", &c, &a, &e), 400, "alpha must be a number in (0, 1)");
+    finc_score_ask_free(&a);
+
+    /* JSON: base64 and data: URLs, decoded */
+    const char *json = "{\"images\": [\"iVBORw==\", \"data:image/png;base64,AQID\"], \"samples\": 2, \"seed\": 5, "
+                       "\"alpha\": 0.2}";
+    ck_assert_int_eq(finc_parse_score_json(json, strlen(json), &c, &a, &e), 0);
+    ck_assert(a.n == 2 && a.samples == 2 && a.seed == 5 && a.alpha == 0.2);
+    ck_assert(a.images[0].len == 4 && !memcmp(a.images[0].data, "\x89PNG", 4));
+    ck_assert(a.images[1].len == 3 && !memcmp(a.images[1].data, "\x01\x02\x03", 3));
+    finc_score_ask_free(&a);
+    static const struct {
+        const char *body, *msg;
+    } bad[] = {
+        {"", "the body is empty"},
+        {"{\"images\": []}", "no images in the request"},
+        {"{\"images\": [\"AA==\", \"AA==\", \"AA==\", \"AA==\"]}", "4 images, at most 3 per request"},
+        {"{\"images\": [7]}", "images[0] must be a base64 string"},
+        {"{\"images\": [\"AA==\", \"*\"]}", "images[1]: "},
+        {"{\"images\": [\"AA==\"], \"samples\": 0}", "samples must be an integer in 1..16"},
+        {"{\"images\": [\"AA==\"], \"seed\": 1.5}", "seed must be"},
+        {"{\"images\": [\"AA==\"], \"alpha\": 0}", "alpha must be"},
+        {"{\"images\": [\"AA==\"], \"n\": 1}", "unknown field 'n'"},
+        {"{\"image\": \"AA==\"}", "unknown field 'image'"},
+        {"{}", "must be a JSON object like {\"images\""},
+        {"{\"images\": [\"AA==\"]", "malformed JSON"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        REFUSED(finc_parse_score_json(bad[i].body, strlen(bad[i].body), &c, &a, &e), 400, bad[i].msg);
+        finc_score_ask_free(&a);
+    }
+
+    /* multipart: files are images (their names kept), fields are options */
+    const char *ct = "multipart/form-data; boundary=XyZ";
+    const char *mp = "--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.png\"\r\n\r\nPNG1\r\n"
+                     "--XyZ\r\nContent-Disposition: form-data; name=\"samples\"\r\n\r\n3\r\n"
+                     "--XyZ\r\nContent-Disposition: form-data; name=\"g\"; filename=\"b.png\"\r\n\r\nPNG22\r\n"
+                     "--XyZ--\r\n";
+    ck_assert_int_eq(finc_parse_score_multipart((const uint8_t *)mp, strlen(mp), ct, &c, &a, &e), 0);
+    ck_assert(a.n == 2 && a.samples == 3);
+    ck_assert_str_eq(a.images[0].name, "a.png");
+    ck_assert_str_eq(a.images[1].name, "b.png");
+    ck_assert(a.images[1].len == 5 && !memcmp(a.images[1].data, "PNG22", 5));
+    finc_score_ask_free(&a);
+    const char *none = "--XyZ\r\nContent-Disposition: form-data; name=\"seed\"\r\n\r\n3\r\n--XyZ--\r\n";
+    REFUSED(finc_parse_score_multipart((const uint8_t *)none, strlen(none), ct, &c, &a, &e), 400, "no images");
+    finc_score_ask_free(&a);
+    const char *long_field = "--XyZ\r\nContent-Disposition: form-data; name=\"seed\"\r\n\r\n"
+                             "1234567890123456789012345678901234567890\r\n--XyZ--\r\n";
+    REFUSED(finc_parse_score_multipart((const uint8_t *)long_field, strlen(long_field), ct, &c, &a, &e), 400,
+            "form field 'seed' is too long");
+    finc_score_ask_free(&a);
+    REFUSED(finc_parse_score_multipart((const uint8_t *)mp, strlen(mp), "multipart/form-data", &c, &a, &e), 400,
+            "boundary");
+    finc_score_ask_free(&a);
+}
+END_TEST
+
 static Suite *parts_suite(void)
 {
     Suite *s = suite_create("server_parts");
@@ -350,6 +477,8 @@ static Suite *parts_suite(void)
     tcase_add_test(tc, json_escape_and_numbers);
     tcase_add_test(tc, config_env_flags_and_checks);
     tcase_add_test(tc, metrics_exposition);
+    tcase_add_test(tc, sample_parser);
+    tcase_add_test(tc, score_parsers);
     suite_add_tcase(s, tc);
     return s;
 }
