@@ -13,6 +13,7 @@
 
 #include "check.h"
 #include "cpu.h"
+#include "error.h"
 #include "gemm.h"
 
 int finc_cpu_coupling_init(finc_cpu_ctx *c, const finc_model *m, char *err, size_t errlen)
@@ -25,7 +26,7 @@ int finc_cpu_coupling_init(finc_cpu_ctx *c, const finc_model *m, char *err, size
     if (!c->preps || !c->prep_block) {
         free(c->preps);
         free(c->prep_block);
-        snprintf(err, errlen, "out of memory for coupling weights");
+        finc_errorf(err, errlen, "out of memory for coupling weights");
         return -1;
     }
     float *p = c->prep_block;

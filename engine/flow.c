@@ -9,6 +9,7 @@
 
 #include "anomaly.h"
 #include "check.h"
+#include "error.h"
 #include "philox.h"
 
 struct finc_engine {
@@ -103,12 +104,12 @@ finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *
     if (!o.backend) o.backend = "cpu";
     if (o.max_batch <= 0) o.max_batch = FINC_DEFAULT_BATCH;
     if (!finc_backend_name_ok(o.backend)) {
-        snprintf(err, errlen, "unknown backend '%s' (cpu, cuda or auto)", o.backend);
+        finc_errorf(err, errlen, "unknown backend '%s' (cpu, cuda or auto)", o.backend);
         return NULL;
     }
     finc_engine *e = calloc(1, sizeof *e);
     if (!e) {
-        snprintf(err, errlen, "out of memory");
+        finc_errorf(err, errlen, "out of memory");
         return NULL;
     }
     if ((o.uncalibrated ? finc_model_load_uncalibrated : finc_model_load)(&e->model, weights_path, err, errlen) != 0) {
@@ -139,7 +140,7 @@ finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *
     e->stat_const = calloc((size_t)e->nstats, sizeof(double));
     if (!e->act[0] || !e->act[1] || !e->u || !e->lat || !e->pix || !e->stats || !e->h_u || !e->h_lat ||
         !e->h_stats || !e->stat_const) {
-        snprintf(err, errlen, "out of memory for a batch of %d", B);
+        finc_errorf(err, errlen, "out of memory for a batch of %d", B);
         engine_release(e);
         return NULL;
     }
@@ -219,8 +220,7 @@ static int encode_chunk(finc_engine *e, int B, int has_u, char *err, size_t errl
 static int check_n(const finc_engine *e, int n, char *err, size_t errlen)
 {
     if (n < 0) {
-        snprintf(err, errlen, "negative batch size %d", n);
-        return -1;
+        return finc_errorf(err, errlen, "negative batch size %d", n);
     }
     return 0;
 }
@@ -271,8 +271,7 @@ static int features_init(finc_engine *e, char *err, size_t errlen)
         for (e->nscratch = 0; e->nscratch < T; e->nscratch++)
             if (!(e->scratch[e->nscratch] = finc_anomaly_scratch_new(&e->model.cfg))) break;
     if (!e->h_img_stats || !e->h_feat || !e->scratch || e->nscratch < T) {
-        snprintf(err, errlen, "out of memory for the anomaly features");
-        return -1;
+        return finc_errorf(err, errlen, "out of memory for the anomaly features");
     }
     return 0;
 }
@@ -303,8 +302,7 @@ int finc_score_anomaly(finc_engine *e, int n, const uint8_t *pixels, double *log
 {
     const struct finc_anomaly *a = e->model.anomaly;
     if (!a) {
-        snprintf(err, errlen, "the model is not calibrated for anomaly scores (finc calibrate)");
-        return -1;
+        return finc_errorf(err, errlen, "the model is not calibrated for anomaly scores (finc calibrate)");
     }
     const int d = a->d, S = e->nstats;
     if (features_init(e, err, errlen)) return -1;
@@ -333,8 +331,7 @@ int finc_calibrate(finc_engine *e, int n, const uint8_t *pixels, int n_fit, cons
     const int d = finc_anomaly_feature_count(cfg);
     double *feat = n > 0 ? malloc((size_t)n * d * sizeof *feat) : NULL;
     if (n > 0 && !feat) {
-        snprintf(err, errlen, "out of memory for the features of %d images", n);
-        return -1;
+        return finc_errorf(err, errlen, "out of memory for the features of %d images", n);
     }
     int rc = finc_features(e, n, pixels, NULL, feat, d, err, errlen);
     if (rc == 0) rc = finc_anomaly_fit(a, cfg, feat, pixels, n, n_fit, data, err, errlen);
@@ -355,8 +352,7 @@ static int score_iw_chunk(finc_engine *e, int B, const uint8_t *pixels, int samp
 {
     const size_t D = (size_t)e->D;
     if (!e->h_rows && !(e->h_rows = malloc((size_t)e->max_batch * D))) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
+        return finc_errorf(err, errlen, "out of memory");
     }
     double lp[e->max_batch], best[B], acc[B];
     const long rows = (long)B * samples;
@@ -490,8 +486,7 @@ int finc_sample(finc_engine *e, int n, float temperature, uint64_t seed, uint64_
 {
     if (check_n(e, n, err, errlen)) return -1;
     if (!(temperature >= 0.0f) || !isfinite(temperature)) {
-        snprintf(err, errlen, "temperature must be a finite number >= 0");
-        return -1;
+        return finc_errorf(err, errlen, "temperature must be a finite number >= 0");
     }
     const size_t D = (size_t)e->D;
     for (int i0 = 0; i0 < n; i0 += e->max_batch) {
