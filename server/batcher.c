@@ -62,7 +62,8 @@ struct finc_batcher {
     batch *returned;          /* handed back by it */
 
     /* engine thread */
-    finc_engine *engine;      /* owned and touched only by the engine thread */
+    const finc_batcher_engine *calls;  /* opts.engine_calls, or the real engine's */
+    void *engine;             /* owned and touched only by the engine thread */
     const finc_model *model;  /* set before state turns FINC_READY, read-only afterwards */
     const char *backend;
     int D;
@@ -280,7 +281,8 @@ static const batch_seg *seg_of(const batch *bt, int i)
 static int batch_run(finc_batcher *b, batch *bt)
 {
     int failed = 0;
-    finc_engine *e = b->engine;
+    void *e = b->engine;
+    const finc_batcher_engine *ec = b->calls;
     const size_t D = (size_t)b->D;
     const double t0 = finc_mono_now();
     if (bt->kind == FINC_JOB_SAMPLE) {
@@ -290,10 +292,10 @@ static int batch_run(finc_batcher *b, batch *bt)
 #pragma omp parallel for schedule(static) if (bt->B > 1)
         for (int i = 0; i < bt->B; i++) {
             const batch_seg *sg = seg_of(bt, i);
-            finc_draw_latents(e, sg->job->seed, (uint64_t)(sg->i0 + i - sg->off), sg->job->temperature,
+            ec->draw_latents(e, sg->job->seed, (uint64_t)(sg->i0 + i - sg->off), sg->job->temperature,
                               bt->lat + (size_t)i * D);
         }
-        if (finc_decode(e, bt->B, bt->lat, bt->pix, bt->err, sizeof bt->err) != 0) {
+        if (ec->decode(e, bt->B, bt->lat, bt->pix, bt->err, sizeof bt->err) != 0) {
             failed = 1;
             for (int s = 0; s < bt->nseg; s++) bt->seg[s].failed = 1;
         }
@@ -307,12 +309,12 @@ static int batch_run(finc_batcher *b, batch *bt)
             /* A calibrated model's anomaly results come from the midpoint pass, which
              * is also the score unless importance-weighted draws were asked for. */
             const int anomaly = b->model->anomaly != NULL, midpoint = samples <= 1;
-            int rc = anomaly ? finc_score_anomaly(e, k, px, midpoint ? bt->logp + off : NULL, bt->an + off, bt->err,
-                                                  sizeof bt->err)
+            int rc = anomaly ? ec->score_anomaly(e, k, px, midpoint ? bt->logp + off : NULL, bt->an + off, bt->err,
+                                                 sizeof bt->err)
                              : 0;
             if (rc == 0 && (!anomaly || !midpoint))
-                rc = finc_score_keyed(e, k, px, samples, bt->seed + off, bt->index + off, bt->logp + off, bt->err,
-                                      sizeof bt->err);
+                rc = ec->score_keyed(e, k, px, samples, bt->seed + off, bt->index + off, bt->logp + off, bt->err,
+                                     sizeof bt->err);
             if (rc != 0) {
                 failed = 1;
                 for (int s = s0; s < s1; s++) bt->seg[s].failed = 1;
@@ -477,14 +479,52 @@ static void loop_main(void *arg)
 
 /* ---- the engine thread ---------------------------------------------------- */
 
+static void *real_open(const char *w, const finc_engine_opts *o, char *err, size_t errlen)
+{
+    return finc_engine_open(w, o, err, errlen);
+}
+static void real_free(void *e) { finc_engine_free(e); }
+static const finc_model *real_model(void *e) { return finc_engine_model(e); }
+static const char *real_backend(void *e) { return finc_engine_backend_name(e); }
+static void real_draw(void *e, uint64_t seed, uint64_t index, float t, float *row)
+{
+    finc_draw_latents(e, seed, index, t, row);
+}
+static int real_decode(void *e, int n, const float *lat, uint8_t *pix, char *err, size_t errlen)
+{
+    return finc_decode(e, n, lat, pix, err, errlen);
+}
+static int real_anomaly(void *e, int n, const uint8_t *px, double *logp, finc_anomaly_result *an, char *err,
+                        size_t errlen)
+{
+    return finc_score_anomaly(e, n, px, logp, an, err, errlen);
+}
+static int real_keyed(void *e, int n, const uint8_t *px, int samples, const uint64_t *seeds, const uint64_t *idx,
+                      double *logp, char *err, size_t errlen)
+{
+    return finc_score_keyed(e, n, px, samples, seeds, idx, logp, err, errlen);
+}
+
+static const finc_batcher_engine real_engine = {
+    .open = real_open,
+    .free = real_free,
+    .model = real_model,
+    .backend = real_backend,
+    .draw_latents = real_draw,
+    .decode = real_decode,
+    .score_anomaly = real_anomaly,
+    .score_keyed = real_keyed,
+};
+
 static void engine_main(void *arg)
 {
     finc_batcher *b = arg;
     char err[512] = "";
-    finc_engine *e = finc_engine_open(b->weights, &b->o.engine, err, sizeof err);
+    const finc_batcher_engine *ec = b->calls;
+    void *e = ec->open(b->weights, &b->o.engine, err, sizeof err);
     batch *bt = &b->batch;
     if (e) {
-        const size_t D = (size_t)finc_config_dim(&finc_engine_model(e)->cfg);
+        const size_t D = (size_t)finc_config_dim(&ec->model(e)->cfg);
         const size_t B = (size_t)b->max_batch;
         bt->seg = calloc(B, sizeof *bt->seg);
         bt->pix = malloc(B * D);
@@ -495,18 +535,18 @@ static void engine_main(void *arg)
         bt->index = malloc(B * sizeof *bt->index);
         if (!bt->seg || !bt->pix || !bt->logp || !bt->an || !bt->lat || !bt->seed || !bt->index) {
             snprintf(err, sizeof err, "out of memory for batch buffers");
-            finc_engine_free(e);
+            ec->free(e);
             e = NULL;
         } else {
             b->D = (int)D;
         }
     }
-    if (e && b->o.on_ready) b->o.on_ready(b->o.ready_user, finc_engine_model(e), finc_engine_backend_name(e));
+    if (e && b->o.on_ready) b->o.on_ready(b->o.ready_user, ec->model(e), ec->backend(e));
     pthread_mutex_lock(&b->mu);
     if (e) {
         b->engine = e;
-        b->model = finc_engine_model(e);
-        b->backend = finc_engine_backend_name(e);
+        b->model = ec->model(e);
+        b->backend = ec->backend(e);
         b->state = FINC_READY;
     } else {
         snprintf(b->load_err, sizeof b->load_err, "%s", err);
@@ -565,6 +605,7 @@ finc_batcher *finc_batcher_start(const finc_batcher_opts *opts, finc_metrics *me
         return NULL;
     }
     b->o = *opts;
+    b->calls = opts->engine_calls ? opts->engine_calls : &real_engine;
     if (b->o.engine.max_batch <= 0) b->o.engine.max_batch = FINC_DEFAULT_BATCH;
     if (b->o.hangup_poll <= 0) b->o.hangup_poll = 0.1;
     if (b->o.queue_size <= 0) b->o.queue_size = 1024;
@@ -607,7 +648,7 @@ finc_batcher *finc_batcher_start(const finc_batcher_opts *opts, finc_metrics *me
         uv_close((uv_handle_t *)&b->sweep, NULL);
         uv_run(&b->loop, UV_RUN_DEFAULT);
         uv_loop_close(&b->loop);
-        if (b->engine) finc_engine_free(b->engine);
+        if (b->engine) b->calls->free(b->engine);
         free_memory(b);
         return NULL;
     }
@@ -626,7 +667,7 @@ void finc_batcher_stop(finc_batcher *b)
     uv_thread_join(&b->loop_thread);
     uv_thread_join(&b->engine_thread);
     FINC_CHECK(uv_loop_close(&b->loop) == 0);
-    if (b->engine) finc_engine_free(b->engine);
+    if (b->engine) b->calls->free(b->engine);
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->engine_cv);
     pthread_cond_destroy(&b->ready_cv);

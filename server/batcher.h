@@ -59,7 +59,25 @@ struct finc_job {
     finc_job *prev, *link;
 };
 
+/* The engine calls the batcher makes, all on its engine thread: the real
+ * engine's (engine/flow.h) unless finc_batcher_opts.engine gives others, as
+ * the batcher suite does with an engine whose batches it times, fails and
+ * records. e is what open returned. */
 typedef struct {
+    void *(*open)(const char *weights, const finc_engine_opts *o, char *err, size_t errlen);
+    void (*free)(void *e);
+    const finc_model *(*model)(void *e);
+    const char *(*backend)(void *e);
+    void (*draw_latents)(void *e, uint64_t seed, uint64_t index, float temperature, float *row);
+    int (*decode)(void *e, int n, const float *latents, uint8_t *pixels, char *err, size_t errlen);
+    int (*score_anomaly)(void *e, int n, const uint8_t *pixels, double *logp, finc_anomaly_result *an, char *err,
+                         size_t errlen);
+    int (*score_keyed)(void *e, int n, const uint8_t *pixels, int samples, const uint64_t *seeds,
+                       const uint64_t *indices, double *logp, char *err, size_t errlen);
+} finc_batcher_engine;
+
+typedef struct {
+    const finc_batcher_engine *engine_calls;  /* NULL: the real engine */
     const char *weights;
     finc_engine_opts engine;  /* engine.max_batch is the batch limit */
     double max_delay;         /* seconds a partial batch waits for company */
