@@ -611,7 +611,13 @@ static int assign(finc_model *m, want_list *wl, bump *b, char *err, size_t errle
     return 0;
 }
 
-/* The block: a mapping of its own, in huge pages where the kernel gives
+/* The weights are copied out of the file's mapping rather than used in
+ * place: a file replaced by truncating and rewriting it (cp over it) while
+ * a server runs would make every access to a mapped page past the new end
+ * a SIGBUS, and the copy of 40 MB costs a few milliseconds. Derived tensors
+ * sit in the same block, which the CUDA backend uploads whole.
+ *
+ * The block: a mapping of its own, in huge pages where the kernel gives
  * them (madvise mode), so that filling 40 MB of weights takes some 20 page
  * faults instead of 10,000. Page-aligned, so 64-byte aligned. */
 static float *alloc_block(size_t nbytes)
