@@ -338,6 +338,9 @@ int main(int argc, char **argv)
         "multipart/form-data; boundary=\"quoted b\"; charset=utf-8\n"
         "preamble\r\n--quoted b\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\n"
         "aGVsbG8=\r\n--quoted b--\r\nepilogue",
+        "application/json\n{\"images\": [\"iVBORw0KGgo=\", \"data:image/png;base64,AQID\"], \"samples\": 4, "
+        "\"seed\": 7, \"alpha\": 0.05}",
+        "application/json\n{\"n\": 4, \"temperature\": 0.7, \"seed\": null}",
     };
     for (size_t i = 0; i < sizeof mp / sizeof mp[0]; i++) {
         char name[32];
