@@ -268,6 +268,20 @@ static enum MHD_Result handle_health(finc_request *r)
     return finc_http_error(r, status, FINC_ERR_NOT_READY, o, "%s", err);
 }
 
+/* The calibration scores' distribution, for clients that show where an image's score falls. */
+static cJSON *calibration_histogram(const struct finc_anomaly *a)
+{
+    double lo, hi;
+    int counts[FINC_ANOMALY_HIST_BINS], over;
+    finc_anomaly_histogram(a, FINC_ANOMALY_HIST_BINS, &lo, &hi, counts, &over);
+    cJSON *h = cJSON_CreateObject();
+    cJSON_AddNumberToObject(h, "lo", lo);
+    cJSON_AddNumberToObject(h, "hi", hi);
+    cJSON_AddItemToObject(h, "counts", cJSON_CreateIntArray(counts, FINC_ANOMALY_HIST_BINS));
+    cJSON_AddNumberToObject(h, "over", over);
+    return h;
+}
+
 static enum MHD_Result handle_models(finc_request *r)
 {
     finc_server *s = r->srv;
@@ -302,6 +316,7 @@ static enum MHD_Result handle_models(finc_request *r)
         cJSON_AddNumberToObject(an, "calibration_images", m->anomaly->n_cal);
         cJSON_AddNumberToObject(an, "statistics", m->anomaly->d);
         cJSON_AddNumberToObject(an, "default_alpha", c->anomaly_alpha);
+        cJSON_AddItemToObject(an, "calibration_histogram", calibration_histogram(m->anomaly));
     }
     cJSON *lim = cJSON_AddObjectToObject(root, "limits");
     cJSON_AddNumberToObject(lim, "max_batch", c->max_batch);

@@ -1835,6 +1835,30 @@ START_TEST(anomaly_fields_verdicts_and_metrics)
     ck_assert_double_eq(jnum(an, "fit_images"), 120);
     ck_assert_double_eq(jnum(an, "calibration_images"), 40);
     ck_assert_double_eq(jnum(an, "default_alpha"), 0.01);
+    /* the calibration scores' histogram, binned here from the weights' own scores */
+    e = finc_engine_open(cal, &o, err, sizeof err);
+    ck_assert_msg(e != NULL, "%s", err);
+    const struct finc_anomaly *fa = finc_engine_model(e)->anomaly;
+    const cJSON *hist = cJSON_GetObjectItemCaseSensitive(an, "calibration_histogram");
+    ck_assert_ptr_nonnull(hist);
+    const double lo = jnum(hist, "lo"), hi = jnum(hist, "hi");
+    ck_assert_double_eq_tol(lo, fa->cal[0], JSON_TOL * fabs(lo));
+    ck_assert_double_eq_tol(hi, fa->cal[39], JSON_TOL * fabs(hi));  /* the 40th of 40 is the 99th percentile */
+    const cJSON *counts = cJSON_GetObjectItemCaseSensitive(hist, "counts");
+    ck_assert_int_eq(cJSON_GetArraySize(counts), 32);
+    int want_counts[32] = {0}, want_over = 0, total = (int)jnum(hist, "over");
+    for (int i = 0; i < fa->n_cal; i++) {
+        const double x = fa->cal[i];
+        if (x > fa->cal[39]) want_over++;
+        else want_counts[x >= fa->cal[39] ? 31 : (int)((x - fa->cal[0]) / ((fa->cal[39] - fa->cal[0]) / 32))]++;
+    }
+    for (int k = 0; k < 32; k++) {
+        ck_assert_int_eq((int)cJSON_GetArrayItem(counts, k)->valuedouble, want_counts[k]);
+        total += (int)cJSON_GetArrayItem(counts, k)->valuedouble;
+    }
+    ck_assert_int_eq((int)jnum(hist, "over"), want_over);
+    ck_assert_int_eq(total, 40);
+    finc_engine_free(e);
     resp_free(&r);
 
     char *text = scrape();
@@ -1865,6 +1889,7 @@ START_TEST(uncalibrated_model_has_no_verdicts)
     const cJSON *an = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(
         cJSON_GetObjectItemCaseSensitive(r.json, "models"), 0), "anomaly");
     ck_assert(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(an, "calibrated")));
+    ck_assert_ptr_null(cJSON_GetObjectItemCaseSensitive(an, "calibration_histogram"));
     resp_free(&r);
     ck_assert_double_eq(metric_now("finc_anomaly_p_value_count"), 0);
 }
