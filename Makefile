@@ -31,10 +31,12 @@ CLI_SRC    := $(wildcard cli/*.c)
 SERVER_SRC := $(wildcard server/*.c)
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_UTIL  := $(filter-out $(TEST_SRC),$(wildcard tests/*.c))
+# The page at / (server/ui.c), its files compiled into the binary.
+UI_FILES   := server/ui/index.html server/ui/style.css server/ui/app.js server/ui/icon.svg
 
 LIB_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(ENGINE_SRC) $(IO_SRC))
 CLI_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(CLI_SRC))
-SERVER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(SERVER_SRC))
+SERVER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(SERVER_SRC)) $(BUILD)/server/ui_assets.o
 UTIL_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(TEST_UTIL))
 TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
@@ -83,6 +85,12 @@ finc $(BUILD)/finc: $(CLI_OBJ) $(BUILD)/libfinc_server.a $(BUILD)/libfinc.a | $(
 $(BUILD)/libfinc_server.a: $(SERVER_OBJ)
 	@mkdir -p $(dir $@)
 	ar rcs $@ $^
+
+$(BUILD)/server/ui_assets.c: $(UI_FILES) server/ui/embed.sh
+	@mkdir -p $(dir $@)
+	sh server/ui/embed.sh $@ $(UI_FILES)
+$(BUILD)/server/ui_assets.o: $(BUILD)/server/ui_assets.c
+	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/libfinc.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -226,7 +234,7 @@ $(BUILD)/fuzz/fuzz_png: tests/fuzz/fuzz_png.c tests/fuzz/fuzz.h $(FUZZ_SRC) test
 	    $(shell pkg-config --libs $(FUZZ_PKGS)) -lm; \
 	fi
 # The whole server (CPU engine, LLVM's OpenMP) behind a loopback socket.
-$(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c $(ENGINE_SRC) $(IO_SRC) $(SERVER_SRC) tests/testmodel.c
+$(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c $(ENGINE_SRC) $(IO_SRC) $(SERVER_SRC) $(BUILD)/server/ui_assets.c tests/testmodel.c
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -fopenmp $(shell pkg-config --cflags $(PKGS)) -o $@ $^ \
 	  $(shell pkg-config --libs $(PKGS)) -ldnnl -lm -lpthread

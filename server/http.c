@@ -18,6 +18,7 @@
 #include "engine/version.h"
 #include "server/http_internal.h"
 #include "server/httputil.h"
+#include "server/ui.h"
 
 #define JSON_TYPE "application/json"
 #define METRICS_TYPE "text/plain; version=0.0.4; charset=utf-8"
@@ -359,6 +360,10 @@ static const route routes[] = {
     {"/readyz", FINC_EP_READYZ, 0, 0, handle_health},
     {"/v1/models", FINC_EP_MODELS, 0, 1, handle_models},
     {"/metrics", FINC_EP_METRICS, 0, 0, handle_metrics},
+    {"/", FINC_EP_UI, 0, 0, finc_ui_handle},
+    {"/ui/app.js", FINC_EP_UI, 0, 0, finc_ui_handle},
+    {"/ui/style.css", FINC_EP_UI, 0, 0, finc_ui_handle},
+    {"/ui/icon.svg", FINC_EP_UI, 0, 0, finc_ui_handle},
 };
 
 static const route *find_route(const char *url)
@@ -561,6 +566,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->method = finc_parse_method(method);
         snprintf(r->path, sizeof r->path, "%s", url);
         const route *rt = find_route(url);
+        if (rt && rt->ep == FINC_EP_UI && !strcmp(s->cfg.ui, "off")) rt = NULL;  /* --ui off: 404 */
         r->ep = rt ? rt->ep : FINC_EP_OTHER;
         finc_request_id(s, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"), r->id);
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);

@@ -56,7 +56,7 @@ struct finc_metrics {
 static const char *kind_names[FINC_METRICS_KINDS] = {"sample", "score"};
 static const char *drop_names[FINC_DROP_COUNT] = {"expired", "cancelled", "failed", "shutdown"};
 static const char *ep_paths[FINC_EP_COUNT] = {"/sample", "/log-likelihood", "/healthz", "/readyz",
-                                              "/v1/models", "/metrics", "other"};
+                                              "/v1/models", "/metrics", "/", "other"};
 static const char *reason_names[FINC_ERR_COUNT] = {
     "none", "bad_request", "unauthorized", "not_found", "method_not_allowed", "not_acceptable",
     "unsupported_media_type", "too_large", "overloaded", "not_ready", "deadline_exceeded",
