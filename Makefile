@@ -12,6 +12,7 @@
 #   make fuzz     the parsers of untrusted bytes and the HTTP server under libFuzzer, ASan, UBSan
 #   make ood      anomaly detection on the probe sets (make probes), raw bits/dim against the anomaly score
 #   make model DATA=folder/ NAME=parts   train, export and calibrate a model of your own images
+#   make test-browser the page at / in headless Chromium against finc serve on loopback
 
 CC       ?= gcc
 ARCH     ?= -march=native
@@ -186,6 +187,15 @@ image: deps
 	@bash tools/image.sh
 test-image: image finc
 	@bash tests/deploy/image.sh
+
+# make test-browser: the page at / driven in headless Chromium (Debian's chromium,
+# puppeteer-core pinned in tests/browser/package-lock.json, installed with npm ci)
+# against finc serve on free loopback ports, the shipped model with and without an
+# API key; every figure checked against the CLI (tests/browser/run.sh).
+# FINC_SCREENSHOTS=docs/ also writes the page's screenshots.
+.PHONY: test-browser
+test-browser: deps finc
+	@WEIGHTS=$(WEIGHTS) bash tests/browser/run.sh
 
 .PHONY: test-hostile
 test-hostile: deps finc
