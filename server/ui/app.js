@@ -278,6 +278,16 @@ function renderVerdict(item) {
 
 $('score-alpha').addEventListener('change', () => scored.forEach(renderVerdict));
 
+// Histograms are drawn at their shown size: again when that changes.
+let resizeTimer = 0;
+window.addEventListener('resize', () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => {
+    for (const item of scored)
+      if (item.hist && item.hist.isConnected) drawHistogram(item.hist, model.anomaly.calibration_histogram, item.result.anomaly.score);
+  }, 100);
+});
+
 function addRow(dl, k, v) {
   dl.append(el('dt', '', k), el('dd', 'num', v));
 }
@@ -324,6 +334,7 @@ async function scoreFile(file, li) {
       const cap = el('p', 'hint hist-cap', 'Anomaly scores of the ' + model.anomaly.calibration_images.toLocaleString('en-US') +
         ' calibration images, ' + fmt(hist.lo, 0) + ' to ' + fmt(hist.hi, 0) + ' (99th percentile), then the tail; the line is this image.');
       li.append(c, cap);
+      item.hist = c;
       drawHistogram(c, hist, r.anomaly.score);
     }
   }
