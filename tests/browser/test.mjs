@@ -355,14 +355,19 @@ async function main() {
     });
 
     if (SHOTS) {
-      await page.$$eval('#score-list li', (l) => l.slice(3).forEach((e) => e.remove()));
-      await drawSamples(page, 16, 0.7, 42);
-      for (const [w, name] of [[1280, 'ui-1280.png'], [360, 'ui-360.png']]) {
+      // one typical image, one anomalous, one refused; 16 samples wide, 9 narrow
+      await page.$$eval('#score-list li', (l) => l.forEach((e) => e.remove()));
+      const black = pngEncodeGray(m.image.width, m.image.height, Buffer.alloc(m.image.width * m.image.height));
+      await dropFiles(page, [{ name: 'big.png', bytes: pngEncodeGray(32, 32, Buffer.alloc(32 * 32, 128)) },
+        { name: 'black.png', bytes: black }, { name: 'sample-3.png', bytes: valid }]);
+      for (const [w, n, name] of [[1280, 16, 'ui-1280.png'], [360, 9, 'ui-360.png']]) {
         await page.setViewport({ width: w, height: 800 });
+        await drawSamples(page, n, 0.7, 42);
         await page.evaluate(() => { document.activeElement.blur(); window.scrollTo(0, 0); });
         await new Promise((r) => setTimeout(r, 300));
         await page.screenshot({ path: path.join(SHOTS, name), fullPage: true });
       }
+      await page.setViewport({ width: 1280, height: 900 });
     }
 
     await test('with an API key: the page asks for it, fails clearly without it, works with it', async () => {
