@@ -81,6 +81,11 @@ async function loadModel() {
   try {
     body = await api('/v1/models');
   } catch (e) {
+    if (e.status === 503) {  // loading: the card comes once the model is ready
+      setStatus($('card-status'), e.message + '; trying again…');
+      setTimeout(loadModel, 1000);
+      return;
+    }
     setStatus($('card-status'), e.status === 401 ? 'Enter the API key above to see the model.' : e.message, true);
     return;
   }
