@@ -78,10 +78,23 @@ function pngEncodeGray(w, h, pix) {
 
 // ---- servers ---------------------------------------------------------------------------
 
+// The weights without their anomaly block: the same model, uncalibrated.
+function stripCalibration(from, to) {
+  const buf = fs.readFileSync(from);
+  const n = Number(buf.readBigUInt64LE(0));
+  const head = JSON.parse(buf.toString('utf8', 8, 8 + n));
+  delete head.__metadata__.anomaly;
+  let text = JSON.stringify(head);
+  text += ' '.repeat((8 - (Buffer.byteLength(text) % 8)) % 8);  // the data stays 8-byte aligned
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(Buffer.byteLength(text)));
+  fs.writeFileSync(to, Buffer.concat([len, Buffer.from(text), buf.subarray(8 + n)]));
+}
+
 const servers = [];
-function serve(extra) {
+function serve(extra, weights = WEIGHTS) {
   return new Promise((resolve, reject) => {
-    const p = spawn(FINC, ['serve', '--host', '127.0.0.1', '--port', '0', '--weights', WEIGHTS, '--threads', '2',
+    const p = spawn(FINC, ['serve', '--host', '127.0.0.1', '--port', '0', '--weights', weights, '--threads', '2',
       '--log', 'off', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
     servers.push(p);
     let err = '';
@@ -177,7 +190,10 @@ async function main() {
   console.log(`browser: ${CHROMIUM}, ${execFileSync(CHROMIUM, ['--version']).toString().trim()}`);
   const keyFile = path.join(tmp, 'keys');
   fs.writeFileSync(keyFile, '# the page test\nui-test-key-1\n');
-  const [base, keyed] = await Promise.all([serve([]), serve(['--api-key-file', keyFile])]);
+  const uncalibrated = path.join(tmp, 'uncalibrated.safetensors');
+  stripCalibration(WEIGHTS, uncalibrated);
+  const [base, keyed, plain] = await Promise.all([serve([]), serve(['--api-key-file', keyFile]),
+    serve([], uncalibrated)]);
   const browser = await puppeteer.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -400,6 +416,26 @@ async function main() {
       eq(r.state, 'scored', 'score with the key');
       eq(probs.join('\n'), '', 'console');
       await p2.close();
+    });
+    await test('an uncalibrated model: the card says so, scores have bits/dim and no verdict', async () => {
+      const p3 = await browser.newPage();
+      const probs = watch(p3);
+      await p3.goto(plain + '/', { waitUntil: 'load' });
+      await p3.waitForSelector('#card-list:not([hidden])');
+      const cal = await p3.$$eval('#card-list dt', (l) => l.find((dt) => dt.textContent === 'Calibration').nextElementSibling.textContent);
+      assert(cal.startsWith('not calibrated'), cal);
+      assert(await p3.$eval('#alpha-row', (e) => e.hidden), 'no α without a calibration');
+      const file = path.join(tmp, 'valid-plain.png');
+      fs.writeFileSync(file, valid);
+      const cli = JSON.parse(execFileSync(FINC, ['score', uncalibrated, file, '--json', '--threads', '2']).toString().trim());
+      assert(!cli.anomaly, 'finc score gives no verdict for the stripped model');
+      const [r] = await dropFiles(p3, [{ name: 'valid.png', bytes: valid }]);
+      eq(r.state, 'scored', 'state ' + r.text);
+      assert(r.text.includes(cli.bits_per_dim.toFixed(4)), `bits/dim ${cli.bits_per_dim}: ${r.text}`);
+      eq(r.verdict, null, 'verdict');
+      eq(r.hist, null, 'histogram');
+      eq(probs.join('\n'), '', 'console');
+      await p3.close();
     });
     eq(problems.join('\n'), '', 'console (whole run)');
   } finally {
