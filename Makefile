@@ -12,6 +12,7 @@
 #   make fuzz     the parsers of untrusted bytes and the HTTP server under libFuzzer, ASan, UBSan
 #   make ood      anomaly detection on the probe sets (make probes), raw bits/dim against the anomaly score
 #   make model DATA=folder/ NAME=parts   train, export and calibrate a model of your own images
+#   make test-browser the page at / in headless Chromium against finc serve on loopback
 
 CC       ?= gcc
 ARCH     ?= -march=native
@@ -31,10 +32,12 @@ CLI_SRC    := $(wildcard cli/*.c)
 SERVER_SRC := $(wildcard server/*.c)
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_UTIL  := $(filter-out $(TEST_SRC),$(wildcard tests/*.c))
+# The page at / (server/ui.c), its files compiled into the binary.
+UI_FILES   := server/ui/index.html server/ui/style.css server/ui/app.js server/ui/icon.svg
 
 LIB_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(ENGINE_SRC) $(IO_SRC))
 CLI_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(CLI_SRC))
-SERVER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(SERVER_SRC))
+SERVER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(SERVER_SRC)) $(BUILD)/server/ui_assets.o
 UTIL_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(TEST_UTIL))
 TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
@@ -83,6 +86,12 @@ finc $(BUILD)/finc: $(CLI_OBJ) $(BUILD)/libfinc_server.a $(BUILD)/libfinc.a | $(
 $(BUILD)/libfinc_server.a: $(SERVER_OBJ)
 	@mkdir -p $(dir $@)
 	ar rcs $@ $^
+
+$(BUILD)/server/ui_assets.c: $(UI_FILES) server/ui/embed.sh
+	@mkdir -p $(dir $@)
+	sh server/ui/embed.sh $@ $(UI_FILES)
+$(BUILD)/server/ui_assets.o: $(BUILD)/server/ui_assets.c
+	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/libfinc.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -179,6 +188,15 @@ image: deps
 test-image: image finc
 	@bash tests/deploy/image.sh
 
+# make test-browser: the page at / driven in headless Chromium (Debian's chromium,
+# puppeteer-core pinned in tests/browser/package-lock.json, installed with npm ci)
+# against finc serve on free loopback ports, the shipped model with and without an
+# API key; every figure checked against the CLI (tests/browser/run.sh).
+# FINC_SCREENSHOTS=docs/ also writes the page's screenshots.
+.PHONY: test-browser
+test-browser: deps finc
+	@WEIGHTS=$(WEIGHTS) bash tests/browser/run.sh
+
 .PHONY: test-hostile
 test-hostile: deps finc
 	$(PYTHON) tests/hostile/run.py --finc ./finc --weights $(WEIGHTS)
@@ -200,7 +218,7 @@ $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(BUILD)/libfinc.a
 # The library under test is the main source lists (engine, I/O, server), built
 # once with coverage and the sanitizers into libfinc_fuzz.a; each target links
 # what it uses of it.
-FUZZ_LIB_SRC := $(ENGINE_SRC) $(IO_SRC) $(SERVER_SRC)
+FUZZ_LIB_SRC := $(ENGINE_SRC) $(IO_SRC) $(SERVER_SRC) $(BUILD)/server/ui_assets.c
 FUZZ_OBJ := $(patsubst %.c,$(BUILD)/fuzz/obj/%.o,$(FUZZ_LIB_SRC))
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 .PHONY: fuzz

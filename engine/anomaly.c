@@ -269,6 +269,28 @@ double finc_anomaly_p_value(const struct finc_anomaly *a, double score)
     return (1.0 + (a->n_cal - lo)) / (a->n_cal + 1.0);
 }
 
+void finc_anomaly_histogram(const struct finc_anomaly *a, int bins, double *lo, double *hi, int *counts, int *over)
+{
+    const int n = a->n_cal;
+    int top = (int)ceil(0.99 * n) - 1;
+    if (top < 0) top = 0;
+    *lo = a->cal[0];
+    *hi = a->cal[top];
+    *over = 0;
+    memset(counts, 0, (size_t)bins * sizeof *counts);
+    const double width = (*hi - *lo) / bins;
+    for (int i = 0; i < n; i++) {
+        const double x = a->cal[i];
+        if (x > *hi) {
+            (*over)++;
+            continue;
+        }
+        int b = width > 0 ? (int)((x - *lo) / width) : 0;
+        if (b >= bins) b = bins - 1;  /* x == hi */
+        counts[b]++;
+    }
+}
+
 static int cmp_double(const void *x, const void *y)
 {
     const double a = *(const double *)x, b = *(const double *)y;

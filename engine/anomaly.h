@@ -71,6 +71,13 @@ void finc_anomaly_complete(finc_anomaly_scratch *s, const struct finc_anomaly *a
 double finc_anomaly_score(const struct finc_anomaly *a, const double *feat);
 double finc_anomaly_p_value(const struct finc_anomaly *a, double score);
 
+/* The calibration scores as a histogram for display (/v1/models): `bins`
+ * equal bins over [lo, hi], lo the smallest score and hi the 99th percentile,
+ * so that the long tail does not squeeze the bulk into one bar; *over counts
+ * the scores above hi. counts (bins,). */
+#define FINC_ANOMALY_HIST_BINS 32
+void finc_anomaly_histogram(const struct finc_anomaly *a, int bins, double *lo, double *hi, int *counts, int *over);
+
 /* Fits on the first n_fit of n images and scores the rest into the
  * calibration set: feat (n, d) with each row's base filled (the rest is
  * filled here), pixels (n, C, H, W). Returns 0, or -1 with a message. */

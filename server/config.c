@@ -64,6 +64,7 @@ static const opt_spec specs[] = {
     {"anomaly-alpha", "FINC_ANOMALY_ALPHA", OPT_DOUBLE, F(anomaly_alpha), 1e-9, 0.999999,
      "default alpha of the anomaly verdicts: an image is anomalous when its p-value <= alpha"},
     {"log", "FINC_LOG", OPT_STR, F(log), 0, 0, "request log on stderr: json or off"},
+    {"ui", "FINC_UI", OPT_STR, F(ui), 0, 0, "the page at / (model card, samples, scores, live figures): on or off"},
 };
 #define NSPECS (sizeof specs / sizeof specs[0])
 
@@ -95,6 +96,7 @@ void finc_server_config_defaults(finc_server_config *c)
     c->retry_after = 1;
     c->anomaly_alpha = 0.01;
     snprintf(c->log, sizeof c->log, "json");
+    snprintf(c->ui, sizeof c->ui, "on");
 }
 
 static int set_value(finc_server_config *c, const opt_spec *s, const char *v, const char *who,
@@ -291,6 +293,10 @@ int finc_server_config_check(const finc_server_config *c, char *err, size_t errl
         snprintf(err, errlen, "log must be json or off, got '%s'", c->log);
         return -1;
     }
+    if (strcmp(c->ui, "on") && strcmp(c->ui, "off")) {
+        snprintf(err, errlen, "ui must be on or off, got '%s'", c->ui);
+        return -1;
+    }
     /* The largest score request's passes; a heavy one (over a batch) may take 3/4 of the queue. */
     const long most = (long)c->max_images * c->max_samples;
     if (c->queue_size < c->max_n || c->queue_size < c->max_images ||
@@ -346,7 +352,8 @@ void finc_server_usage(FILE *f)
     fprintf(f,
             "usage: finc serve [--flag VALUE | --flag=VALUE]...\n"
             "The HTTP service: POST /sample, POST /log-likelihood, GET /healthz, /readyz,\n"
-            "/v1/models, /metrics (api/openapi.yaml). Flags override FINC_* variables.\n\n");
+            "/v1/models, /metrics (api/openapi.yaml), and a page to try the model at /.\n"
+            "Flags override FINC_* variables.\n\n");
     for (size_t i = 0; i < NSPECS; i++) {
         char flag[40];
         snprintf(flag, sizeof flag, "--%s", specs[i].flag);

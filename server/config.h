@@ -36,6 +36,7 @@ typedef struct {
     int retry_after;           /* seconds, in Retry-After on 503 */
     double anomaly_alpha;      /* default significance of the anomaly verdicts */
     char log[8];               /* json or off */
+    char ui[8];                /* the page at /: on or off */
     char api_key[FINC_API_KEYS_MAX * (FINC_API_KEY_LEN + 1)];  /* accepted bearer tokens, one per
                                   line; "" for none: FINC_API_KEY, FINC_API_KEY_FILE or --api-key-file */
 } finc_server_config;

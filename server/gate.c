@@ -459,8 +459,8 @@ static void on_readable(finc_gate *g, int i, uint32_t events)
         return;
     }
     const int get = !strcmp(h.method, "GET") || !strcmp(h.method, "HEAD");
-    if (get && !strcmp(h.path, "/healthz")) answer_health(g, i, &h, FINC_EP_HEALTHZ);
-    else if (get && !strcmp(h.path, "/readyz")) answer_health(g, i, &h, FINC_EP_READYZ);
+    const finc_endpoint ep = finc_endpoint_find(h.path);
+    if (get && (ep == FINC_EP_HEALTHZ || ep == FINC_EP_READYZ)) answer_health(g, i, &h, ep);
     else hand_over(g, i, &h);
 }
 

@@ -21,6 +21,7 @@
 #include "server/inference.h"
 #include "server/server_internal.h"
 #include "server/httputil.h"
+#include "server/ui.h"
 
 #define METRICS_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
@@ -61,6 +62,20 @@ static enum MHD_Result handle_health(finc_request *r)
     return finc_respond_error(r, status, FINC_ERR_NOT_READY, o, "%s", err);
 }
 
+/* The calibration scores' distribution, for clients that show where an image's score falls. */
+static cJSON *calibration_histogram(const struct finc_anomaly *a)
+{
+    double lo, hi;
+    int counts[FINC_ANOMALY_HIST_BINS], over;
+    finc_anomaly_histogram(a, FINC_ANOMALY_HIST_BINS, &lo, &hi, counts, &over);
+    cJSON *h = cJSON_CreateObject();
+    cJSON_AddNumberToObject(h, "lo", lo);
+    cJSON_AddNumberToObject(h, "hi", hi);
+    cJSON_AddItemToObject(h, "counts", cJSON_CreateIntArray(counts, FINC_ANOMALY_HIST_BINS));
+    cJSON_AddNumberToObject(h, "over", over);
+    return h;
+}
+
 static enum MHD_Result handle_models(finc_request *r)
 {
     finc_server *s = r->srv;
@@ -95,6 +110,7 @@ static enum MHD_Result handle_models(finc_request *r)
         cJSON_AddNumberToObject(an, "calibration_images", m->anomaly->n_cal);
         cJSON_AddNumberToObject(an, "statistics", m->anomaly->d);
         cJSON_AddNumberToObject(an, "default_alpha", c->anomaly_alpha);
+        cJSON_AddItemToObject(an, "calibration_histogram", calibration_histogram(m->anomaly));
     }
     cJSON *lim = cJSON_AddObjectToObject(root, "limits");
     cJSON_AddNumberToObject(lim, "max_batch", c->max_batch);
@@ -122,7 +138,8 @@ static enum MHD_Result handle_metrics(finc_request *r)
 
 /* ---- routing ---------------------------------------------------------------------- */
 
-/* The endpoints' paths are finc_endpoint_path's (server/request.c). */
+/* The endpoints' paths are finc_endpoint_path's (server/request.c); the page's
+ * files are server/ui.c's. */
 typedef struct {
     finc_endpoint ep;
     int post;                 /* POST only; else GET and HEAD */
@@ -137,7 +154,18 @@ static const route routes[] = {
     {FINC_EP_READYZ, 0, 0, handle_health},
     {FINC_EP_MODELS, 0, 1, handle_models},
     {FINC_EP_METRICS, 0, 0, handle_metrics},
+    {FINC_EP_UI, 0, 0, finc_ui_handle},
 };
+
+/* The endpoint a path names: the API's by their paths, the page's files by
+ * the page's table; none for the page when it is off (--ui off: 404). */
+static finc_endpoint endpoint_of(const finc_server *s, const char *url)
+{
+    finc_endpoint ep = finc_endpoint_find(url);
+    if (ep == FINC_EP_OTHER && finc_ui_find(url)) ep = FINC_EP_UI;
+    if (ep == FINC_EP_UI && !strcmp(s->cfg.ui, "off")) ep = FINC_EP_OTHER;
+    return ep;
+}
 
 static const route *find_route(finc_endpoint ep)
 {
@@ -278,7 +306,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         atomic_init(&r->refs, 1);
         r->method = finc_parse_method(method);
         snprintf(r->path, sizeof r->path, "%s", url);
-        r->ep = finc_endpoint_find(url);
+        r->ep = endpoint_of(s, url);
         const route *rt = find_route(r->ep);
         finc_request_id(&s->env, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"), r->id);
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);

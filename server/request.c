@@ -19,7 +19,7 @@
 static const char *const ep_paths[FINC_EP_COUNT] = {
     [FINC_EP_SAMPLE] = "/sample",   [FINC_EP_SCORE] = "/log-likelihood", [FINC_EP_HEALTHZ] = "/healthz",
     [FINC_EP_READYZ] = "/readyz",   [FINC_EP_MODELS] = "/v1/models",     [FINC_EP_METRICS] = "/metrics",
-    [FINC_EP_OTHER] = "other",
+    [FINC_EP_UI] = "/",             [FINC_EP_OTHER] = "other",
 };
 
 static const char *const reason_names[FINC_ERR_COUNT] = {

@@ -26,6 +26,7 @@ typedef enum {
     FINC_EP_READYZ,
     FINC_EP_MODELS,
     FINC_EP_METRICS,
+    FINC_EP_UI,          /* the page at / and its files under /ui/ */
     FINC_EP_OTHER,       /* unknown paths, one label value so cardinality stays bounded */
     FINC_EP_COUNT
 } finc_endpoint;

@@ -115,6 +115,37 @@ START_TEST(p_value_counts_calibration_scores)
 }
 END_TEST
 
+/* Scores 0..199: the 99th percentile is the 198th (197), so two are the
+ * tail; 32 bins of width 197/32 hold the rest, 197 itself in the last. */
+START_TEST(histogram_bins_the_bulk_and_counts_the_tail)
+{
+    double cal[200];
+    for (int i = 0; i < 200; i++) cal[i] = i;
+    struct finc_anomaly a = {.n_cal = 200, .cal = cal};
+    double lo, hi;
+    int counts[32], over;
+    finc_anomaly_histogram(&a, 32, &lo, &hi, counts, &over);
+    ck_assert_double_eq(lo, 0);
+    ck_assert_double_eq(hi, 197);
+    ck_assert_int_eq(over, 2);
+    int total = 0;
+    for (int b = 0; b < 32; b++) {
+        int want = 0;  /* integers x with floor(x / (197 / 32)) == b, x <= 197 */
+        for (int x = 0; x <= 197; x++) want += (x * 32 / 197 < 32 ? x * 32 / 197 : 31) == b;
+        ck_assert_msg(counts[b] == want, "bin %d: %d, want %d", b, counts[b], want);
+        total += counts[b];
+    }
+    ck_assert_int_eq(total, 198);
+    /* one score: one bar, no tail */
+    struct finc_anomaly one = {.n_cal = 1, .cal = cal + 5};
+    finc_anomaly_histogram(&one, 32, &lo, &hi, counts, &over);
+    ck_assert_double_eq(lo, 5);
+    ck_assert_double_eq(hi, 5);
+    ck_assert_int_eq(over, 0);
+    ck_assert_int_eq(counts[0], 1);
+}
+END_TEST
+
 /* A fitted block for the tiny model from random features and pixels. */
 static char *fit_tiny_block(const finc_config *cfg, int n, int n_fit, struct finc_anomaly *a)
 {
@@ -419,6 +450,7 @@ static Suite *anomaly_suite(void)
     tcase_add_test(tc, statistics_add_up_to_logp);
     tcase_add_test(tc, complexity_is_the_coders_code_length);
     tcase_add_test(tc, p_value_counts_calibration_scores);
+    tcase_add_test(tc, histogram_bins_the_bulk_and_counts_the_tail);
     tcase_add_test(tc, fit_whitens_the_fit_images);
     tcase_add_test(tc, corrupt_blocks_are_refused);
     tcase_add_test(tc, loader_reads_or_refuses_the_block);

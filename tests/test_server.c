@@ -31,6 +31,7 @@
 #include "server/batcher.h"
 #include "server/serve.h"
 #include "server/server.h"
+#include "server/ui.h"
 #include "tests/check_main.h"
 #include "tests/testmodel.h"
 #include "tests/testpng.h"
@@ -441,6 +442,151 @@ START_TEST(health_ready_models)
     q = (req){.path = "/healthz", .header = "X-Request-Id: a\"b"};
     http(&q, &r);
     ck_assert_str_ne(resp_header(&r, "X-Request-Id", h, sizeof h), "a\"b");
+    resp_free(&r);
+}
+END_TEST
+
+/* ---- the page at / --------------------------------------------------------------------- */
+
+/* Every embedded file at its path, with the page's security and caching
+ * headers; 304 for a known ETag; HEAD and GET only. */
+START_TEST(page_and_its_files)
+{
+    finc_server_config c;
+    test_config(&c);
+    snprintf(c.api_key, sizeof c.api_key, "page-key");  /* the page is open; it asks for the key itself */
+    start(&c);
+    resp r;
+    char h[512];
+    ck_assert_uint_ge(finc_ui_asset_count, 4);
+    for (size_t i = 0; i < finc_ui_asset_count; i++) {
+        const finc_ui_asset *a = &finc_ui_assets[i];
+        get(a->path, &r);
+        ck_assert_msg(r.status == 200, "%s: %ld", a->path, r.status);
+        ck_assert_str_eq(resp_header(&r, "Content-Type", h, sizeof h), a->type);
+        ck_assert_uint_eq(r.len, a->len);
+        ck_assert_int_eq(memcmp(r.body, a->data, a->len), 0);
+        ck_assert_str_eq(resp_header(&r, "X-Content-Type-Options", h, sizeof h), "nosniff");
+        ck_assert_str_eq(resp_header(&r, "Cache-Control", h, sizeof h), "no-cache");
+        ck_assert_ptr_nonnull(resp_header(&r, "X-Request-Id", h, sizeof h));
+        ck_assert_str_eq(resp_header(&r, "ETag", h, sizeof h), a->etag);
+        ck_assert_ptr_nonnull(resp_header(&r, "Content-Security-Policy", h, sizeof h));
+        /* the page's own origin only: nothing inline, nothing from elsewhere */
+        ck_assert_ptr_nonnull(strstr(h, "default-src 'none'"));
+        ck_assert_ptr_nonnull(strstr(h, "script-src 'self'"));
+        ck_assert_ptr_nonnull(strstr(h, "style-src 'self'"));
+        ck_assert_ptr_nonnull(strstr(h, "connect-src 'self'"));
+        ck_assert_ptr_null(strstr(h, "unsafe"));
+        ck_assert_ptr_null(strstr(h, "http"));
+        ck_assert_ptr_null(strstr(h, "data:"));
+        resp_free(&r);
+
+        /* revalidation: 304 without a body for its ETag (also weak, also in a list) */
+        char inm[160];
+        const char *fmt[] = {"If-None-Match: %s", "If-None-Match: W/%s", "If-None-Match: \"zz\", %s", "If-None-Match: *"};
+        for (int k = 0; k < 4; k++) {
+            snprintf(inm, sizeof inm, fmt[k], a->etag);
+            req q = {.path = a->path, .header = inm};
+            http(&q, &r);
+            ck_assert_msg(r.status == 304, "%s %s: %ld", a->path, inm, r.status);
+            ck_assert_uint_eq(r.len, 0);
+            ck_assert_str_eq(resp_header(&r, "ETag", h, sizeof h), a->etag);
+            resp_free(&r);
+        }
+        req q = {.path = a->path, .header = "If-None-Match: \"0123456789\""};
+        http(&q, &r);
+        ck_assert_int_eq(r.status, 200);
+        ck_assert_uint_eq(r.len, a->len);
+        resp_free(&r);
+
+        q = (req){.method = "HEAD", .path = a->path};
+        http(&q, &r);
+        ck_assert_int_eq(r.status, 200);
+        ck_assert_uint_eq(r.len, 0);
+        snprintf(inm, sizeof inm, "%zu", a->len);
+        ck_assert_str_eq(resp_header(&r, "Content-Length", h, sizeof h), inm);
+        resp_free(&r);
+
+        /* other methods: 405 JSON, like every other route */
+        const char *methods[] = {"POST", "PUT", "DELETE"};
+        for (int k = 0; k < 3; k++) {
+            q = (req){.method = methods[k], .path = a->path, .ctype = "text/plain", .body = "x", .len = 1};
+            http(&q, &r);
+            ck_assert_msg(r.status == 405, "%s %s: %ld", methods[k], a->path, r.status);
+            ck_assert_str_eq(resp_header(&r, "Allow", h, sizeof h), "GET, HEAD, OPTIONS");
+            ck_assert_ptr_nonnull(strstr(cJSON_GetObjectItem(r.json, "error")->valuestring, "wants GET"));
+            resp_free(&r);
+        }
+    }
+
+    /* the page: HTML that loads its files by path, with no inline script or style */
+    const finc_ui_asset *page = finc_ui_find("/");
+    ck_assert_ptr_nonnull(page);
+    ck_assert_str_eq(page->type, "text/html; charset=utf-8");
+    char *html = strndup((const char *)page->data, page->len);
+    ck_assert_ptr_nonnull(strstr(html, "<script src=\"/ui/app.js\""));
+    ck_assert_ptr_nonnull(strstr(html, "<link rel=\"stylesheet\" href=\"/ui/style.css\">"));
+    for (const char *p = html; (p = strstr(p, "<script")) != NULL; p++) {
+        const char *end = strchr(p, '>');
+        ck_assert_msg(end && memmem(p, (size_t)(end - p), "src=", 4), "an inline script: %.60s", p);
+        ck_assert_msg(!strncmp(end + 1, "</script>", 9), "a script with a body: %.60s", p);
+    }
+    ck_assert_ptr_null(strstr(html, "<style"));
+    ck_assert_ptr_null(strstr(html, "style=\""));
+    for (const char *p = html; (p = strstr(p, " on")) != NULL; p++) {  /* no onclick= and the like */
+        const char *q = p + 3;
+        while (*q >= 'a' && *q <= 'z') q++;
+        ck_assert_msg(*q != '=' || q == p + 3, "an inline handler: %.40s", p);
+    }
+    for (size_t i = 0; i < finc_ui_asset_count; i++)
+        if (strcmp(finc_ui_assets[i].path, "/"))
+            ck_assert_msg(strstr(html, finc_ui_assets[i].path), "the page never loads %s", finc_ui_assets[i].path);
+    free(html);
+    ck_assert_ptr_null(finc_ui_find("/ui/"));
+
+    /* a query string is the same page; unknown files under /ui/ are 404 JSON */
+    get("/?from=docs", &r);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_uint_eq(r.len, page->len);
+    resp_free(&r);
+    const char *missing[] = {"/ui/", "/ui/app.js.map", "/ui", "/index.html", "/UI/app.js", "/ui/app.js/"};
+    for (size_t i = 0; i < sizeof missing / sizeof missing[0]; i++) {
+        get(missing[i], &r);
+        ck_assert_msg(r.status == 404, "%s: %ld", missing[i], r.status);
+        ck_assert_str_eq(cJSON_GetObjectItem(r.json, "error")->valuestring, "no such endpoint");
+        resp_free(&r);
+    }
+    /* counted as the page's endpoint; the API behind it still wants the key */
+    ck_assert_double_eq(metric_now("finc_http_requests_total{endpoint=\"/\",code=\"304\"}"), 4.0 * finc_ui_asset_count);
+    get("/v1/models", &r);
+    ck_assert_int_eq(r.status, 401);
+    resp_free(&r);
+}
+END_TEST
+
+/* --ui off: the page's paths are unknown routes, whatever the method. */
+START_TEST(page_off)
+{
+    finc_server_config c;
+    test_config(&c);
+    snprintf(c.ui, sizeof c.ui, "off");
+    start(&c);
+    resp r;
+    for (size_t i = 0; i < finc_ui_asset_count; i++) {
+        const char *methods[] = {"GET", "HEAD", "POST"};
+        for (int k = 0; k < 3; k++) {
+            req q = {.method = methods[k], .path = finc_ui_assets[i].path};
+            if (k == 2) q.ctype = "text/plain", q.body = "x", q.len = 1;
+            http(&q, &r);
+            ck_assert_msg(r.status == 404, "%s %s: %ld", methods[k], finc_ui_assets[i].path, r.status);
+            if (k != 1) ck_assert_str_eq(cJSON_GetObjectItem(r.json, "error")->valuestring, "no such endpoint");
+            resp_free(&r);
+        }
+    }
+    ck_assert_double_eq(metric_now("finc_http_requests_total{endpoint=\"other\",code=\"404\"}"),
+                        3.0 * finc_ui_asset_count);
+    get("/v1/models", &r);  /* the API is unchanged */
+    ck_assert_int_eq(r.status, 200);
     resp_free(&r);
 }
 END_TEST
@@ -1835,6 +1981,30 @@ START_TEST(anomaly_fields_verdicts_and_metrics)
     ck_assert_double_eq(jnum(an, "fit_images"), 120);
     ck_assert_double_eq(jnum(an, "calibration_images"), 40);
     ck_assert_double_eq(jnum(an, "default_alpha"), 0.01);
+    /* the calibration scores' histogram, binned here from the weights' own scores */
+    e = finc_engine_open(cal, &o, err, sizeof err);
+    ck_assert_msg(e != NULL, "%s", err);
+    const struct finc_anomaly *fa = finc_engine_model(e)->anomaly;
+    const cJSON *hist = cJSON_GetObjectItemCaseSensitive(an, "calibration_histogram");
+    ck_assert_ptr_nonnull(hist);
+    const double lo = jnum(hist, "lo"), hi = jnum(hist, "hi");
+    ck_assert_double_eq_tol(lo, fa->cal[0], JSON_TOL * fabs(lo));
+    ck_assert_double_eq_tol(hi, fa->cal[39], JSON_TOL * fabs(hi));  /* the 40th of 40 is the 99th percentile */
+    const cJSON *counts = cJSON_GetObjectItemCaseSensitive(hist, "counts");
+    ck_assert_int_eq(cJSON_GetArraySize(counts), 32);
+    int want_counts[32] = {0}, want_over = 0, total = (int)jnum(hist, "over");
+    for (int i = 0; i < fa->n_cal; i++) {
+        const double x = fa->cal[i];
+        if (x > fa->cal[39]) want_over++;
+        else want_counts[x >= fa->cal[39] ? 31 : (int)((x - fa->cal[0]) / ((fa->cal[39] - fa->cal[0]) / 32))]++;
+    }
+    for (int k = 0; k < 32; k++) {
+        ck_assert_int_eq((int)cJSON_GetArrayItem(counts, k)->valuedouble, want_counts[k]);
+        total += (int)cJSON_GetArrayItem(counts, k)->valuedouble;
+    }
+    ck_assert_int_eq((int)jnum(hist, "over"), want_over);
+    ck_assert_int_eq(total, 40);
+    finc_engine_free(e);
     resp_free(&r);
 
     char *text = scrape();
@@ -1865,6 +2035,7 @@ START_TEST(uncalibrated_model_has_no_verdicts)
     const cJSON *an = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(
         cJSON_GetObjectItemCaseSensitive(r.json, "models"), 0), "anomaly");
     ck_assert(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(an, "calibrated")));
+    ck_assert_ptr_null(cJSON_GetObjectItemCaseSensitive(an, "calibration_histogram"));
     resp_free(&r);
     ck_assert_double_eq(metric_now("finc_anomaly_p_value_count"), 0);
 }
@@ -2298,6 +2469,8 @@ static Suite *server_suite(void)
     Suite *s = suite_create("server");
     TCase *tc = tcase(s, "endpoints");  /* answers equal the engine's and the CLI's */
     tcase_add_test(tc, health_ready_models);
+    tcase_add_test(tc, page_and_its_files);
+    tcase_add_test(tc, page_off);
     tcase_add_test(tc, sample_json_and_png_match_engine);
     tcase_add_test(tc, score_every_content_type_matches_engine);
     tcase_add_test(tc, score_equals_cli);

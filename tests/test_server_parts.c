@@ -288,6 +288,18 @@ START_TEST(config_env_flags_and_checks)
     finc_server_config_defaults(&c);
     snprintf(c.backend, sizeof c.backend, "tpu");
     ck_assert_int_eq(finc_server_config_check(&c, err, sizeof err), -1);
+    /* the page: on by default, --ui off, nothing else */
+    finc_server_config_defaults(&c);
+    ck_assert_str_eq(c.ui, "on");
+    char *ui_off[] = {"serve", "--ui", "off", NULL};
+    ck_assert_int_eq(finc_server_config_args(&c, 3, ui_off, err, sizeof err), 0);
+    ck_assert_str_eq(c.ui, "off");
+    ck_assert_int_eq(finc_server_config_check(&c, err, sizeof err), 0);
+    setenv("FINC_UI", "no", 1);
+    ck_assert_int_eq(finc_server_config_env(&c, err, sizeof err), 0);
+    unsetenv("FINC_UI");
+    ck_assert_int_eq(finc_server_config_check(&c, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "ui must be on or off, got 'no'") != NULL, "%s", err);
 }
 END_TEST
 
