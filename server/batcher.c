@@ -57,6 +57,7 @@ struct finc_batcher {
     int closed;               /* the loop's handles are closing: no more uv_async_send */
     int failed_in_row;        /* batches with a failed engine call since the last good one */
     char fail_err[256];
+    finc_backend_status status; /* the backend's, as of its last batch */
     batch *to_engine;         /* handed to the engine thread */
     batch *returned;          /* handed back by it */
 
@@ -282,6 +283,11 @@ static int batch_run(finc_batcher *b, batch *bt)
     finc_engine *e = b->engine;
     const size_t D = (size_t)b->D;
     const double t0 = finc_mono_now();
+    if (b->status.dead) {  /* read on this thread only, which writes it */
+        snprintf(bt->err, sizeof bt->err, "the engine is dead (restart the process): %.200s", b->status.why);
+        for (int s = 0; s < bt->nseg; s++) bt->seg[s].failed = 1;
+        return 1;
+    }
     if (bt->kind == FINC_JOB_SAMPLE) {
         /* The latents finc_sample would draw for each image, keyed by its
          * request's (seed, index), so a batch of many requests is one decode;
@@ -476,6 +482,27 @@ static void loop_main(void *arg)
 
 /* ---- the engine thread ---------------------------------------------------- */
 
+/* Engine thread, before ready: every chain at every batch size the backend
+ * pads to, so a CUDA backend captures its graphs now and not during the first
+ * requests. A capture that fails is no error (the backend logs it and runs op
+ * by op); a failed engine call is. */
+static int warm_up(finc_batcher *b, finc_engine *e, char *err, size_t errlen)
+{
+    if (finc_engine_warm_up(e, err, errlen) != 0) return -1;
+    finc_backend_status st;
+    finc_engine_status(e, &st);
+    if (st.buckets > 0)
+        fprintf(stderr, "finc: %s graphs warmed up: %d batch sizes up to %d, %ld chains captured in %.2f s, "
+                        "%.1f MiB of device memory%s\n", finc_engine_backend_name(e), st.buckets, b->max_batch,
+                st.graph_captures, st.warm_seconds, st.warm_device_mib,
+                st.graph_capture_failures ? "; some captures failed (above), those chains run op by op" : "");
+    if (b->metrics) finc_metrics_backend(b->metrics, st.graphs, st.graph_capture_failures, st.dead);
+    pthread_mutex_lock(&b->mu);
+    b->status = st;
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+}
+
 static void engine_main(void *arg)
 {
     finc_batcher *b = arg;
@@ -500,6 +527,10 @@ static void engine_main(void *arg)
             b->D = (int)D;
         }
     }
+    if (e && warm_up(b, e, err, sizeof err) != 0) {
+        finc_engine_free(e);
+        e = NULL;
+    }
     pthread_mutex_lock(&b->mu);
     if (e) {
         b->engine = e;
@@ -523,7 +554,14 @@ static void engine_main(void *arg)
         pthread_mutex_unlock(&b->mu);
         if (!run) break;
         const int failed = batch_run(b, run);
+        finc_backend_status st;
+        finc_engine_status(e, &st);
+        if (st.dead && !b->status.dead)
+            fprintf(stderr, "finc: the engine's device is in an unrecoverable error state: %s; every batch fails "
+                            "from now on, and /healthz and /readyz answer 503 until the process restarts\n", st.why);
+        if (b->metrics) finc_metrics_backend(b->metrics, st.graphs, st.graph_capture_failures, st.dead);
         pthread_mutex_lock(&b->mu);
+        b->status = st;
         if (failed) {
             b->failed_in_row++;
             snprintf(b->fail_err, sizeof b->fail_err, "%s", run->err);
@@ -647,6 +685,22 @@ int finc_batcher_failing(finc_batcher *b, char *err, size_t errlen)
     if (n && err) snprintf(err, errlen, "%s", b->fail_err);
     pthread_mutex_unlock(&b->mu);
     return n;
+}
+
+int finc_batcher_dead(finc_batcher *b, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&b->mu);
+    const int dead = b->status.dead;
+    if (dead && err) snprintf(err, errlen, "%s", b->status.why);
+    pthread_mutex_unlock(&b->mu);
+    return dead;
+}
+
+void finc_batcher_backend_status(finc_batcher *b, finc_backend_status *s)
+{
+    pthread_mutex_lock(&b->mu);
+    *s = b->status;
+    pthread_mutex_unlock(&b->mu);
 }
 
 finc_load_state finc_batcher_wait_ready(finc_batcher *b, char *err, size_t errlen)

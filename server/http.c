@@ -246,6 +246,11 @@ int finc_health(finc_server *s, finc_endpoint ep, const char **word, char *err, 
         else snprintf(err, errlen, "not ready: %s", *word);
         return 503;
     }
+    if (finc_batcher_dead(s->batcher, why, sizeof why)) {
+        *word = "dead";
+        snprintf(err, errlen, "sticky device error, restart the process: %s", why);
+        return 503;
+    }
     const int n = finc_batcher_failing(s->batcher, why, sizeof why);
     if (n) {
         *word = "failing";
@@ -293,6 +298,10 @@ static enum MHD_Result handle_models(finc_request *r)
     if (isnan(mi->test_bpd)) cJSON_AddNullToObject(o, "test_bits_per_dim");
     else cJSON_AddNumberToObject(o, "test_bits_per_dim", mi->test_bpd);
     cJSON_AddStringToObject(o, "backend", finc_batcher_backend(s->batcher));
+    finc_backend_status bs;
+    finc_batcher_backend_status(s->batcher, &bs);
+    cJSON_AddStringToObject(o, "precision", c->precision);
+    cJSON_AddBoolToObject(o, "cuda_graphs", bs.graphs);
     cJSON *an = cJSON_AddObjectToObject(o, "anomaly");
     cJSON_AddBoolToObject(an, "calibrated", m->anomaly != NULL);
     if (m->anomaly) {
@@ -756,7 +765,8 @@ finc_server *finc_server_start(const finc_server_config *cfg, char *err, size_t 
     }
     finc_batcher_opts bo = {
         .weights = cfg->weights,
-        .engine = {.backend = cfg->backend, .max_batch = cfg->max_batch, .threads = cfg->threads},
+        .engine = {.backend = cfg->backend, .max_batch = cfg->max_batch, .threads = cfg->threads,
+                   .precision = strcmp(cfg->precision, "tf32") == 0 ? FINC_PRECISION_TF32 : FINC_PRECISION_FP32},
         .max_delay = cfg->max_delay_ms / 1000.0,
         .queue_size = cfg->queue_size,
         .unhealthy_after = cfg->unhealthy_after,
