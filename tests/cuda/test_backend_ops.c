@@ -330,8 +330,10 @@ static void op_suite(const h_shape *s, const char *path)
 /* The model contract: an image's result does not depend on its batch. Image
  * 3 encoded alone, inside a batch of 7 and inside a full batch (three bucket
  * sizes on CUDA, so three GEMM shapes), and sampled alone and inside a batch
- * of 7. The GEMMs' N is all that changes; their algorithm is pinned
- * (kernels/coupling.cu) so the results must agree exactly. */
+ * of 7. The GEMMs' N is all that changes; on CUDA their algorithm is pinned
+ * (kernels/gemm.cu), so the results must agree exactly. The CPU backend
+ * standing in (--cpu-as-device) promises less: its GEMMs (oneDNN) may sum in
+ * another order at another N, so there the engine tolerances hold. */
 static void batch_independence(finc_engine *e, const char *name, const uint8_t *v0, size_t D, int max_batch)
 {
     const int nb[3] = {1, 7, max_batch};
@@ -352,14 +354,16 @@ static void batch_independence(finc_engine *e, const char *name, const uint8_t *
         double dz = 0;
         for (size_t j = 0; j < D; j++) dz = fmax(dz, fabs((double)a[j] - b[j]));
         const double dl = fabs(lp[0][0] - lp[i][3]);
-        h_check(dz == 0 && dl == 0, "%s encode of an image alone == inside a batch of %d: max |dz| %.3g, |d log p| %.3g",
-                name, nb[i], dz, dl);
+        const int ok_i = h_cpu_as_device ? dz <= TOL_Z && dl <= TOL_LP_ATOL + TOL_LP_RTOL * fabs(lp[0][0])
+                                         : dz == 0 && dl == 0;
+        h_check(ok_i, "%s encode of an image alone == inside a batch of %d%s: max |dz| %.3g, |d log p| %.3g", name,
+                nb[i], h_cpu_as_device ? " (within the engine tolerances)" : " (bit for bit)", dz, dl);
     }
     uint8_t *p1 = h_xmalloc(D), *p7 = h_xmalloc(7 * D);
     if (h_ok_call(finc_sample(e, 7, 1.0f, 77, 0, p7, err, sizeof err), err, "device sample 7") &&
         h_ok_call(finc_sample(e, 1, 1.0f, 77, 3, p1, err, sizeof err), err, "device sample 1")) {
         snprintf(w, sizeof w, "%s sample alone == inside a batch of 7", name);
-        h_cmp_pixels(w, p1, p7 + 3 * D, D, 0.0);
+        h_cmp_pixels(w, p1, p7 + 3 * D, D, h_cpu_as_device ? TOL_PIX_FRACTION : 0.0);
     }
     for (int i = 0; i < 3; i++) free(z[i]);
     free(v), free(p1), free(p7);
