@@ -15,6 +15,11 @@
 # logs and JSON lines beside it. Exit status: 0 when every step passed, 2 when
 # nothing could run (no build, no device), 1 otherwise.
 #   CUDA_CHECK_QUICK=1   fewer repetitions (a first look)
+#   CUDA_CHECK_DIR=DIR   run the programs already in DIR (DIR/finc, DIR/tests/cuda/test_backend_ops,
+#                        DIR/bench/cuda_bench) and build nothing: e.g. build/emu, the emulator's,
+#                        with CUDA_CHECK_ARGS=--small FINC_BENCH_SMALL=1, checks this script's own
+#                        steps and report where no GPU is
+#   CUDA_CHECK_ARGS      more arguments for test_backend_ops (--small, --only NAME,...)
 #   FINC_CUDA_DEVICE     which GPU (default 0)
 #   SKIP_SERVER=1        leave out step 6
 #   CUDA_CHECK_BUDGET    seconds the steps after the build may take in all (450); each
@@ -38,7 +43,10 @@ rm -f "$report.body"
 
 step "1. build"
 bundle=build/cuda-bundle
-if [ -f "$bundle/SOURCES.sha256" ] && env=$(bash tools/cuda_bundle.sh env "$bundle"); then
+if [ -n "${CUDA_CHECK_DIR:-}" ]; then
+    echo "prebuilt: $CUDA_CHECK_DIR (CUDA_CHECK_DIR)"
+    dir=$CUDA_CHECK_DIR
+elif [ -f "$bundle/SOURCES.sha256" ] && env=$(bash tools/cuda_bundle.sh env "$bundle"); then
     echo "prebuilt: $bundle"
     eval "$env"
     dir=$bundle
@@ -78,7 +86,8 @@ fi
 
 step "3. parity: test_backend_ops"
 quick=${CUDA_CHECK_QUICK:+--quick}
-timeout "$(limit 100)" "$dir/tests/cuda/test_backend_ops" $quick --json "$out/test_backend_ops.jsonl" | tee "$out/test_backend_ops.txt"
+# shellcheck disable=SC2086
+timeout "$(limit 100)" "$dir/tests/cuda/test_backend_ops" $quick ${CUDA_CHECK_ARGS:-} --json "$out/test_backend_ops.jsonl" | tee "$out/test_backend_ops.txt"
 rc=${PIPESTATUS[0]}
 [ "$rc" = 2 ] && { echo "cuda-check: no usable device (above)" >&2; exit 2; }
 summary=$(grep 'checks passed' "$out/test_backend_ops.txt" || echo "did not finish (exit $rc)")

@@ -58,21 +58,24 @@ libs="$(pkg-config --libs $pkgs) -ldnnl -lm -lpthread"
 # load with dlopen from beside themselves, as the real build does; test_backend_ops
 # and cuda_bench also link them directly for their per-op work.
 g++ -shared -Wl,-Bsymbolic $san -o "$out/libfinc-cuda.so" "$out"/obj/*.o -lm -lpthread
-for p in test_backend_ops cuda_bench; do
-    g++ -fopenmp $san -rdynamic -o "$out/$p" "$out"/obj/*.o "$out"/obj/lib/*.o "$out"/obj/$p/*.o $libs -ldl
-done
+# Where the real build puts them, so tools/cuda_check.sh runs them too (CUDA_CHECK_DIR=build/emu).
+mkdir -p "$out/tests/cuda" "$out/bench"
+g++ -fopenmp $san -rdynamic -o "$out/tests/cuda/test_backend_ops" "$out"/obj/*.o "$out"/obj/lib/*.o \
+    "$out"/obj/test_backend_ops/*.o $libs -ldl
+g++ -fopenmp $san -rdynamic -o "$out/bench/cuda_bench" "$out"/obj/*.o "$out"/obj/lib/*.o "$out"/obj/cuda_bench/*.o \
+    $libs -ldl
 g++ -fopenmp $san -rdynamic -o "$out/finc" "$out"/obj/lib/*.o "$out"/obj/finc/*.o $(pkg-config --libs libmicrohttpd libuv) \
     $libs -ldl
 
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(--small --emu-faults)
-echo "== $out/test_backend_ops ${args[*]} (CUDA emulated on the CPU)"
+echo "== $out/tests/cuda/test_backend_ops ${args[*]} (CUDA emulated on the CPU)"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0:allocator_may_return_null=1}
-"$out/test_backend_ops" "${args[@]}"
+"$out/tests/cuda/test_backend_ops" "${args[@]}"
 echo "== the op checks again, blocks and threads run last to first (EMU_ORDER=reverse: finds races)"
-EMU_ORDER=reverse "$out/test_backend_ops" --small --ops-only
-echo "== $out/cuda_bench on two small shapes: the timing program's own checks (its figures mean nothing here)"
-FINC_BENCH_SMALL=1 "$out/cuda_bench" --quick --no-cpu-time --time-images 3 | grep -E '^  (ok|FAIL)|checks passed'
+EMU_ORDER=reverse "$out/tests/cuda/test_backend_ops" --small --ops-only
+echo "== $out/bench/cuda_bench on two small shapes: the timing program's own checks (its figures mean nothing here)"
+FINC_BENCH_SMALL=1 "$out/bench/cuda_bench" --quick --no-cpu-time --time-images 3 | grep -E '^  (ok|FAIL)|checks passed'
 [ "${PIPESTATUS[0]}" = 0 ]
 echo "== kernels/emu/serve_check.sh: finc serve on the emulated CUDA backend"
 BIN=$out/finc bash kernels/emu/serve_check.sh

@@ -1,6 +1,7 @@
 /* See harness.h. */
 #include "tests/cuda/harness.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -242,9 +243,34 @@ int h_ok_call(int rc, const char *err, const char *what)
     return rc == 0;
 }
 
+/* The engine-level checks open CUDA through the module, as finc does, and the
+ * loader looks for it beside the executable (engine/cuda_module.c); these
+ * programs sit deeper in a build (build/tests/cuda/, build/bench/, and so in
+ * a bundle), so they point it at their own build's module, the nearest one
+ * above them, unless FINC_CUDA_MODULE says otherwise. */
+static void find_module(void)
+{
+    if (getenv("FINC_CUDA_MODULE")) return;
+    char dir[PATH_MAX], cand[PATH_MAX + 32];
+    const ssize_t n = readlink("/proc/self/exe", dir, sizeof dir - 1);
+    if (n <= 0) return;
+    dir[n] = 0;
+    for (int up = 0; up < 4; up++) {
+        char *slash = strrchr(dir, '/');
+        if (!slash || slash == dir) return;
+        *slash = 0;
+        snprintf(cand, sizeof cand, "%s/libfinc-cuda.so", dir);
+        if (access(cand, R_OK) == 0) {
+            setenv("FINC_CUDA_MODULE", cand, 0);
+            return;
+        }
+    }
+}
+
 int h_device_init(void)
 {
     if (h_cpu_as_device) return 0;
+    find_module();
 #ifdef FINC_HAVE_CUDA
     const int count = finc_cuda_device_count();
     if (count <= 0) {
