@@ -67,12 +67,13 @@ static void layouts_free(call_layouts *L)
     memset(L, 0, sizeof *L);
 }
 
-/* An algorithm from the heuristic's list for the largest size that, with
- * split-K off, runs every size in sizes[]. */
+/* An algorithm from the heuristic's lists for the largest and the smallest
+ * size (the least aligned leading dimension) that, with split-K off, runs
+ * every size in sizes[]. */
 static int pin(finc_cuda_ctx *c, finc_cuda_gemm_plan *p, const int *sizes, int nsizes)
 {
     cublasLtMatmulPreference_t pref = NULL;
-    cublasLtMatmulHeuristicResult_t res[HEURISTICS];
+    cublasLtMatmulHeuristicResult_t res[2 * HEURISTICS];
     int got = 0;
     const uint64_t ws = c->blas_ws_bytes;
     const uint32_t align = 16;
@@ -90,11 +91,17 @@ static int pin(finc_cuda_ctx *c, finc_cuda_gemm_plan *p, const int *sizes, int n
             cublasLtMatmulPreferenceDestroy(pref);
             return -1;
         }
-    int rc = layouts_of(c, p, sizes[nsizes - 1], &L);
-    if (rc == 0 && FINC_CUBLAS_TRY(c, cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, L.a, L.b, L.d, L.d, pref,
-                                                                      HEURISTICS, res, &got)))
-        rc = -1;
-    layouts_free(&L);
+    int rc = 0;
+    for (int end = 0; end < 2 && rc == 0; end++) {
+        int n = 0;
+        rc = layouts_of(c, p, sizes[end == 0 ? nsizes - 1 : 0], &L);
+        if (rc == 0 && FINC_CUBLAS_TRY(c, cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, L.a, L.b, L.d, L.d, pref,
+                                                                          HEURISTICS, res + got, &n)))
+            rc = -1;
+        layouts_free(&L);
+        got += n;
+        if (nsizes == 1) break;
+    }
     cublasLtMatmulPreferenceDestroy(pref);
     if (rc) return -1;
     const int32_t one = 1;
