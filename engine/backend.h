@@ -165,8 +165,9 @@ int finc_cuda_device_text(int device, char *buf, size_t n);
 finc_backend *finc_cuda_open(const finc_model *m, int max_batch, int device, finc_precision precision, char *err,
                              size_t errlen);
 
-/* kernels/cuda_backend.cu: what the module's table points at (bench/cuda_check
- * also links the kernels directly for its per-op checks). */
+/* kernels/cuda_backend.cu: what the module's table points at
+ * (tests/cuda/test_backend_ops and bench/cuda_bench also link the kernels
+ * directly for their per-op work). */
 finc_backend *finc_backend_cuda_new(const finc_model *m, int max_batch, int device, finc_precision precision,
                                     char *err, size_t errlen);
 int finc_cuda_device_count(void);

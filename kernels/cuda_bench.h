@@ -1,7 +1,9 @@
-/* What the CUDA check and benchmark (bench/cuda_check.c) use beyond the backend
- * table: the device description, the per-(diagonal, channel) FInC inverse the
- * paper's public code uses (the baseline), and a switch that forces where the
- * FInC inverse keeps its data, so every placement is tested. C-callable. */
+/* What the CUDA checks (tests/cuda/test_backend_ops.c) and timings
+ * (bench/cuda_bench.c) use beyond the backend table: graph and node counts,
+ * device memory in use, switches that force the FInC inverse's placement,
+ * kernel and shared-memory limit (so each is tested), and the
+ * per-(diagonal, channel) FInC inverse of the paper's public code (the
+ * baseline), synced or as one graph. C-callable. */
 #ifndef FINC_CUDA_BENCH_H
 #define FINC_CUDA_BENCH_H
 

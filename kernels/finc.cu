@@ -18,6 +18,8 @@
  * __syncthreads also orders the global writes within the block. */
 #include "kernels/cuda.h"
 
+/* Passed by value; the kernels take it __grid_constant__, so w[q] with a
+ * computed q reads the parameter in place instead of copying it to local memory. */
 struct finc_quarters {
     const float *w[4];            /* device TL-form kernels (Cq, Cq, k, k) of TL, TR, BL, BR */
 };
@@ -32,7 +34,8 @@ static finc_quarters quarters_of(const finc_cuda_ctx *c, const finc_step *st)
 }
 
 /* y (C, B, H, W) = conv(pad(x)) per quarter; one thread per element of y. */
-__global__ void finc_forward_kernel(float *__restrict__ y, const float *__restrict__ x, finc_quarters wq,
+__global__ void finc_forward_kernel(float *__restrict__ y, const float *__restrict__ x,
+                                    const __grid_constant__ finc_quarters wq,
                                     int Cq, int B, int H, int W, int k)
 {
     const size_t HW = (size_t)H * W, cs = (size_t)B * HW, n = 4 * (size_t)Cq * cs;
@@ -73,7 +76,8 @@ void finc_cuda_finc_forward(finc_cuda_ctx *c, float *y, const float *x, const fi
 /* XS: the quarter image lives in shared memory; WS: its kernel does. */
 template <bool XS, bool WS>
 __global__ void __launch_bounds__(FINC_INV_MAX_THREADS)
-finc_inverse_kernel(float *x, const float *y, finc_quarters wq, int Cq, int B, int H, int W, int k)
+finc_inverse_kernel(float *x, const float *y, const __grid_constant__ finc_quarters wq, int Cq, int B, int H, int W,
+                    int k)
 {
     extern __shared__ float smem[];
     const int q = blockIdx.x & 3, b = blockIdx.x >> 2, fy = q >> 1, fx = q & 1;

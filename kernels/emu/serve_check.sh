@@ -65,9 +65,10 @@ verdict "the warm-up's failed capture is logged: $(grep -o 'CUDA graph capture.*
 verdict "the warm-up is logged: $(grep -o 'cuda graphs warmed up.*' "$tmp/server.log" | head -n 1)" \
     "$(grep -q 'cuda graphs warmed up: 2 batch sizes up to 2' "$tmp/server.log" && echo 0 || echo 1)"
 fails=$(metric finc_cuda_graph_capture_failures_total)
-inuse=$(curl -s "$url/v1/models" | grep -o '"cuda_graphs": *[a-z]*')
-verdict "/metrics counts it (finc_cuda_graph_capture_failures_total ${fails:-none}), /v1/models says $inuse" \
-    "$([ "${fails:-0}" = 1 ] && echo "$inuse" | grep -q false && echo 0 || echo 1)"
+models=$(curl -s "$url/v1/models")
+inuse=$(echo "$models" | grep -o '"cuda_graphs": *[a-z]*')
+verdict "/metrics counts it (finc_cuda_graph_capture_failures_total ${fails:-none}), /v1/models says $inuse, $(echo "$models" | grep -o '"precision": *"[a-z0-9]*"')" \
+    "$([ "${fails:-0}" = 1 ] && echo "$inuse" | grep -q false && echo "$models" | grep -q '"precision": *"fp32"' && echo 0 || echo 1)"
 
 score() {  # IMAGE OUT: status code to stdout, body to OUT
     curl -s -o "$2" -w '%{http_code}' -H 'Content-Type: image/png' --data-binary "@$1" "$url/log-likelihood"
