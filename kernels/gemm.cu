@@ -21,6 +21,13 @@
 #include "kernels/cuda.h"
 
 #define HEURISTICS 16
+#define CACHED_SIZES 16
+
+/* The layouts of one call with the growing dimension g. */
+typedef struct {
+    cublasLtMatrixLayout_t a, b, d;
+    int m, n;
+} call_layouts;
 
 struct finc_cuda_gemm_plan {
     cublasOperation_t opa, opb;
@@ -32,6 +39,10 @@ struct finc_cuda_gemm_plan {
     cublasLtMatmulDesc_t desc;
     cublasLtMatmulAlgo_t algo;
     int pinned;
+    /* The layouts of the sizes run so far, so a call allocates nothing. */
+    int cached_g[CACHED_SIZES];
+    call_layouts cached[CACHED_SIZES];
+    int ncached;
 };
 
 static cublasLtMatrixLayout_t layout(finc_cuda_ctx *c, int rows, int cols, int ld)
@@ -40,12 +51,6 @@ static cublasLtMatrixLayout_t layout(finc_cuda_ctx *c, int rows, int cols, int l
     if (FINC_CUBLAS_TRY(c, cublasLtMatrixLayoutCreate(&l, CUDA_R_32F, (uint64_t)rows, (uint64_t)cols, ld))) return NULL;
     return l;
 }
-
-/* The layouts of one call with the growing dimension g. */
-typedef struct {
-    cublasLtMatrixLayout_t a, b, d;
-    int m, n;
-} call_layouts;
 
 static int layouts_of(finc_cuda_ctx *c, const finc_cuda_gemm_plan *p, int g, call_layouts *L)
 {
@@ -169,18 +174,28 @@ void finc_cuda_gemm_run(finc_cuda_ctx *c, finc_cuda_gemm_plan *p, int g, const f
                         const float *bias)
 {
     if (g == 0) return;
-    call_layouts L;
-    if (layouts_of(c, p, g, &L) != 0) {
-        layouts_free(&L);
-        return;
+    call_layouts L, *use = NULL;
+    for (int i = 0; i < p->ncached && !use; i++)
+        if (p->cached_g[i] == g) use = &p->cached[i];
+    if (!use) {
+        if (layouts_of(c, p, g, &L) != 0) {
+            layouts_free(&L);
+            return;
+        }
+        if (p->ncached < CACHED_SIZES) {
+            p->cached_g[p->ncached] = g;
+            p->cached[p->ncached] = L;
+            use = &p->cached[p->ncached++];
+        }
     }
+    const call_layouts *lay = use ? use : &L;
     const float one = 1.0f, zero = 0.0f;
     if (p->relu_bias)
         FINC_CUBLAS_TRY(c, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                                           sizeof bias));
-    FINC_CUBLAS_TRY(c, cublasLtMatmul(c->lt, p->desc, &one, A, L.a, B, L.b, &zero, D, L.d, D, L.d, &p->algo,
-                                      c->blas_ws, c->blas_ws_bytes, c->stream));
-    layouts_free(&L);
+    FINC_CUBLAS_TRY(c, cublasLtMatmul(c->lt, p->desc, &one, A, lay->a, B, lay->b, &zero, D, lay->d, D, lay->d,
+                                      &p->algo, c->blas_ws, c->blas_ws_bytes, c->stream));
+    if (!use) layouts_free(&L);
 }
 
 /* The plans of a model's GEMMs, for the growing dimension at every size in
@@ -212,8 +227,10 @@ int finc_cuda_gemm_init(finc_cuda_ctx *c, const int *batches, int nbatches)
 void finc_cuda_gemm_free(finc_cuda_ctx *c)
 {
     for (int i = 0; i < c->n_plans; i++) {
-        if (c->plans[i]->desc) cublasLtMatmulDescDestroy(c->plans[i]->desc);
-        free(c->plans[i]);
+        finc_cuda_gemm_plan *p = c->plans[i];
+        for (int j = 0; j < p->ncached; j++) layouts_free(&p->cached[j]);
+        if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+        free(p);
     }
     c->n_plans = 0;
 }
