@@ -337,7 +337,7 @@ static void op_suite(const h_shape *s, const char *path)
 static void batch_independence(finc_engine *e, const char *name, const uint8_t *v0, size_t D, int max_batch)
 {
     const int nb[3] = {1, 7, max_batch};
-    uint8_t *v = h_rand_pixels((size_t)max_batch * D);
+    uint8_t *v = h_rand_pixels((size_t)(max_batch > 7 ? max_batch : 7) * D);
     float *z[3];
     double lp[3][max_batch];
     char err[600], w[256];
