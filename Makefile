@@ -62,9 +62,10 @@ CUDA_ARCH ?= -gencode arch=compute_90,code=[sm_90,compute_90]
 NVCCFLAGS := -O3 -std=c++17 $(CUDA_ARCH) -lineinfo -DFINC_HAVE_CUDA -I. -Werror all-warnings \
              -Xcompiler -fPIC,-Wall,-Wextra,-Werror,-Wno-unused-parameter
 KERNEL_OBJ := $(patsubst %.cu,$(BUILD)/%.o,$(wildcard kernels/*.cu))
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart -lstdc++
 CUDA_MODULE := $(BUILD)/libfinc-cuda.so
-CUDA_CHECK_BIN := $(BUILD)/bench/cuda_check
+# The CUDA agreement checks (tests/cuda/) and the CUDA timings (bench/cuda_bench.c).
+CUDA_CHECK_BIN := $(BUILD)/tests/cuda/test_backend_ops $(BUILD)/bench/cuda_bench
 endif
 # The module takes the engine functions it uses from the executable.
 LDFLAGS   += -rdynamic
@@ -258,11 +259,13 @@ $(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c tests/fuzz/fuzz.h tests/testmode
 $(BUILD)/fuzz/seeds: $(BUILD)/tests/fuzz/seeds.o $(UTIL_OBJ) $(BUILD)/libfinc_server.a $(BUILD)/libfinc.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-# make cuda-check: the CUDA engine against the CPU engine, then timed
-# (tools/cuda_check.sh; needs a GPU). CI only compiles the check program.
+# make cuda-check: the whole GPU run (tools/cuda_check.sh; needs a GPU):
+# pre-flight, the CUDA engine against the CPU engine (tests/cuda/), the
+# sanitizers, the timings (bench/cuda_bench.c), finc serve under load.
+# CI only compiles those programs.
 # make cuda-emu-check: the same checks on the small shapes, with the CUDA
 # code run on the CPU by an emulated runtime (kernels/emu; no GPU needed),
-# then finc serve on that backend with a device fault injected into a batch.
+# then finc serve on that backend with device faults injected.
 .PHONY: cuda-check cuda-emu-check cuda-bundle
 cuda-check:
 	@bash tools/cuda_check.sh
@@ -284,7 +287,11 @@ $(CUDA_MODULE): $(KERNEL_OBJ)
 
 # The per-op checks link the kernels directly; the engine-level ones go through
 # the module, as ./finc does.
-$(BUILD)/bench/cuda_check: $(BUILD)/bench/cuda_check.o $(UTIL_OBJ) $(KERNEL_OBJ) $(BUILD)/libfinc.a | $(CUDA_MODULE)
+CUDA_HARNESS_OBJ := $(BUILD)/tests/cuda/harness.o $(UTIL_OBJ)
+$(BUILD)/tests/cuda/test_backend_ops: $(BUILD)/tests/cuda/test_backend_ops.o $(CUDA_HARNESS_OBJ) $(KERNEL_OBJ) \
+		$(BUILD)/libfinc.a | $(CUDA_MODULE)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
-$(BUILD)/bench/cuda_check.o: CFLAGS += -DFINC_HAVE_CUDA
+$(BUILD)/bench/cuda_bench: $(BUILD)/bench/cuda_bench.o $(CUDA_HARNESS_OBJ) $(KERNEL_OBJ) $(BUILD)/libfinc.a | $(CUDA_MODULE)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
+$(BUILD)/tests/cuda/%.o $(BUILD)/bench/cuda_bench.o: CFLAGS += -DFINC_HAVE_CUDA
 endif

@@ -48,7 +48,8 @@ static const char *usage_text =
     "                                                AUROC, AUPR, FPR at 95% TPR: bits/dim and anomaly score\n"
     "  serve [options]                               the HTTP service (finc serve --help)\n"
     "  --version                                     version, backends built in, the GPUs CUDA sees\n"
-    "engine options: --backend cpu|cuda|auto, --threads N, --batch N (largest batch)\n"
+    "engine options: --backend cpu|cuda|auto, --threads N, --batch N (largest batch),\n"
+    "  --precision fp32|tf32 (CUDA: the coupling nets' F x F GEMMs on TF32 tensor cores)\n"
     "SRC: test, train or val (Fashion-MNIST's test file, training file, its last 5,000),\n"
     "     an IDX file, a .npy of uint8 (N, C, H, W), or a folder of PNGs (searched recursively,\n"
     "     in path order)\n";
@@ -93,7 +94,7 @@ typedef struct {
 } cli_opts;
 
 enum { OPT_SEED = 256, OPT_JSON, OPT_SAMPLES, OPT_BACKEND, OPT_THREADS, OPT_BATCH,
-       OPT_TENSORS, OPT_DATA, OPT_LIMIT, OPT_OFFSET, OPT_ALPHA, OPT_IN, OPT_OUT, OPT_DATA_NAME };
+       OPT_TENSORS, OPT_DATA, OPT_LIMIT, OPT_OFFSET, OPT_ALPHA, OPT_IN, OPT_OUT, OPT_DATA_NAME, OPT_PRECISION };
 
 static int parse_int(const char *s, long lo, long hi, long *out)
 {
@@ -129,6 +130,7 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
         {"samples", required_argument, 0, OPT_SAMPLES},
         {"backend", required_argument, 0, OPT_BACKEND},
         {"threads", required_argument, 0, OPT_THREADS},
+        {"precision", required_argument, 0, OPT_PRECISION},
         {"batch", required_argument, 0, OPT_BATCH},
         {"tensors", no_argument, 0, OPT_TENSORS},
         {"data", required_argument, 0, OPT_DATA},
@@ -172,6 +174,10 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
             if (!finc_backend_name_ok(optarg))
                 return usage("--backend wants cpu, cuda or auto, got '%s'", optarg);
             o->eng.backend = optarg;
+            break;
+        case OPT_PRECISION:
+            if (finc_precision_parse(optarg, &o->eng.precision) != 0)
+                return usage("--precision wants fp32 or tf32, got '%s'", optarg);
             break;
         case OPT_THREADS:
             if (parse_int(optarg, 1, 1024, &v)) return usage("--threads wants 1..1024, got '%s'", optarg);

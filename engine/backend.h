@@ -19,6 +19,23 @@
 
 typedef struct finc_backend finc_backend;
 
+/* GEMM precision: FP32 everywhere, or the coupling nets' F x F products (the
+ * largest) on TF32 tensor cores; a CPU backend is always FP32. */
+typedef enum { FINC_PRECISION_FP32 = 0, FINC_PRECISION_TF32 = 1 } finc_precision;
+
+/* What a backend says about its own state (all zeros on the CPU). */
+typedef struct {
+    int dead;                     /* the device is in an unrecoverable (sticky) error state: every
+                                     later call fails until the process restarts */
+    char why[384];                /* when dead: the error that killed it */
+    int graphs;                   /* 1 while chains are replayed as CUDA graphs */
+    long graph_captures, graph_replays;
+    long graph_capture_failures;  /* captures that failed (each retried later, with back-off) */
+    int buckets;                  /* batch sizes chains are padded to (batch_bucket), 0 for none */
+    double warm_seconds;          /* what warm_up took */
+    double warm_device_mib;       /* device memory that warm_up's graphs took */
+} finc_backend_status;
+
 struct finc_backend {
     const char *name;
     void *ctx;
@@ -31,6 +48,16 @@ struct finc_backend {
     void (*zero)(finc_backend *be, void *dst, size_t bytes);
     /* Waits for queued work; returns 0, or -1 with a message in err. */
     int (*sync)(finc_backend *be, char *err, size_t errlen);
+    /* Starts the queued work without waiting for it (sync waits). */
+    void (*submit)(finc_backend *be);
+    /* Host staging memory the device copies from without a bounce (pinned on
+     * CUDA); NULL on failure. */
+    void *(*host_alloc)(finc_backend *be, size_t bytes);
+    void (*host_release)(finc_backend *be, void *p);
+    /* A copy from host_alloc memory that may run while work already submitted
+     * runs: the caller guarantees that no such work touches dst, and leaves src
+     * untouched until the next sync. Work issued after it sees the data. */
+    void (*upload_async)(finc_backend *be, void *dst, const void *src, size_t bytes);
 
     /* Pixels v (B, C, H, W) and dequantization offsets u (same layout; NULL
      * for 0.5 everywhere) to logits x (C, B, H, W), in double until the
@@ -81,8 +108,24 @@ struct finc_backend {
     void (*latents_read)(finc_backend *be, float *z, const float *lat, int D, int offset,
                          int C, int B, int HW);
 
+    /* The batch size a chain of B images runs at: B on the CPU; on CUDA B
+     * padded up to one of a few bucket sizes, so a few captured graphs serve
+     * every batch. The engine's buffers hold max_batch images, and every
+     * bucket is at most max_batch. */
+    int (*batch_bucket)(finc_backend *be, int B);
+    /* Runs every chain (encode, encode with offsets, decode) at every
+     * bucket size until it replays from a graph, before the first request;
+     * warm(B) issues the chains of one batch size. 0, or -1 with a message. */
+    int (*warm_up)(finc_backend *be, int (*warm)(void *user, int B, char *err, size_t errlen), void *user,
+                   char *err, size_t errlen);
+    void (*status)(finc_backend *be, finc_backend_status *s);
+
     void (*destroy)(finc_backend *be);
 };
+
+/* 0 when every slot of the table is filled, else -1 naming the first empty
+ * one: each backend's constructor checks its own table. */
+int finc_backend_check_table(const finc_backend *be, char *err, size_t errlen);
 
 /* The CPU backend. threads <= 0 uses all cores. Returns NULL with a message on failure. */
 finc_backend *finc_backend_cpu_new(const finc_model *m, int max_batch, int threads,
@@ -94,11 +137,12 @@ finc_backend *finc_backend_cpu_new(const finc_model *m, int max_batch, int threa
  * so a process that never asks maps no CUDA library. The module's one entry
  * point returns this table; the ABI number changes with the table or with
  * finc_backend or finc_model. */
-#define FINC_CUDA_MODULE_ABI 1
+#define FINC_CUDA_MODULE_ABI 2
 #define FINC_CUDA_MODULE_SYMBOL "finc_cuda_module"
 typedef struct {
     int abi;
-    finc_backend *(*backend_new)(const finc_model *m, int max_batch, int device, char *err, size_t errlen);
+    finc_backend *(*backend_new)(const finc_model *m, int max_batch, int device, finc_precision precision, char *err,
+                                 size_t errlen);
     int (*device_count)(void);
     int (*describe)(int device, char *buf, size_t n);
 } finc_cuda_module_api;
@@ -118,11 +162,13 @@ int finc_cuda_device_text(int device, char *buf, size_t n);
 /* The CUDA backend, through the module. device < 0 takes $FINC_CUDA_DEVICE or
  * 0. Weights are uploaded once and activations sized for max_batch. NULL with
  * a message when CUDA cannot be used (the reasons above, out of memory). */
-finc_backend *finc_cuda_open(const finc_model *m, int max_batch, int device, char *err, size_t errlen);
+finc_backend *finc_cuda_open(const finc_model *m, int max_batch, int device, finc_precision precision, char *err,
+                             size_t errlen);
 
-/* kernels/cuda_backend.cu: what the module's table points at (bench/cuda_check
- * also links the kernels directly for its per-op checks). */
-finc_backend *finc_backend_cuda_new(const finc_model *m, int max_batch, int device,
+/* kernels/cuda_backend.cu: what the module's table points at
+ * (tests/cuda/test_backend_ops and bench/cuda_bench also link the kernels
+ * directly for their per-op work). */
+finc_backend *finc_backend_cuda_new(const finc_model *m, int max_batch, int device, finc_precision precision,
                                     char *err, size_t errlen);
 int finc_cuda_device_count(void);
 int finc_cuda_describe(int device, char *buf, size_t n);

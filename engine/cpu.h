@@ -7,19 +7,11 @@
 #include "backend.h"
 
 typedef struct {
-    const finc_coupling *cp;
-    float *w3_taps;               /* (cout*9, F): conv3 weight with taps outermost */
-} finc_cpu_coupling_prep;
-
-typedef struct {
     int max_batch, threads;
     /* coupling scratch, sized for the largest level at max_batch */
     float *col;                   /* (cin*9, B*HW) */
     float *h1, *h2;               /* (F, B*HW) */
     float *taps;                  /* (cout*9, B*HW) */
-    finc_cpu_coupling_prep *preps;
-    int n_preps;
-    float *prep_block;
 } finc_cpu_ctx;
 
 void finc_cpu_finc_forward(finc_backend *be, float *y, const float *x, const finc_step *st,
@@ -38,8 +30,6 @@ void finc_cpu_finc_inverse_units(float *x, const float *y, const finc_step *st, 
 void finc_cpu_finc_inverse_raster(float *x, const float *y, const finc_step *st,
                                   int C, int B, int H, int W, int k);
 
-int finc_cpu_coupling_init(finc_cpu_ctx *c, const finc_model *m, char *err, size_t errlen);
-void finc_cpu_coupling_free(finc_cpu_ctx *c);
 void finc_cpu_coupling_forward(finc_backend *be, float *x, double *logdet, const finc_coupling *cp,
                                int B, int H, int W);
 void finc_cpu_coupling_inverse(finc_backend *be, float *x, const finc_coupling *cp,

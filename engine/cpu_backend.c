@@ -21,6 +21,8 @@ static void cpu_copy(finc_backend *be, void *dst, const void *src, size_t bytes)
 }
 static void cpu_zero(finc_backend *be, void *dst, size_t bytes) { memset(dst, 0, bytes); }
 static int cpu_sync(finc_backend *be, char *err, size_t errlen) { return 0; }
+/* The CPU runs each op as it is called: nothing is queued, no copy overlaps. */
+static void cpu_submit(finc_backend *be) {}
 
 static void cpu_preprocess(finc_backend *be, float *x, double *logdet, const uint8_t *pixels,
                            const float *u, int B, int C, int H, int W, double alpha)
@@ -157,12 +159,20 @@ static void cpu_latents_read(finc_backend *be, float *z, const float *lat, int D
                    (size_t)HW * sizeof(float));
 }
 
+/* No graphs and no padding: a chain runs at the batch it is given. */
+static int cpu_batch_bucket(finc_backend *be, int B) { return B; }
+static int cpu_warm_up(finc_backend *be, int (*warm)(void *, int, char *, size_t), void *user, char *err,
+                       size_t errlen)
+{
+    return 0;
+}
+static void cpu_status(finc_backend *be, finc_backend_status *s) { memset(s, 0, sizeof *s); }
+
 static void cpu_destroy(finc_backend *be)
 {
     if (!be) return;
     finc_cpu_ctx *c = be->ctx;
     if (c) {
-        finc_cpu_coupling_free(c);
         free(c->col);
         free(c->h1);
         free(c->h2);
@@ -190,50 +200,52 @@ finc_backend *finc_backend_cpu_new(const finc_model *m, int max_batch, int threa
     finc_gemm_set_threads(c->threads);
     c->max_batch = max_batch;
 
-    size_t col = 0, h = 0, taps = 0;
-    for (int l = 0; l < m->cfg.levels; l++) {
-        const finc_level *lv = &m->levels[l];
-        const size_t N = (size_t)max_batch * lv->h * lv->w;
-        const size_t cin = (size_t)lv->c / 2, cout = (size_t)lv->c, F = (size_t)m->cfg.width;
-        if (cin * 9 * N > col) col = cin * 9 * N;
-        if (F * N > h) h = F * N;
-        if (cout * 9 * N > taps) taps = cout * 9 * N;
-    }
-    c->col = malloc(col * sizeof(float));
-    c->h1 = malloc(h * sizeof(float));
-    c->h2 = malloc(h * sizeof(float));
-    c->taps = malloc(taps * sizeof(float));
+    const finc_scratch_sizes sz = finc_model_scratch_sizes(m, max_batch);
+    c->col = malloc(sz.col * sizeof(float));
+    c->h1 = malloc(sz.hidden * sizeof(float));
+    c->h2 = malloc(sz.hidden * sizeof(float));
+    c->taps = malloc(sz.taps * sizeof(float));
     if (!c->col || !c->h1 || !c->h2 || !c->taps) {
         snprintf(err, errlen, "out of memory for activations (max batch %d)", max_batch);
         cpu_destroy(be);
         return NULL;
     }
-    if (finc_cpu_coupling_init(c, m, err, errlen) != 0) {
+    *be = (finc_backend){
+        .name = "cpu",
+        .ctx = c,
+        .alloc = cpu_alloc,
+        .release = cpu_release,
+        .upload = cpu_copy,
+        .download = cpu_copy,
+        .zero = cpu_zero,
+        .sync = cpu_sync,
+        .submit = cpu_submit,
+        .host_alloc = cpu_alloc,
+        .host_release = cpu_release,
+        .upload_async = cpu_copy,
+        .preprocess = cpu_preprocess,
+        .postprocess = cpu_postprocess,
+        .squeeze = cpu_squeeze,
+        .unsqueeze = cpu_unsqueeze,
+        .finc_forward = finc_cpu_finc_forward,
+        .finc_inverse = finc_cpu_finc_inverse,
+        .actnorm_forward = cpu_actnorm_forward,
+        .actnorm_inverse = cpu_actnorm_inverse,
+        .conv1x1_forward = cpu_conv1x1_forward,
+        .conv1x1_inverse = cpu_conv1x1_inverse,
+        .coupling_forward = finc_cpu_coupling_forward,
+        .coupling_inverse = finc_cpu_coupling_inverse,
+        .gaussian_logp = cpu_gaussian_logp,
+        .latents_write = cpu_latents_write,
+        .latents_read = cpu_latents_read,
+        .batch_bucket = cpu_batch_bucket,
+        .warm_up = cpu_warm_up,
+        .status = cpu_status,
+        .destroy = cpu_destroy,
+    };
+    if (finc_backend_check_table(be, err, errlen) != 0) {
         cpu_destroy(be);
         return NULL;
     }
-
-    be->name = "cpu";
-    be->alloc = cpu_alloc;
-    be->release = cpu_release;
-    be->upload = cpu_copy;
-    be->download = cpu_copy;
-    be->zero = cpu_zero;
-    be->sync = cpu_sync;
-    be->preprocess = cpu_preprocess;
-    be->postprocess = cpu_postprocess;
-    be->squeeze = cpu_squeeze;
-    be->unsqueeze = cpu_unsqueeze;
-    be->finc_forward = finc_cpu_finc_forward;
-    be->finc_inverse = finc_cpu_finc_inverse;
-    be->actnorm_forward = cpu_actnorm_forward;
-    be->actnorm_inverse = cpu_actnorm_inverse;
-    be->conv1x1_forward = cpu_conv1x1_forward;
-    be->conv1x1_inverse = cpu_conv1x1_inverse;
-    be->coupling_forward = finc_cpu_coupling_forward;
-    be->coupling_inverse = finc_cpu_coupling_inverse;
-    be->gaussian_logp = cpu_gaussian_logp;
-    be->latents_write = cpu_latents_write;
-    be->latents_read = cpu_latents_read;
     return be;
 }

@@ -2,7 +2,7 @@
  * convolutions are GEMMs over all B*H*W pixels of the batch:
  *   conv1 3x3:  im2col of x1 (cin*9, N), then W1 (F, cin*9) . col
  *   conv2 1x1:  W2 (F, F) . h1
- *   conv3 3x3:  W3 with taps outermost (cout*9, F) . h2, then a shift-add over
+ *   conv3 3x3:  W3 with taps outermost (cout*9, F, derived at load) . h2, then a shift-add over
  *               the nine taps; F is large and cout small, so this avoids an
  *               im2col of F*9 rows.
  * The shift-add is fused with the affine transform and the log-det. */
@@ -13,53 +13,7 @@
 
 #include "check.h"
 #include "cpu.h"
-#include "error.h"
 #include "gemm.h"
-
-int finc_cpu_coupling_init(finc_cpu_ctx *c, const finc_model *m, char *err, size_t errlen)
-{
-    int n = 0;
-    size_t floats = 0;
-    for (const finc_coupling *cp; (cp = finc_model_coupling(m, n)); n++) floats += (size_t)cp->cout * 9 * cp->width;
-    c->preps = calloc((size_t)n, sizeof *c->preps);
-    c->prep_block = malloc(floats * sizeof(float));
-    if (!c->preps || !c->prep_block) {
-        free(c->preps);
-        free(c->prep_block);
-        finc_errorf(err, errlen, "out of memory for coupling weights");
-        return -1;
-    }
-    float *p = c->prep_block;
-    for (int i = 0; i < n; i++) {
-        const finc_coupling *cp = finc_model_coupling(m, i);
-        finc_cpu_coupling_prep *pr = &c->preps[c->n_preps++];
-        pr->cp = cp;
-        pr->w3_taps = p;
-        const int F = cp->width;
-        for (int co = 0; co < cp->cout; co++)
-            for (int t = 0; t < 9; t++)
-                for (int f = 0; f < F; f++)
-                    p[((size_t)co * 9 + t) * F + f] = cp->w3[((size_t)co * F + f) * 9 + t];
-        p += (size_t)cp->cout * 9 * F;
-    }
-    return 0;
-}
-
-void finc_cpu_coupling_free(finc_cpu_ctx *c)
-{
-    free(c->preps);
-    free(c->prep_block);
-    c->preps = NULL;
-    c->prep_block = NULL;
-}
-
-static const float *w3_taps_of(const finc_cpu_ctx *c, const finc_coupling *cp)
-{
-    for (int i = 0; i < c->n_preps; i++)
-        if (c->preps[i].cp == cp) return c->preps[i].w3_taps;
-    FINC_CHECK(!"coupling not prepared by this backend");
-    return NULL;
-}
 
 /* col (cin*9, B*H*W) from x (cin, B, H, W), zero padding 1. */
 static void im2col3x3(float *col, const float *x, int cin, int B, int H, int W)
@@ -110,7 +64,7 @@ static void coupling_net(finc_cpu_ctx *c, const float *x1, const finc_coupling *
     bias_relu(c->h1, cp->b1, F, (size_t)N);
     finc_sgemm(F, N, F, cp->w2, F, c->h1, N, c->h2, N, 0.0f);
     bias_relu(c->h2, cp->b2, F, (size_t)N);
-    finc_sgemm(cp->cout * 9, N, F, w3_taps_of(c, cp), F, c->h2, N, c->taps, N, 0.0f);
+    finc_sgemm(cp->cout * 9, N, F, cp->w3_taps, F, c->h2, N, c->taps, N, 0.0f);
 }
 
 /* Net output channel co at pixel (h, w) of image b: shift-add of the taps,

@@ -100,12 +100,13 @@ int finc_cuda_available(char *why, size_t n)
     return 0;
 }
 
-finc_backend *finc_cuda_open(const finc_model *m, int max_batch, int device, char *err, size_t errlen)
+finc_backend *finc_cuda_open(const finc_model *m, int max_batch, int device, finc_precision precision, char *err,
+                             size_t errlen)
 {
     pthread_once(&once, load);
     if (!api) {
         snprintf(err, errlen, "backend 'cuda' is not available: %.900s", load_why);
         return NULL;
     }
-    return api->backend_new(m, max_batch, device, err, errlen);  /* it says why when no device answers */
+    return api->backend_new(m, max_batch, device, precision, err, errlen);  /* it says why when no device answers */
 }

@@ -20,6 +20,7 @@ struct finc_engine {
     float *act[2];                /* (D, B) activations, ping-pong */
     float *u;                     /* (B, D) dequantization offsets */
     float *lat;                   /* (B, D) latents */
+    float *lat2;                  /* (B, D) the other latent buffer of finc_sample's pipeline */
     uint8_t *pix;                 /* (B, D) pixels, in and out */
     int nstats;                   /* finc_config_stat_count */
     double *stats;                /* (nstats, B) */
@@ -28,7 +29,7 @@ struct finc_engine {
     /* host staging */
     float *h_u;                   /* (B, D) */
     double *h_stats;              /* (nstats, B) */
-    float *h_lat;                 /* (B, D) */
+    float *h_lat[2];              /* (B, D) finc_sample's latent draws, double-buffered, host_alloc'd */
     uint8_t *h_rows;              /* (B, D) importance-weighted scoring's image rows, made on first use */
     /* anomaly features, made on first use */
     int nscratch;
@@ -41,15 +42,16 @@ static void engine_release(finc_engine *e)
 {
     if (e->be) {
         finc_backend *be = e->be;
-        void *bufs[] = {e->act[0], e->act[1], e->u, e->lat, e->pix, e->stats};
+        void *bufs[] = {e->act[0], e->act[1], e->u, e->lat, e->lat2, e->pix, e->stats};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             if (bufs[i]) be->release(be, bufs[i]);
+        for (int i = 0; i < 2; i++)
+            if (e->h_lat[i]) be->host_release(be, e->h_lat[i]);
         be->destroy(be);
     }
     free(e->h_u);
     free(e->h_stats);
     free(e->stat_const);
-    free(e->h_lat);
     free(e->h_rows);
     for (int i = 0; i < e->nscratch; i++) finc_anomaly_scratch_free(e->scratch[i]);
     free(e->scratch);
@@ -83,14 +85,25 @@ static void set_constants(finc_engine *e)
  * and says why on stderr. */
 static finc_backend *open_backend(const finc_model *m, const finc_engine_opts *o, char *err, size_t errlen)
 {
-    if (strcmp(o->backend, "cuda") == 0) return finc_cuda_open(m, o->max_batch, -1, err, errlen);
+    if (strcmp(o->backend, "cuda") == 0) return finc_cuda_open(m, o->max_batch, -1, o->precision, err, errlen);
     if (strcmp(o->backend, "auto") == 0) {
         char why[1024];
-        if (finc_cuda_available(why, sizeof why)) return finc_cuda_open(m, o->max_batch, -1, err, errlen);
+        if (finc_cuda_available(why, sizeof why))
+            return finc_cuda_open(m, o->max_batch, -1, o->precision, err, errlen);
         fprintf(stderr, "finc: backend auto: the CPU (%s)\n", why);
     }
     return finc_backend_cpu_new(m, o->max_batch, o->threads, err, errlen);
 }
+
+int finc_precision_parse(const char *name, finc_precision *out)
+{
+    if (name && !strcmp(name, "fp32")) *out = FINC_PRECISION_FP32;
+    else if (name && !strcmp(name, "tf32")) *out = FINC_PRECISION_TF32;
+    else return -1;
+    return 0;
+}
+
+const char *finc_precision_name(finc_precision p) { return p == FINC_PRECISION_TF32 ? "tf32" : "fp32"; }
 
 int finc_backend_name_ok(const char *name)
 {
@@ -130,17 +143,30 @@ finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *
     e->act[1] = be->alloc(be, BD * sizeof(float));
     e->u = be->alloc(be, BD * sizeof(float));
     e->lat = be->alloc(be, BD * sizeof(float));
+    e->lat2 = be->alloc(be, BD * sizeof(float));
     e->pix = be->alloc(be, BD);
     e->nstats = finc_config_stat_count(&e->model.cfg);
     const size_t nstats = (size_t)e->nstats * B;
     e->stats = be->alloc(be, nstats * sizeof(double));
     e->h_u = malloc(BD * sizeof(float));
-    e->h_lat = malloc(BD * sizeof(float));
+    e->h_lat[0] = be->host_alloc(be, BD * sizeof(float));
+    e->h_lat[1] = be->host_alloc(be, BD * sizeof(float));
     e->h_stats = malloc(nstats * sizeof(double));
     e->stat_const = calloc((size_t)e->nstats, sizeof(double));
-    if (!e->act[0] || !e->act[1] || !e->u || !e->lat || !e->pix || !e->stats || !e->h_u || !e->h_lat ||
+    if (!e->act[0] || !e->act[1] || !e->u || !e->lat || !e->lat2 || !e->pix || !e->stats || !e->h_u || !e->h_lat[0] ||
+        !e->h_lat[1] ||
         !e->h_stats || !e->stat_const) {
         finc_errorf(err, errlen, "out of memory for a batch of %d", B);
+        engine_release(e);
+        return NULL;
+    }
+    /* A chain padded to its bucket reads rows past the batch: they must hold
+     * numbers, whatever the device's memory held before. */
+    be->zero(be, e->u, BD * sizeof(float));
+    be->zero(be, e->lat, BD * sizeof(float));
+    be->zero(be, e->lat2, BD * sizeof(float));
+    be->zero(be, e->pix, BD);
+    if (be->sync(be, err, errlen) != 0) {
         engine_release(e);
         return NULL;
     }
@@ -172,7 +198,8 @@ static void swap(float **a, float **b)
 
 /* One chunk of B <= max_batch images whose pixels sit in e->pix and, when
  * has_u, offsets in e->u. Every log-det and Gaussian term goes to its own row
- * of e->stats, so the statistics cost no second pass. */
+ * of e->stats, so the statistics cost no second pass. B is the backend's
+ * bucket (finc_engine_bucket): the rows past the caller's images are padding. */
 static int encode_chunk(finc_engine *e, int B, int has_u, char *err, size_t errlen)
 {
     finc_backend *be = e->be;
@@ -233,20 +260,20 @@ int finc_encode_stats(finc_engine *e, int n, const uint8_t *pixels, const float 
     const int S = e->nstats;
     const size_t D = (size_t)e->D;
     for (int i0 = 0; i0 < n; i0 += e->max_batch) {
-        const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
+        const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch, Bp = be->batch_bucket(be, B);
         be->upload(be, e->pix, pixels + (size_t)i0 * D, (size_t)B * D);
         if (u) be->upload(be, e->u, u + (size_t)i0 * D, (size_t)B * D * sizeof(float));
-        if (encode_chunk(e, B, u != NULL, err, errlen)) return -1;
-        be->download(be, e->h_stats, e->stats, (size_t)S * B * sizeof(double));
+        if (encode_chunk(e, Bp, u != NULL, err, errlen)) return -1;
+        be->download(be, e->h_stats, e->stats, (size_t)S * Bp * sizeof(double));
         const double *hs = e->h_stats;
         for (int b = 0; b < B; b++) {
             double sum = 0;
-            for (int r = 0; r < S; r++) sum += hs[(size_t)r * B + b];
+            for (int r = 0; r < S; r++) sum += hs[(size_t)r * Bp + b];
             logp[i0 + b] = sum + e->logp_const;
             if (!stats) continue;
             /* each statistic a whole log-density term of its own */
             double *st = stats + (size_t)(i0 + b) * S;
-            for (int r = 0; r < S; r++) st[r] = hs[(size_t)r * B + b] + e->stat_const[r];
+            for (int r = 0; r < S; r++) st[r] = hs[(size_t)r * Bp + b] + e->stat_const[r];
         }
         if (latents)
             be->download(be, latents + (size_t)i0 * D, e->lat, (size_t)B * D * sizeof(float));
@@ -412,7 +439,9 @@ int finc_score_keyed(finc_engine *e, int n, const uint8_t *pixels, int samples, 
     return 0;
 }
 
-static int decode_chunk(finc_engine *e, int B, char *err, size_t errlen)
+/* Issues the decode of B (a bucket) latent rows in lat to pixels in e->pix,
+ * without waiting for it. */
+static void decode_issue(finc_engine *e, int B, const float *lat)
 {
     finc_backend *be = e->be;
     const finc_model *m = &e->model;
@@ -426,12 +455,12 @@ static int decode_chunk(finc_engine *e, int B, char *err, size_t errlen)
     offsets[L] = off;
     float *cur = e->act[0], *tmp = e->act[1];
     const finc_level *last = &m->levels[L - 1];
-    be->latents_read(be, cur, e->lat, e->D, offsets[L], last->c, B, last->h * last->w);
+    be->latents_read(be, cur, lat, e->D, offsets[L], last->c, B, last->h * last->w);
     for (int l = L - 1; l >= 0; l--) {
         const finc_level *lv = &m->levels[l];
         const int C = lv->c, H = lv->h, W = lv->w, HW = H * W;
         if (lv->has_split) {
-            be->latents_read(be, cur + (size_t)(C / 2) * B * HW, e->lat, e->D, offsets[l], C / 2, B, HW);
+            be->latents_read(be, cur + (size_t)(C / 2) * B * HW, lat, e->D, offsets[l], C / 2, B, HW);
             be->coupling_inverse(be, cur, &lv->split, B, H, W);
         }
         for (int s = lv->nsteps - 1; s >= 0; s--) {
@@ -447,7 +476,13 @@ static int decode_chunk(finc_engine *e, int B, char *err, size_t errlen)
         swap(&cur, &tmp);
     }
     be->postprocess(be, e->pix, cur, B, cfg->c, cfg->h, cfg->w, cfg->alpha);
-    return be->sync(be, err, errlen);
+    be->submit(be);
+}
+
+static int decode_chunk(finc_engine *e, int B, const float *lat, char *err, size_t errlen)
+{
+    decode_issue(e, B, lat);
+    return e->be->sync(e->be, err, errlen);
 }
 
 int finc_decode(finc_engine *e, int n, const float *latents, uint8_t *pixels,
@@ -459,11 +494,29 @@ int finc_decode(finc_engine *e, int n, const float *latents, uint8_t *pixels,
     for (int i0 = 0; i0 < n; i0 += e->max_batch) {
         const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
         be->upload(be, e->lat, latents + (size_t)i0 * D, (size_t)B * D * sizeof(float));
-        if (decode_chunk(e, B, err, errlen)) return -1;
+        if (decode_chunk(e, be->batch_bucket(be, B), e->lat, err, errlen)) return -1;
         be->download(be, pixels + (size_t)i0 * D, e->pix, (size_t)B * D);
     }
     return 0;
 }
+
+/* The chains of a batch size (encode, encode with offsets, decode from
+ * either latent buffer), on whatever the buffers hold. */
+static int warm_chains(void *user, int B, char *err, size_t errlen)
+{
+    finc_engine *e = user;
+    return encode_chunk(e, B, 0, err, errlen) || encode_chunk(e, B, 1, err, errlen) ||
+                   decode_chunk(e, B, e->lat, err, errlen) || decode_chunk(e, B, e->lat2, err, errlen)
+               ? -1
+               : 0;
+}
+
+int finc_engine_warm_up(finc_engine *e, char *err, size_t errlen)
+{
+    return e->be->warm_up(e->be, warm_chains, e, err, errlen);
+}
+
+void finc_engine_status(finc_engine *e, finc_backend_status *s) { e->be->status(e->be, s); }
 
 void finc_draw_latents(const finc_engine *e, uint64_t seed, uint64_t index, float temperature,
                        float *latents)
@@ -488,11 +541,27 @@ int finc_sample(finc_engine *e, int n, float temperature, uint64_t seed, uint64_
     if (!(temperature >= 0.0f) || !isfinite(temperature)) {
         return finc_errorf(err, errlen, "temperature must be a finite number >= 0");
     }
+    /* A pipeline over chunks of max_batch: while the device decodes chunk i,
+     * the host draws chunk i + 1 into the other staging buffer and its copy
+     * to the other latent buffer runs beside the decode. */
+    finc_backend *be = e->be;
     const size_t D = (size_t)e->D;
-    for (int i0 = 0; i0 < n; i0 += e->max_batch) {
-        const int B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
-        finc_draw_latents_rows(e, B, seed, first_index + (uint64_t)i0, temperature, e->h_lat);
-        if (finc_decode(e, B, e->h_lat, pixels + (size_t)i0 * D, err, errlen)) return -1;
+    float *lat[2] = {e->lat, e->lat2};
+    const int chunks = n == 0 ? 0 : (n + e->max_batch - 1) / e->max_batch;
+    for (int c = 0; c < chunks; c++) {
+        const int i0 = c * e->max_batch, B = n - i0 < e->max_batch ? n - i0 : e->max_batch;
+        if (c == 0) {
+            finc_draw_latents_rows(e, B, seed, first_index, temperature, e->h_lat[0]);
+            be->upload_async(be, lat[0], e->h_lat[0], (size_t)B * D * sizeof(float));
+        }
+        decode_issue(e, be->batch_bucket(be, B), lat[c % 2]);
+        if (c + 1 < chunks) {
+            const int j0 = i0 + e->max_batch, Bn = n - j0 < e->max_batch ? n - j0 : e->max_batch;
+            finc_draw_latents_rows(e, Bn, seed, first_index + (uint64_t)j0, temperature, e->h_lat[(c + 1) % 2]);
+            be->upload_async(be, lat[(c + 1) % 2], e->h_lat[(c + 1) % 2], (size_t)Bn * D * sizeof(float));
+        }
+        if (be->sync(be, err, errlen)) return -1;
+        be->download(be, pixels + (size_t)i0 * D, e->pix, (size_t)B * D);
     }
     return 0;
 }

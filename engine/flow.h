@@ -21,7 +21,12 @@ typedef struct {
     int max_batch;         /* largest batch run at once (default 64); larger n is chunked */
     int threads;           /* CPU threads; <= 0 for all cores */
     int uncalibrated;      /* leave out the weights' anomaly block (finc calibrate replaces it) */
+    finc_precision precision; /* CUDA GEMMs: FINC_PRECISION_FP32 (default) or _TF32 */
 } finc_engine_opts;
+
+/* "fp32" or "tf32" to *out; -1 for anything else. */
+int finc_precision_parse(const char *name, finc_precision *out);
+const char *finc_precision_name(finc_precision p);
 
 /* Whether name is a backend: "cpu", "cuda" or "auto". */
 int finc_backend_name_ok(const char *name);
@@ -36,6 +41,13 @@ const char *finc_engine_backend_name(const finc_engine *e);
 /* The backend itself, for checks and benchmarks that look inside it. */
 finc_backend *finc_engine_backend(finc_engine *e);
 int finc_engine_max_batch(const finc_engine *e);
+/* Runs every chain the engine issues (encode, encode with offsets, decode) at
+ * each batch size its backend pads to, so that a CUDA backend captures all
+ * its graphs now rather than during the first requests. Returns 0, or -1
+ * with a message. */
+int finc_engine_warm_up(finc_engine *e, char *err, size_t errlen);
+/* The backend's state (engine/backend.h); dead: every later call fails. */
+void finc_engine_status(finc_engine *e, finc_backend_status *s);
 
 /* Encode n images (pixels (n, C, H, W)) with dequantization offsets u (n, C, H, W)
  * in [0, 1), or u == NULL for 0.5 everywhere. Writes the latents (n, D) when

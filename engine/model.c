@@ -343,6 +343,8 @@ static float *take(bump *b, size_t n)
     return p;
 }
 
+static size_t w3_taps_floats(const finc_config *cfg);
+
 static size_t derived_floats(const finc_config *cfg)
 {
     size_t total = 0, C = 4 * (size_t)cfg->c, k = (size_t)cfg->kernel;
@@ -352,7 +354,7 @@ static size_t derived_floats(const finc_config *cfg)
         if (l < cfg->levels - 1)
             total += align_up(C);
     }
-    return total;
+    return total + w3_taps_floats(cfg);
 }
 
 /* Hands the file's pages that hold only this tensor back to the kernel once
@@ -522,6 +524,27 @@ static int invert_1x1(const float *w, float *inv, int C, double *logdet, const c
     return rc;
 }
 
+/* Each coupling's conv3 weight with its taps outermost, one piece per coupling. */
+static size_t w3_taps_floats(const finc_config *cfg)
+{
+    size_t total = 0, C = 4 * (size_t)cfg->c, F = (size_t)cfg->width;
+    for (int l = 0; l < cfg->levels; l++, C *= 2)
+        total += (size_t)(cfg->steps[l] + (l < cfg->levels - 1)) * align_up(C * 9 * F);
+    return total;
+}
+
+/* taps[(co*9 + t)*F + f] = w3[(co*F + f)*9 + t] */
+static const float *derive_w3_taps(bump *b, const finc_coupling *cp)
+{
+    const int F = cp->width;
+    float *taps = take(b, (size_t)cp->cout * 9 * F);
+    for (int co = 0; co < cp->cout; co++)
+        for (int t = 0; t < 9; t++)
+            for (int f = 0; f < F; f++)
+                taps[((size_t)co * 9 + t) * F + f] = cp->w3[((size_t)co * F + f) * 9 + t];
+    return taps;
+}
+
 static int assign_coupling(finc_coupling *cp, want_list *wl, int *ci, bump *b, int C, int F, char *err,
                            size_t errlen)
 {
@@ -545,6 +568,7 @@ static int assign_coupling(finc_coupling *cp, want_list *wl, int *ci, bump *b, i
         scale3[i] = (float)v;
     }
     cp->scale3 = scale3;
+    cp->w3_taps = derive_w3_taps(b, cp);
     return 0;
 }
 
@@ -764,6 +788,20 @@ const finc_coupling *finc_model_coupling(const finc_model *m, int i)
         if (lv->has_split && i-- == 0) return &lv->split;
     }
     return NULL;
+}
+
+finc_scratch_sizes finc_model_scratch_sizes(const finc_model *m, int max_batch)
+{
+    finc_scratch_sizes s = {0, 0, 0};
+    const size_t F = (size_t)m->cfg.width;
+    for (int l = 0; l < m->cfg.levels; l++) {
+        const finc_level *lv = &m->levels[l];
+        const size_t N = (size_t)max_batch * lv->h * lv->w, cin = (size_t)lv->c / 2, cout = (size_t)lv->c;
+        if (cin * 9 * N > s.col) s.col = cin * 9 * N;
+        if (F * N > s.hidden) s.hidden = F * N;
+        if (cout * 9 * N > s.taps) s.taps = cout * 9 * N;
+    }
+    return s;
 }
 
 double finc_model_flops(const finc_model *m)

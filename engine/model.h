@@ -30,6 +30,8 @@ typedef struct {
     const float *w2, *b2;         /* (F, F), (F,) */
     const float *w3, *b3;         /* (cout, F, 3, 3), (cout,) */
     const float *scale3;          /* (cout,)  exp(3 * logs), derived at load */
+    const float *w3_taps;         /* (cout*9, F) w3 with its taps outermost, derived at load: conv3
+                                     as one GEMM then a shift-add over the nine taps (both backends) */
 } finc_coupling;
 
 typedef struct {
@@ -91,6 +93,14 @@ const finc_coupling *finc_model_coupling(const finc_model *m, int i);
  * finc_encode_stats): how many, and the name of statistic i. */
 int finc_config_stat_count(const finc_config *cfg);
 void finc_config_stat_name(const finc_config *cfg, int i, char *buf, size_t n);
+
+/* Coupling scratch of a backend, in floats, for batches up to max_batch:
+ * the largest level's im2col of x1 (cin*9, B*HW), hidden activations
+ * (F, B*HW) each, and conv3's taps (cout*9, B*HW). */
+typedef struct {
+    size_t col, hidden, taps;
+} finc_scratch_sizes;
+finc_scratch_sizes finc_model_scratch_sizes(const finc_model *m, int max_batch);
 
 /* Floating-point operations (multiply-adds x2) of one image's pass through
  * the model's convolutions: the couplings' three dominate; the FInC units

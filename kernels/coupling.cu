@@ -1,78 +1,19 @@
 /* The affine coupling on the GPU (model.md section 2), mirroring
- * engine/cpu_coupling.c: the net's three convolutions are cuBLAS GEMMs over all
- * B*H*W pixels of the batch,
- *   conv1 3x3:  im2col of x1 (cin*9, N), then W1 (F, cin*9) . col
- *   conv2 1x1:  W2 (F, F) . h1
+ * engine/cpu_coupling.c: the net's three convolutions are GEMMs over all B*H*W
+ * pixels of the batch (kernels/gemm.cu),
+ *   conv1 3x3:  im2col of x1 (cin*9, N), then W1 (F, cin*9) . col, + b1, ReLU
+ *   conv2 1x1:  W2 (F, F) . h1, + b2, ReLU
  *   conv3 3x3:  W3 with taps outermost (cout*9, F) . h2, then a shift-add over
  *               the nine taps, fused with the affine transform and the log-det.
- * The taps-outermost copy of W3 is derived on the device at init. */
-#include <stdlib.h>
-
+ * Bias and ReLU are the GEMMs' epilogue, not passes of their own; for that
+ * the hidden activations h1, h2 are pixel-major (N, F), where the CPU's are
+ * (F, N): the bias is then per row of cuBLASLt's column-major output.
+ * The taps-outermost copy of W3 is derived at load (engine/model.c) and
+ * uploaded with the rest of the weights block. */
 #include "kernels/cuda.h"
 
 #define GRID_STRIDE(i, n) \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
-
-/* taps[(co*9 + t)*F + f] = w3[(co*F + f)*9 + t] */
-__global__ void w3_taps_kernel(float *taps, const float *w3, int cout, int F)
-{
-    GRID_STRIDE(i, (size_t)cout * 9 * F) {
-        const int f = (int)(i % F), t = (int)(i / F % 9), co = (int)(i / ((size_t)9 * F));
-        taps[i] = w3[((size_t)co * F + f) * 9 + t];
-    }
-}
-
-int finc_cuda_coupling_init(finc_cuda_ctx *c)
-{
-    const finc_model *m = c->m;
-    int n = 0;
-    size_t floats = 0;
-    for (const finc_coupling *cp; (cp = finc_model_coupling(m, n)) != NULL; n++)
-        floats += (size_t)cp->cout * 9 * cp->width;
-    c->preps = (finc_cuda_coupling_prep *)calloc(n ? n : 1, sizeof *c->preps);
-    if (!c->preps) {
-        finc_cuda_fail(c, __FILE__, __LINE__, "out of host memory for coupling tables");
-        return -1;
-    }
-    const cudaError_t e = cudaMalloc((void **)&c->prep_block, (floats ? floats : 1) * sizeof(float));
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        c->prep_block = NULL;
-        finc_cuda_fail(c, __FILE__, __LINE__, "cudaMalloc of %.1f MiB for conv3 tap weights: %s",
-                       floats * sizeof(float) / 1048576.0, cudaGetErrorString(e));
-        return -1;
-    }
-    float *p = c->prep_block;
-    for (int i = 0; i < n; i++) {
-        const finc_coupling *cp = finc_model_coupling(m, i);
-        finc_cuda_coupling_prep *pr = &c->preps[c->n_preps++];
-        pr->cp = cp;
-        pr->w3_taps = p;
-        const size_t count = (size_t)cp->cout * 9 * cp->width;
-        w3_taps_kernel<<<finc_cuda_blocks(count), FINC_CUDA_THREADS, 0, c->stream>>>(
-            p, finc_cuda_weight(c, cp->w3), cp->cout, cp->width);
-        if (FINC_CUDA_LAUNCHED(c, "w3_taps_kernel")) return -1;
-        p += count;
-    }
-    return 0;
-}
-
-void finc_cuda_coupling_free(finc_cuda_ctx *c)
-{
-    if (c->prep_block) FINC_CUDA_TRY(c, cudaFree(c->prep_block));
-    free(c->preps);
-    c->preps = NULL;
-    c->prep_block = NULL;
-    c->n_preps = 0;
-}
-
-static const float *w3_taps_of(const finc_cuda_ctx *c, const finc_coupling *cp)
-{
-    for (int i = 0; i < c->n_preps; i++)
-        if (c->preps[i].cp == cp) return c->preps[i].w3_taps;
-    FINC_CHECK(!"coupling not prepared by this backend");
-    return NULL;
-}
 
 /* col (cin*9, B*H*W) from x (cin, B, H, W), zero padding 1. */
 __global__ void im2col3x3_kernel(float *col, const float *x, int cin, int B, int H, int W)
@@ -87,30 +28,18 @@ __global__ void im2col3x3_kernel(float *col, const float *x, int cin, int B, int
     }
 }
 
-__global__ void bias_relu_kernel(float *h, const float *bias, int F, size_t N)
-{
-    GRID_STRIDE(i, (size_t)F * N) {
-        const float v = h[i] + bias[i / N];
-        h[i] = v > 0.0f ? v : 0.0f;
-    }
-}
-
 /* The net: fills c->taps (cout*9, N) for the shift-add. */
 static void coupling_net(finc_cuda_ctx *c, const float *x1, const finc_coupling *cp, int B, int H, int W)
 {
-    const int N = B * H * W, F = cp->width, K1 = cp->cin * 9;
+    const int N = B * H * W, K1 = cp->cin * 9;
+    const finc_cuda_level_gemms *g = finc_cuda_gemms_of(c, cp->cout);
     im2col3x3_kernel<<<finc_cuda_blocks((size_t)K1 * N), FINC_CUDA_THREADS, 0, c->stream>>>(c->col, x1, cp->cin,
                                                                                             B, H, W);
     FINC_CUDA_LAUNCHED(c, "im2col3x3_kernel");
-    finc_cuda_sgemm(c, F, N, K1, finc_cuda_weight(c, cp->w1), K1, c->col, N, c->h1, N);
-    bias_relu_kernel<<<finc_cuda_blocks((size_t)F * N), FINC_CUDA_THREADS, 0, c->stream>>>(
-        c->h1, finc_cuda_weight(c, cp->b1), F, (size_t)N);
-    FINC_CUDA_LAUNCHED(c, "bias_relu_kernel");
-    finc_cuda_sgemm(c, F, N, F, finc_cuda_weight(c, cp->w2), F, c->h1, N, c->h2, N);
-    bias_relu_kernel<<<finc_cuda_blocks((size_t)F * N), FINC_CUDA_THREADS, 0, c->stream>>>(
-        c->h2, finc_cuda_weight(c, cp->b2), F, (size_t)N);
-    FINC_CUDA_LAUNCHED(c, "bias_relu_kernel");
-    finc_cuda_sgemm(c, cp->cout * 9, N, F, w3_taps_of(c, cp), F, c->h2, N, c->taps, N);
+    finc_cuda_gemm_run(c, g->conv1, N, finc_cuda_weight(c, cp->w1), c->col, c->h1, finc_cuda_weight(c, cp->b1));
+    /* The F x F product, the largest: the one TF32 applies to (its plan's). */
+    finc_cuda_gemm_run(c, g->conv2, N, finc_cuda_weight(c, cp->w2), c->h1, c->h2, finc_cuda_weight(c, cp->b2));
+    finc_cuda_gemm_run(c, g->conv3, N, c->h2, finc_cuda_weight(c, cp->w3_taps), c->taps, NULL);
 }
 
 /* Net output channel co at pixel (h, w) of image b: shift-add of the taps,

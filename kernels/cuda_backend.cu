@@ -12,19 +12,65 @@
 
 /* ---- errors ------------------------------------------------------------ */
 
-void finc_cuda_fail(finc_cuda_ctx *c, const char *file, int line, const char *fmt, ...)
+static void fail_v(finc_cuda_ctx *c, const char *file, int line, const char *fmt, va_list ap)
 {
     if (c->failed) return;
     c->failed = 1;
     int n = snprintf(c->err, sizeof c->err, "%s:%d: ", file, line);
     if (n < 0 || (size_t)n >= sizeof c->err) return;
+    vsnprintf(c->err + n, sizeof c->err - n, fmt, ap);
+}
+
+void finc_cuda_fail(finc_cuda_ctx *c, const char *file, int line, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->err + n, sizeof c->err - n, fmt, ap);
+    fail_v(c, file, line, fmt, ap);
     va_end(ap);
 }
 
-const char *finc_cublas_status_name(cublasStatus_t s) { return cublasGetStatusName(s); }
+int finc_cuda_error_sticky(cudaError_t e)
+{
+    switch (e) {
+    case cudaErrorECCUncorrectable:
+    case cudaErrorContained:
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorAssert:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorLaunchFailure:
+    case cudaErrorTensorMemoryLeak:
+    case cudaErrorMpsClientTerminated:
+    case cudaErrorExternalDevice:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+void finc_cuda_fail_code(finc_cuda_ctx *c, cudaError_t e, const char *file, int line, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (finc_cuda_error_sticky(e) && !c->dead) {
+        c->dead = 1;
+        va_list ap2;
+        va_copy(ap2, ap);
+        /* The error's name first: health checks show the start of this. */
+        int n = snprintf(c->dead_err, sizeof c->dead_err, "%s (%s) at %s:%d: ", cudaGetErrorName(e),
+                         cudaGetErrorString(e), file, line);
+        if (n >= 0 && (size_t)n < sizeof c->dead_err) vsnprintf(c->dead_err + n, sizeof c->dead_err - n, fmt, ap2);
+        va_end(ap2);
+    }
+    fail_v(c, file, line, fmt, ap);
+    va_end(ap);
+}
+
+const char *finc_cublas_status_name(cublasStatus_t s) { return cublasLtGetStatusName(s); }
 
 /* Makes the backend's device current on the calling thread: the engine may be
  * driven from a thread other than the one that created it. */
@@ -58,10 +104,35 @@ extern "C" size_t finc_cuda_used_bytes(void)
     return total_b - free_b;
 }
 
+/* The kernel module's version (e.g. "580.82.07"), which names the driver
+ * branch, from /proc/driver/nvidia/version; "" when it cannot be read. */
+static void driver_module_version(char *buf, size_t n)
+{
+    buf[0] = 0;
+    FILE *f = fopen("/proc/driver/nvidia/version", "r");
+    if (!f) return;
+    char line[512];
+    if (fgets(line, sizeof line, f)) {
+        const char *k = strstr(line, "Kernel Module");
+        if (k && sscanf(k, "Kernel Module %31s", buf) != 1) buf[0] = 0;
+    }
+    fclose(f);
+}
+
+/* The driver branch a CUDA runtime needs (its minor-version compatibility floor). */
+static const char *driver_needed(int runtime)
+{
+    if (runtime >= 13000) return "R580 (580.65.06) or newer";
+    if (runtime >= 12000) return "R525 (525.60.13) or newer";
+    return "R450 or newer";
+}
+
 extern "C" int finc_cuda_describe(int device, char *buf, size_t n)
 {
     cudaDeviceProp p;
     int drv = 0, rt = 0;
+    char module[40];
+    driver_module_version(module, sizeof module);
     cudaError_t e = cudaGetDeviceProperties(&p, device);
     if (e == cudaSuccess) e = cudaDriverGetVersion(&drv);
     if (e == cudaSuccess) e = cudaRuntimeGetVersion(&rt);
@@ -71,30 +142,24 @@ extern "C" int finc_cuda_describe(int device, char *buf, size_t n)
         (void)cudaDriverGetVersion(&d);
         (void)cudaRuntimeGetVersion(&r);
         if (e == cudaErrorInsufficientDriver && d == 0)
-            snprintf(buf, n, "no CUDA driver (libcuda.so.1 is not installed or not visible; the runtime is %d.%d)",
-                     r / 1000, r % 1000 / 10);
+            snprintf(buf, n, "no CUDA driver (libcuda.so.1 is not installed or not visible); this build's CUDA %d.%d "
+                     "runtime needs driver %s", r / 1000, r % 1000 / 10, driver_needed(r));
         else if (e == cudaErrorInsufficientDriver)
-            snprintf(buf, n, "the CUDA driver %d.%d is older than the runtime %d.%d this build needs", d / 1000,
-                     d % 1000 / 10, r / 1000, r % 1000 / 10);
+            snprintf(buf, n, "the NVIDIA driver%s%s supports CUDA %d.%d, older than this build's CUDA %d.%d runtime, "
+                     "which needs driver %s", module[0] ? " " : "", module, d / 1000, d % 1000 / 10, r / 1000,
+                     r % 1000 / 10, driver_needed(r));
         else
             snprintf(buf, n, "device %d: %s (%s)", device, cudaGetErrorString(e), cudaGetErrorName(e));
         return -1;
     }
-    snprintf(buf, n, "%s, %d SMs, %.1f GiB, compute %d.%d, %zu KiB shared/block, driver %d.%d, runtime %d.%d",
-             p.name, p.multiProcessorCount, p.totalGlobalMem / 1073741824.0, p.major, p.minor,
-             p.sharedMemPerBlockOptin / 1024, drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10);
+    snprintf(buf, n, "%s, %d SMs, %.1f GiB, compute %d.%d, %zu KiB shared/block, driver %s%s(CUDA %d.%d), "
+             "runtime %d.%d (needs driver %s)", p.name, p.multiProcessorCount, p.totalGlobalMem / 1073741824.0,
+             p.major, p.minor, (size_t)p.sharedMemPerBlockOptin / 1024, module, module[0] ? " " : "", drv / 1000,
+             drv % 1000 / 10, rt / 1000, rt % 1000 / 10, driver_needed(rt));
     return 0;
 }
 
 /* ---- shared helpers ---------------------------------------------------- */
-
-void finc_cuda_sgemm(finc_cuda_ctx *c, int M, int N, int K, const float *A, int lda,
-                     const float *B, int ldb, float *C, int ldc)
-{
-    const float one = 1.0f, zero = 0.0f;
-    FINC_CUBLAS_TRY(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, B, ldb, A, lda,
-                                   &zero, C, ldc));
-}
 
 __global__ void reduce_finish_kernel(double *out, const double *partial, int nchunk, int B)
 {
@@ -257,80 +322,127 @@ const char *finc_cuda_op_name(int kind)
 
 void finc_cuda_run_op(finc_cuda_ctx *c, const finc_cuda_op *op)
 {
-    const int *a = op->i;
-    void *p0 = (void *)op->p[0];
-    const void *p1 = op->p[1];
-    const finc_step *st = (const finc_step *)op->p[2];
     switch (op->kind) {
     case FINC_OP_ZERO:
-        FINC_CUDA_TRY(c, cudaMemsetAsync(p0, 0, op->n, c->stream));
+        FINC_CUDA_TRY(c, cudaMemsetAsync(op->a.zero.dst, 0, op->a.zero.bytes, c->stream));
         break;
-    case FINC_OP_PREPROCESS:
-        op_preprocess(c, (float *)p0, (double *)p1, (const uint8_t *)op->p[2], (const float *)op->p[3],
-                      a[0], a[1], a[2], a[3], op->d);
-        break;
-    case FINC_OP_POSTPROCESS:
-        LAUNCH(c, postprocess_kernel, (size_t)a[0] * a[1] * a[2] * a[3], (uint8_t *)p0, (const float *)p1,
-               a[0], a[2] * a[3], a[1] * a[2] * a[3], op->d);
-        break;
-    case FINC_OP_SQUEEZE:
-        LAUNCH(c, squeeze_kernel, (size_t)a[0] * a[1] * a[2] * a[3], (float *)p0, (const float *)p1,
-               a[0], a[1], a[2], a[3]);
-        break;
-    case FINC_OP_UNSQUEEZE:
-        LAUNCH(c, unsqueeze_kernel, (size_t)a[0] * a[1] * a[2] * a[3], (float *)p0, (const float *)p1,
-               a[0], a[1], a[2], a[3]);
-        break;
-    case FINC_OP_FINC_FORWARD:
-        finc_cuda_finc_forward(c, (float *)p0, (const float *)p1, st, a[0], a[1], a[2], a[3], a[4]);
-        break;
-    case FINC_OP_FINC_INVERSE:
-        finc_cuda_finc_inverse(c, (float *)p0, (const float *)p1, st, a[0], a[1], a[2], a[3], a[4]);
-        break;
-    case FINC_OP_ACTNORM_FORWARD:
-        LAUNCH(c, actnorm_forward_kernel, (size_t)a[0] * a[1] * a[2], (float *)p0, finc_cuda_weight(c, st->an_t),
-               finc_cuda_weight(c, st->an_s), a[0], (size_t)a[1] * a[2]);
-        break;
-    case FINC_OP_ACTNORM_INVERSE:
-        LAUNCH(c, actnorm_inverse_kernel, (size_t)a[0] * a[1] * a[2], (float *)p0, finc_cuda_weight(c, st->an_t),
-               finc_cuda_weight(c, st->an_s), a[0], (size_t)a[1] * a[2]);
-        break;
-    case FINC_OP_CONV1X1_FORWARD:
-    case FINC_OP_CONV1X1_INVERSE: {
-        const int C = a[0], N = a[1] * a[2];
-        if (N == 0) break;
-        const float *w = op->kind == FINC_OP_CONV1X1_FORWARD ? st->w1x1 : st->w1x1_inv;
-        finc_cuda_sgemm(c, C, N, C, finc_cuda_weight(c, w), C, (const float *)p1, N, (float *)p0, N);
+    case FINC_OP_PREPROCESS: {
+        const auto &a = op->a.preprocess;
+        op_preprocess(c, a.x, a.logdet, a.pixels, a.u, a.B, a.C, a.H, a.W, a.alpha);
         break;
     }
-    case FINC_OP_COUPLING_FORWARD:
-        finc_cuda_coupling_forward(c, (float *)p0, (double *)p1, (const finc_coupling *)op->p[2], a[0], a[1], a[2]);
+    case FINC_OP_POSTPROCESS: {
+        const auto &a = op->a.postprocess;
+        LAUNCH(c, postprocess_kernel, (size_t)a.B * a.C * a.H * a.W, a.pixels, a.x, a.B, a.H * a.W, a.C * a.H * a.W,
+               a.alpha);
         break;
-    case FINC_OP_COUPLING_INVERSE:
-        finc_cuda_coupling_inverse(c, (float *)p0, (const finc_coupling *)op->p[2], a[0], a[1], a[2]);
+    }
+    case FINC_OP_SQUEEZE:
+    case FINC_OP_UNSQUEEZE: {
+        const auto &a = op->a.squeeze;
+        if (op->kind == FINC_OP_SQUEEZE)
+            LAUNCH(c, squeeze_kernel, (size_t)a.C * a.B * a.H * a.W, a.out, a.in, a.C, a.B, a.H, a.W);
+        else
+            LAUNCH(c, unsqueeze_kernel, (size_t)a.C * a.B * a.H * a.W, a.out, a.in, a.C, a.B, a.H, a.W);
         break;
+    }
+    case FINC_OP_FINC_FORWARD:
+    case FINC_OP_FINC_INVERSE: {
+        const auto &a = op->a.finc;
+        if (op->kind == FINC_OP_FINC_FORWARD) finc_cuda_finc_forward(c, a.out, a.in, a.st, a.C, a.B, a.H, a.W, a.k);
+        else finc_cuda_finc_inverse(c, a.out, a.in, a.st, a.C, a.B, a.H, a.W, a.k);
+        break;
+    }
+    case FINC_OP_ACTNORM_FORWARD:
+    case FINC_OP_ACTNORM_INVERSE: {
+        const auto &a = op->a.actnorm;
+        const float *t = finc_cuda_weight(c, a.st->an_t), *s = finc_cuda_weight(c, a.st->an_s);
+        if (op->kind == FINC_OP_ACTNORM_FORWARD)
+            LAUNCH(c, actnorm_forward_kernel, (size_t)a.C * a.B * a.HW, a.x, t, s, a.C, (size_t)a.B * a.HW);
+        else
+            LAUNCH(c, actnorm_inverse_kernel, (size_t)a.C * a.B * a.HW, a.x, t, s, a.C, (size_t)a.B * a.HW);
+        break;
+    }
+    case FINC_OP_CONV1X1_FORWARD:
+    case FINC_OP_CONV1X1_INVERSE: {
+        const auto &a = op->a.conv1x1;
+        const int N = a.B * a.HW;
+        if (N == 0) break;
+        const float *w = op->kind == FINC_OP_CONV1X1_FORWARD ? a.st->w1x1 : a.st->w1x1_inv;
+        finc_cuda_gemm_run(c, finc_cuda_gemms_of(c, a.C)->conv1x1, N, a.x, finc_cuda_weight(c, w), a.y, NULL);
+        break;
+    }
+    case FINC_OP_COUPLING_FORWARD: {
+        const auto &a = op->a.coupling;
+        finc_cuda_coupling_forward(c, a.x, a.logdet, a.cp, a.B, a.H, a.W);
+        break;
+    }
+    case FINC_OP_COUPLING_INVERSE: {
+        const auto &a = op->a.coupling;
+        finc_cuda_coupling_inverse(c, a.x, a.cp, a.B, a.H, a.W);
+        break;
+    }
     case FINC_OP_GAUSSIAN_LOGP: {
-        const gaussian_op f = {(const float *)p1, a[1], a[2]};
-        finc_cuda_reduce(c, (double *)p0, a[1], a[0] * a[2], f);
+        const auto &a = op->a.gaussian_logp;
+        const gaussian_op f = {a.z, a.B, a.HW};
+        finc_cuda_reduce(c, a.logp, a.B, a.C * a.HW, f);
         break;
     }
     case FINC_OP_LATENTS_WRITE:
-        LAUNCH(c, latents_write_kernel, (size_t)a[2] * a[3] * a[4], (float *)p0, a[0], a[1], (const float *)p1,
-               a[2], a[3], a[4]);
+    case FINC_OP_LATENTS_READ: {
+        const auto &a = op->a.latents;
+        if (op->kind == FINC_OP_LATENTS_WRITE)
+            LAUNCH(c, latents_write_kernel, (size_t)a.C * a.B * a.HW, a.dst, a.D, a.offset, a.src, a.C, a.B, a.HW);
+        else
+            LAUNCH(c, latents_read_kernel, (size_t)a.C * a.B * a.HW, a.dst, a.src, a.D, a.offset, a.C, a.B, a.HW);
         break;
-    case FINC_OP_LATENTS_READ:
-        LAUNCH(c, latents_read_kernel, (size_t)a[2] * a[3] * a[4], (float *)p0, (const float *)p1, a[0], a[1],
-               a[2], a[3], a[4]);
-        break;
+    }
     default:
         FINC_CHECK(!"unknown CUDA op");
     }
     if (c->debug_sync) {
         const cudaError_t e = cudaStreamSynchronize(c->stream);
         if (e != cudaSuccess)
-            finc_cuda_fail(c, __FILE__, __LINE__, "op %s (shape %d %d %d %d %d): %s (%s)", finc_cuda_op_name(op->kind),
-                           a[0], a[1], a[2], a[3], a[4], cudaGetErrorString(e), cudaGetErrorName(e));
+            finc_cuda_fail_code(c, e, __FILE__, __LINE__, "op %s: %s (%s)", finc_cuda_op_name(op->kind),
+                                cudaGetErrorString(e), cudaGetErrorName(e));
     }
+}
+
+static long reduce_launches(int B, int per_image)
+{
+    if (B <= 0 || per_image <= 0) return 0;
+    return 1 + ((per_image + FINC_CUDA_CHUNK - 1) / FINC_CUDA_CHUNK > 1);
+}
+
+long finc_cuda_op_launches(const finc_cuda_op *op)
+{
+    switch (op->kind) {
+    case FINC_OP_ZERO: return op->a.zero.bytes > 0;
+    case FINC_OP_PREPROCESS: {
+        const auto &a = op->a.preprocess;
+        return reduce_launches(a.B, a.C * a.H * a.W);
+    }
+    case FINC_OP_POSTPROCESS: return (size_t)op->a.postprocess.B * op->a.postprocess.C * op->a.postprocess.H > 0;
+    case FINC_OP_SQUEEZE:
+    case FINC_OP_UNSQUEEZE: return (size_t)op->a.squeeze.C * op->a.squeeze.B * op->a.squeeze.H > 0;
+    case FINC_OP_FINC_FORWARD:
+    case FINC_OP_FINC_INVERSE: return op->a.finc.B > 0 && op->a.finc.C > 0;
+    case FINC_OP_ACTNORM_FORWARD:
+    case FINC_OP_ACTNORM_INVERSE: return (size_t)op->a.actnorm.C * op->a.actnorm.B * op->a.actnorm.HW > 0;
+    case FINC_OP_CONV1X1_FORWARD:
+    case FINC_OP_CONV1X1_INVERSE: return op->a.conv1x1.B * op->a.conv1x1.HW > 0;
+    case FINC_OP_COUPLING_FORWARD:
+    case FINC_OP_COUPLING_INVERSE: {
+        const auto &a = op->a.coupling;
+        if (a.B == 0) return 0;
+        /* im2col, three GEMMs (bias and ReLU their epilogue), then the affine step */
+        return 4 + (op->kind == FINC_OP_COUPLING_FORWARD ? reduce_launches(a.B, a.cp->cin * a.H * a.W) : 1);
+    }
+    case FINC_OP_GAUSSIAN_LOGP: return reduce_launches(op->a.gaussian_logp.B, op->a.gaussian_logp.C * op->a.gaussian_logp.HW);
+    case FINC_OP_LATENTS_WRITE:
+    case FINC_OP_LATENTS_READ: return (size_t)op->a.latents.C * op->a.latents.B * op->a.latents.HW > 0;
+    }
+    return 0;
 }
 
 /* ---- the table ----------------------------------------------------------- */
@@ -379,11 +491,44 @@ static void cuda_download(finc_backend *be, void *dst, const void *src, size_t b
     FINC_CUDA_TRY(c, cudaStreamSynchronize(c->stream));
 }
 
+static void cuda_submit(finc_backend *be)
+{
+    /* At a chain's end, as at a sync: the queue may replay as a graph. */
+    finc_cuda_flush(enter(be), 1);
+}
+
+static void *cuda_host_alloc(finc_backend *be, size_t bytes)
+{
+    enter(be);
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault) != cudaSuccess) {
+        (void)cudaGetLastError();  /* out of pinned memory is not sticky */
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_host_release(finc_backend *be, void *p)
+{
+    finc_cuda_ctx *c = enter(be);
+    FINC_CUDA_TRY(c, cudaFreeHost(p));
+}
+
+/* On the copy stream, so it runs beside what the compute stream is running;
+ * the compute stream's later work waits for it. */
+static void cuda_upload_async(finc_backend *be, void *dst, const void *src, size_t bytes)
+{
+    finc_cuda_ctx *c = enter(be);
+    finc_cuda_flush(c, 0);
+    if (FINC_CUDA_TRY(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->copy_stream)) == 0 &&
+        FINC_CUDA_TRY(c, cudaEventRecord(c->copied, c->copy_stream)) == 0)
+        FINC_CUDA_TRY(c, cudaStreamWaitEvent(c->stream, c->copied, 0));
+}
+
 static void cuda_zero(finc_backend *be, void *dst, size_t bytes)
 {
     finc_cuda_op op = op_new(FINC_OP_ZERO);
-    op.p[0] = dst;
-    op.n = bytes;
+    op.a.zero.dst = dst, op.a.zero.bytes = bytes;
     submit(be, &op);
 }
 
@@ -392,9 +537,17 @@ static int cuda_sync(finc_backend *be, char *err, size_t errlen)
     finc_cuda_ctx *c = enter(be);
     finc_cuda_flush(c, 1);
     FINC_CUDA_TRY(c, cudaStreamSynchronize(c->stream));
+    if (c->dead) {
+        /* Every later call returns the same error: say so, and what it was. */
+        snprintf(err, errlen, "CUDA backend: the device is in an unrecoverable error state, restart the process: %s",
+                 c->dead_err);
+        c->failed = 0;
+        c->err[0] = 0;
+        return -1;
+    }
     if (!c->failed) return 0;
     snprintf(err, errlen, "CUDA backend: %s", c->err);
-    /* A sticky error (a kernel fault) comes back from the next call too. */
+    /* Not sticky: this batch failed, the next one starts clean. */
     c->failed = 0;
     c->err[0] = 0;
     return -1;
@@ -404,9 +557,8 @@ static void cuda_preprocess(finc_backend *be, float *x, double *logdet, const ui
                             const float *u, int B, int C, int H, int W, double alpha)
 {
     finc_cuda_op op = op_new(FINC_OP_PREPROCESS);
-    op.p[0] = x, op.p[1] = logdet, op.p[2] = pixels, op.p[3] = u;
-    op.i[0] = B, op.i[1] = C, op.i[2] = H, op.i[3] = W;
-    op.d = alpha;
+    auto &a = op.a.preprocess;
+    a.x = x, a.logdet = logdet, a.pixels = pixels, a.u = u, a.B = B, a.C = C, a.H = H, a.W = W, a.alpha = alpha;
     submit(be, &op);
 }
 
@@ -414,79 +566,141 @@ static void cuda_postprocess(finc_backend *be, uint8_t *pixels, const float *x,
                              int B, int C, int H, int W, double alpha)
 {
     finc_cuda_op op = op_new(FINC_OP_POSTPROCESS);
-    op.p[0] = pixels, op.p[1] = x;
-    op.i[0] = B, op.i[1] = C, op.i[2] = H, op.i[3] = W;
-    op.d = alpha;
+    auto &a = op.a.postprocess;
+    a.pixels = pixels, a.x = x, a.B = B, a.C = C, a.H = H, a.W = W, a.alpha = alpha;
     submit(be, &op);
 }
 
-static void op4(finc_backend *be, int kind, void *out, const void *in, const void *w,
-                int a0, int a1, int a2, int a3, int a4)
+static void squeeze_op(finc_backend *be, int kind, float *out, const float *in, int C, int B, int H, int W)
 {
     finc_cuda_op op = op_new(kind);
-    op.p[0] = out, op.p[1] = in, op.p[2] = w;
-    op.i[0] = a0, op.i[1] = a1, op.i[2] = a2, op.i[3] = a3, op.i[4] = a4;
+    auto &a = op.a.squeeze;
+    a.out = out, a.in = in, a.C = C, a.B = B, a.H = H, a.W = W;
     submit(be, &op);
 }
-
 static void cuda_squeeze(finc_backend *be, float *y, const float *x, int C, int B, int H, int W)
 {
-    op4(be, FINC_OP_SQUEEZE, y, x, NULL, C, B, H, W, 0);
+    squeeze_op(be, FINC_OP_SQUEEZE, y, x, C, B, H, W);
 }
 static void cuda_unsqueeze(finc_backend *be, float *x, const float *y, int C, int B, int H, int W)
 {
-    op4(be, FINC_OP_UNSQUEEZE, x, y, NULL, C, B, H, W, 0);
+    squeeze_op(be, FINC_OP_UNSQUEEZE, x, y, C, B, H, W);
+}
+
+static void finc_op(finc_backend *be, int kind, float *out, const float *in, const finc_step *st, int C, int B,
+                    int H, int W, int k)
+{
+    finc_cuda_op op = op_new(kind);
+    auto &a = op.a.finc;
+    a.out = out, a.in = in, a.st = st, a.C = C, a.B = B, a.H = H, a.W = W, a.k = k;
+    submit(be, &op);
 }
 static void cuda_finc_forward(finc_backend *be, float *y, const float *x, const finc_step *st,
                               int C, int B, int H, int W, int k)
 {
-    op4(be, FINC_OP_FINC_FORWARD, y, x, st, C, B, H, W, k);
+    finc_op(be, FINC_OP_FINC_FORWARD, y, x, st, C, B, H, W, k);
 }
 static void cuda_finc_inverse(finc_backend *be, float *x, const float *y, const finc_step *st,
                               int C, int B, int H, int W, int k)
 {
-    op4(be, FINC_OP_FINC_INVERSE, x, y, st, C, B, H, W, k);
+    finc_op(be, FINC_OP_FINC_INVERSE, x, y, st, C, B, H, W, k);
+}
+
+static void actnorm_op(finc_backend *be, int kind, float *x, const finc_step *st, int C, int B, int HW)
+{
+    finc_cuda_op op = op_new(kind);
+    auto &a = op.a.actnorm;
+    a.x = x, a.st = st, a.C = C, a.B = B, a.HW = HW;
+    submit(be, &op);
 }
 static void cuda_actnorm_forward(finc_backend *be, float *x, const finc_step *st, int C, int B, int HW)
 {
-    op4(be, FINC_OP_ACTNORM_FORWARD, x, NULL, st, C, B, HW, 0, 0);
+    actnorm_op(be, FINC_OP_ACTNORM_FORWARD, x, st, C, B, HW);
 }
 static void cuda_actnorm_inverse(finc_backend *be, float *x, const finc_step *st, int C, int B, int HW)
 {
-    op4(be, FINC_OP_ACTNORM_INVERSE, x, NULL, st, C, B, HW, 0, 0);
+    actnorm_op(be, FINC_OP_ACTNORM_INVERSE, x, st, C, B, HW);
+}
+
+static void conv1x1_op(finc_backend *be, int kind, float *y, const float *x, const finc_step *st, int C, int B,
+                       int HW)
+{
+    finc_cuda_op op = op_new(kind);
+    auto &a = op.a.conv1x1;
+    a.y = y, a.x = x, a.st = st, a.C = C, a.B = B, a.HW = HW;
+    submit(be, &op);
 }
 static void cuda_conv1x1_forward(finc_backend *be, float *y, const float *x, const finc_step *st,
                                  int C, int B, int HW)
 {
-    op4(be, FINC_OP_CONV1X1_FORWARD, y, x, st, C, B, HW, 0, 0);
+    conv1x1_op(be, FINC_OP_CONV1X1_FORWARD, y, x, st, C, B, HW);
 }
 static void cuda_conv1x1_inverse(finc_backend *be, float *y, const float *x, const finc_step *st,
                                  int C, int B, int HW)
 {
-    op4(be, FINC_OP_CONV1X1_INVERSE, y, x, st, C, B, HW, 0, 0);
+    conv1x1_op(be, FINC_OP_CONV1X1_INVERSE, y, x, st, C, B, HW);
+}
+
+static void coupling_op(finc_backend *be, int kind, float *x, double *logdet, const finc_coupling *cp, int B, int H,
+                        int W)
+{
+    finc_cuda_op op = op_new(kind);
+    auto &a = op.a.coupling;
+    a.x = x, a.logdet = logdet, a.cp = cp, a.B = B, a.H = H, a.W = W;
+    submit(be, &op);
 }
 static void cuda_coupling_forward(finc_backend *be, float *x, double *logdet, const finc_coupling *cp,
                                   int B, int H, int W)
 {
-    op4(be, FINC_OP_COUPLING_FORWARD, x, logdet, cp, B, H, W, 0, 0);
+    coupling_op(be, FINC_OP_COUPLING_FORWARD, x, logdet, cp, B, H, W);
 }
 static void cuda_coupling_inverse(finc_backend *be, float *x, const finc_coupling *cp, int B, int H, int W)
 {
-    op4(be, FINC_OP_COUPLING_INVERSE, x, NULL, cp, B, H, W, 0, 0);
+    coupling_op(be, FINC_OP_COUPLING_INVERSE, x, NULL, cp, B, H, W);
 }
+
 static void cuda_gaussian_logp(finc_backend *be, double *logp, const float *z, int C, int B, int HW)
 {
-    op4(be, FINC_OP_GAUSSIAN_LOGP, logp, z, NULL, C, B, HW, 0, 0);
+    finc_cuda_op op = op_new(FINC_OP_GAUSSIAN_LOGP);
+    auto &a = op.a.gaussian_logp;
+    a.logp = logp, a.z = z, a.C = C, a.B = B, a.HW = HW;
+    submit(be, &op);
+}
+
+static void latents_op(finc_backend *be, int kind, float *dst, const float *src, int D, int offset, int C, int B,
+                       int HW)
+{
+    finc_cuda_op op = op_new(kind);
+    auto &a = op.a.latents;
+    a.dst = dst, a.src = src, a.D = D, a.offset = offset, a.C = C, a.B = B, a.HW = HW;
+    submit(be, &op);
 }
 static void cuda_latents_write(finc_backend *be, float *lat, int D, int offset, const float *z,
                                int C, int B, int HW)
 {
-    op4(be, FINC_OP_LATENTS_WRITE, lat, z, NULL, D, offset, C, B, HW);
+    latents_op(be, FINC_OP_LATENTS_WRITE, lat, z, D, offset, C, B, HW);
 }
 static void cuda_latents_read(finc_backend *be, float *z, const float *lat, int D, int offset,
                               int C, int B, int HW)
 {
-    op4(be, FINC_OP_LATENTS_READ, z, lat, NULL, D, offset, C, B, HW);
+    latents_op(be, FINC_OP_LATENTS_READ, z, lat, D, offset, C, B, HW);
+}
+
+static int cuda_batch_bucket(finc_backend *be, int B) { return finc_cuda_graph_bucket(finc_cuda_ctx_of(be), B); }
+
+static int cuda_warm_up(finc_backend *be, int (*warm)(void *, int, char *, size_t), void *user, char *err,
+                        size_t errlen)
+{
+    return finc_cuda_graphs_warm_up(enter(be), warm, user, err, errlen);
+}
+
+static void cuda_status(finc_backend *be, finc_backend_status *s)
+{
+    finc_cuda_ctx *c = finc_cuda_ctx_of(be);
+    memset(s, 0, sizeof *s);
+    s->dead = c->dead;
+    if (c->dead) snprintf(s->why, sizeof s->why, "%s", c->dead_err);
+    finc_cuda_graphs_status(c, s);
 }
 
 /* ---- life cycle ------------------------------------------------------------ */
@@ -506,15 +720,17 @@ static void cuda_destroy(finc_backend *be)
             (void)cudaStreamSynchronize(c->stream);
         }
         finc_cuda_graphs_free(c);
-        finc_cuda_coupling_free(c);
         dev_free(c, c->col);
         dev_free(c, c->h1);
         dev_free(c, c->h2);
         dev_free(c, c->taps);
         dev_free(c, c->partial);
         dev_free(c, c->block);
-        if (c->blas) FINC_CUBLAS_TRY(c, cublasDestroy(c->blas));
+        finc_cuda_gemm_free(c);
+        if (c->lt) FINC_CUBLAS_TRY(c, cublasLtDestroy(c->lt));
         dev_free(c, c->blas_ws);
+        if (c->copied) FINC_CUDA_TRY(c, cudaEventDestroy(c->copied));
+        if (c->copy_stream) FINC_CUDA_TRY(c, cudaStreamDestroy(c->copy_stream));
         if (c->stream) FINC_CUDA_TRY(c, cudaStreamDestroy(c->stream));
         free(c);
     }
@@ -543,7 +759,7 @@ static int env_flag(const char *name, int dflt)
 }
 
 extern "C" finc_backend *finc_backend_cuda_new(const finc_model *m, int max_batch, int device,
-                                               char *err, size_t errlen)
+                                               finc_precision precision, char *err, size_t errlen)
 {
     if (max_batch < 1 || max_batch > 65535) {
         snprintf(err, errlen, "CUDA backend: max batch %d is outside 1..65535", max_batch);
@@ -581,17 +797,9 @@ extern "C" finc_backend *finc_backend_cuda_new(const finc_model *m, int max_batc
     c->max_batch = max_batch;
     c->debug_sync = env_flag("FINC_CUDA_SYNC", 0);
     c->finc_mode = FINC_CUDA_FINC_AUTO;
+    c->tf32 = precision == FINC_PRECISION_TF32;
 
-    /* Scratch for the largest level at max_batch, as the CPU backend sizes it. */
-    size_t col = 0, h = 0, taps = 0;
-    for (int l = 0; l < m->cfg.levels; l++) {
-        const finc_level *lv = &m->levels[l];
-        const size_t N = (size_t)max_batch * lv->h * lv->w;
-        const size_t cin = (size_t)lv->c / 2, cout = (size_t)lv->c, F = (size_t)m->cfg.width;
-        if (cin * 9 * N > col) col = cin * 9 * N;
-        if (F * N > h) h = F * N;
-        if (cout * 9 * N > taps) taps = cout * 9 * N;
-    }
+    const finc_scratch_sizes sz = finc_model_scratch_sizes(m, max_batch);
     const int D = finc_config_dim(&m->cfg);
     /* Per-image chunks of the reductions; none is longer than D per image. */
     c->partial_n = (size_t)max_batch * ((D + FINC_CUDA_CHUNK - 1) / FINC_CUDA_CHUNK);
@@ -599,55 +807,70 @@ extern "C" finc_backend *finc_backend_cuda_new(const finc_model *m, int max_batc
 
     if (FINC_CUDA_TRY(c, cudaSetDevice(device))) goto fail;
     if (FINC_CUDA_TRY(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking))) goto fail;
-    if (FINC_CUBLAS_TRY(c, cublasCreate(&c->blas))) goto fail;
-    if (FINC_CUBLAS_TRY(c, cublasSetStream(c->blas, c->stream))) goto fail;
-    /* After cublasSetStream, which resets the workspace: a fixed workspace lets
-     * a graph capture run cuBLAS without allocating. */
-    if (dev_alloc(c, &c->blas_ws, ws_bytes, "the cuBLAS workspace")) goto fail;
-    if (FINC_CUBLAS_TRY(c, cublasSetWorkspace(c->blas, c->blas_ws, ws_bytes))) goto fail;
-    /* FP32 by default; $FINC_CUDA_TF32=1 trades ~3 digits for tensor-core GEMMs. */
-    if (FINC_CUBLAS_TRY(c, cublasSetMathMode(c->blas, env_flag("FINC_CUDA_TF32", 0)
-                                                          ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                          : CUBLAS_DEFAULT_MATH)))
-        goto fail;
+    if (FINC_CUDA_TRY(c, cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking))) goto fail;
+    if (FINC_CUDA_TRY(c, cudaEventCreateWithFlags(&c->copied, cudaEventDisableTiming))) goto fail;
+    if (FINC_CUBLAS_TRY(c, cublasLtCreate(&c->lt))) goto fail;
+    /* A fixed workspace lets a graph capture run cuBLASLt without allocating. */
+    c->blas_ws_bytes = ws_bytes;
+    if (dev_alloc(c, &c->blas_ws, ws_bytes, "the cuBLASLt workspace")) goto fail;
     if (dev_alloc(c, (void **)&c->block, m->block_floats * sizeof(float), "the weights")) goto fail;
     /* On the backend's stream: it does not wait for the legacy default stream,
      * and the kernels that derive from the weights must come after them. */
     if (FINC_CUDA_TRY(c, cudaMemcpyAsync(c->block, m->block, m->block_floats * sizeof(float),
                                          cudaMemcpyHostToDevice, c->stream)))
         goto fail;
-    if (dev_alloc(c, (void **)&c->col, col * sizeof(float), "coupling im2col scratch") ||
-        dev_alloc(c, (void **)&c->h1, h * sizeof(float), "coupling hidden activations") ||
-        dev_alloc(c, (void **)&c->h2, h * sizeof(float), "coupling hidden activations") ||
-        dev_alloc(c, (void **)&c->taps, taps * sizeof(float), "coupling conv3 taps") ||
+    if (dev_alloc(c, (void **)&c->col, sz.col * sizeof(float), "coupling im2col scratch") ||
+        dev_alloc(c, (void **)&c->h1, sz.hidden * sizeof(float), "coupling hidden activations") ||
+        dev_alloc(c, (void **)&c->h2, sz.hidden * sizeof(float), "coupling hidden activations") ||
+        dev_alloc(c, (void **)&c->taps, sz.taps * sizeof(float), "coupling conv3 taps") ||
         dev_alloc(c, (void **)&c->partial, c->partial_n * sizeof(double), "per-image sums"))
         goto fail;
-    if (finc_cuda_coupling_init(c) || finc_cuda_finc_init(c)) goto fail;
+    if (finc_cuda_finc_init(c)) goto fail;
     if (finc_cuda_graphs_init(c, !c->debug_sync && env_flag("FINC_CUDA_GRAPHS", 1))) goto fail;
+    {
+        int buckets[64];
+        const int nb = finc_cuda_graph_buckets(c, buckets, 64);
+        if (finc_cuda_gemm_init(c, buckets, nb)) goto fail;
+    }
     if (FINC_CUDA_TRY(c, cudaStreamSynchronize(c->stream))) goto fail;
 
-    be->name = "cuda";
-    be->alloc = cuda_alloc;
-    be->release = cuda_release;
-    be->upload = cuda_upload;
-    be->download = cuda_download;
-    be->zero = cuda_zero;
-    be->sync = cuda_sync;
-    be->preprocess = cuda_preprocess;
-    be->postprocess = cuda_postprocess;
-    be->squeeze = cuda_squeeze;
-    be->unsqueeze = cuda_unsqueeze;
-    be->finc_forward = cuda_finc_forward;
-    be->finc_inverse = cuda_finc_inverse;
-    be->actnorm_forward = cuda_actnorm_forward;
-    be->actnorm_inverse = cuda_actnorm_inverse;
-    be->conv1x1_forward = cuda_conv1x1_forward;
-    be->conv1x1_inverse = cuda_conv1x1_inverse;
-    be->coupling_forward = cuda_coupling_forward;
-    be->coupling_inverse = cuda_coupling_inverse;
-    be->gaussian_logp = cuda_gaussian_logp;
-    be->latents_write = cuda_latents_write;
-    be->latents_read = cuda_latents_read;
+    *be = (finc_backend){
+        .name = "cuda",
+        .ctx = c,
+        .alloc = cuda_alloc,
+        .release = cuda_release,
+        .upload = cuda_upload,
+        .download = cuda_download,
+        .zero = cuda_zero,
+        .sync = cuda_sync,
+        .submit = cuda_submit,
+        .host_alloc = cuda_host_alloc,
+        .host_release = cuda_host_release,
+        .upload_async = cuda_upload_async,
+        .preprocess = cuda_preprocess,
+        .postprocess = cuda_postprocess,
+        .squeeze = cuda_squeeze,
+        .unsqueeze = cuda_unsqueeze,
+        .finc_forward = cuda_finc_forward,
+        .finc_inverse = cuda_finc_inverse,
+        .actnorm_forward = cuda_actnorm_forward,
+        .actnorm_inverse = cuda_actnorm_inverse,
+        .conv1x1_forward = cuda_conv1x1_forward,
+        .conv1x1_inverse = cuda_conv1x1_inverse,
+        .coupling_forward = cuda_coupling_forward,
+        .coupling_inverse = cuda_coupling_inverse,
+        .gaussian_logp = cuda_gaussian_logp,
+        .latents_write = cuda_latents_write,
+        .latents_read = cuda_latents_read,
+        .batch_bucket = cuda_batch_bucket,
+        .warm_up = cuda_warm_up,
+        .status = cuda_status,
+        .destroy = cuda_destroy,
+    };
+    if (finc_backend_check_table(be, err, errlen) != 0) {
+        cuda_destroy(be);
+        return NULL;
+    }
     return be;
 
 fail:
@@ -663,6 +886,22 @@ extern "C" void finc_cuda_set_finc_mode(finc_backend *be, int mode)
     finc_cuda_ctx *c = enter(be);
     finc_cuda_flush(c, 0);
     c->finc_mode = mode;
+}
+
+extern "C" void finc_cuda_set_finc_general(finc_backend *be, int general)
+{
+    FINC_CHECK(be && be->name && strcmp(be->name, "cuda") == 0);
+    finc_cuda_ctx *c = enter(be);
+    finc_cuda_flush(c, 0);
+    c->finc_general = general != 0;
+}
+
+extern "C" void finc_cuda_set_smem_limit(finc_backend *be, size_t bytes)
+{
+    FINC_CHECK(be && be->name && strcmp(be->name, "cuda") == 0);
+    finc_cuda_ctx *c = enter(be);
+    finc_cuda_flush(c, 0);
+    c->smem_limit = bytes == 0 || bytes > c->smem_device ? c->smem_device : bytes;
 }
 
 /* ---- the module's entry point (engine/backend.h) ------------------------ */

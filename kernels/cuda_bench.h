@@ -1,7 +1,9 @@
-/* What the CUDA check and benchmark (bench/cuda_check.c) use beyond the backend
- * table: the device description, the per-(diagonal, channel) FInC inverse the
- * paper's public code uses (the baseline), and a switch that forces where the
- * FInC inverse keeps its data, so every placement is tested. C-callable. */
+/* What the CUDA checks (tests/cuda/test_backend_ops.c) and timings
+ * (bench/cuda_bench.c) use beyond the backend table: graph and node counts,
+ * device memory in use, switches that force the FInC inverse's placement,
+ * kernel and shared-memory limit (so each is tested), and the
+ * per-(diagonal, channel) FInC inverse of the paper's public code (the
+ * baseline), synced or as one graph. C-callable. */
 #ifndef FINC_CUDA_BENCH_H
 #define FINC_CUDA_BENCH_H
 
@@ -35,6 +37,15 @@ size_t finc_cuda_used_bytes(void);
  * back to the next smaller one). For tests and benchmarks. */
 void finc_cuda_set_finc_mode(finc_backend *be, int mode);
 
+/* general: the FInC inverse uses its general-k kernel even for k = 3 (the
+ * k = 3 one is the default), so tests check both. */
+void finc_cuda_set_finc_general(finc_backend *be, int general);
+
+/* Lowers the dynamic shared memory the FInC inverse may use per block to
+ * bytes (0: back to the device's limit), so the placement falls back as on
+ * a smaller device. For tests. */
+void finc_cuda_set_smem_limit(finc_backend *be, size_t bytes);
+
 /* The FInC inverse as the public code schedules it: one launch per
  * (anti-diagonal, channel), all images and quarters in each launch, and, when
  * sync_each, a device-wide synchronise after every launch. x and y are device
@@ -42,6 +53,21 @@ void finc_cuda_set_finc_mode(finc_backend *be, int mode);
 int finc_cuda_finc_inverse_baseline(finc_backend *be, float *x, const float *y, const finc_step *st,
                                     int C, int B, int H, int W, int k, int sync_each,
                                     char *err, size_t errlen);
+
+/* The same launches captured once into a CUDA graph (the capture and
+ * instantiation are timed by the caller, apart), replayed reps times per
+ * run; its node count says how many launches it holds. */
+typedef struct finc_cuda_baseline_graph finc_cuda_baseline_graph;
+finc_cuda_baseline_graph *finc_cuda_baseline_graph_new(finc_backend *be, float *x, const float *y, const finc_step *st,
+                                                       int C, int B, int H, int W, int k, char *err, size_t errlen);
+long finc_cuda_baseline_graph_nodes(const finc_cuda_baseline_graph *g);
+int finc_cuda_baseline_graph_run(finc_backend *be, finc_cuda_baseline_graph *g, int reps, char *err, size_t errlen);
+void finc_cuda_baseline_graph_free(finc_cuda_baseline_graph *g);
+
+/* Kernel launches (graph nodes) of the last chain captured, and how many
+ * its ops intend: one per kernel, memset and GEMM. More nodes than intended
+ * means a library added kernels (cuBLAS's split-K reduction, say). */
+void finc_cuda_graph_nodes(finc_backend *be, long *nodes, long *intended);
 
 #ifdef __cplusplus
 }

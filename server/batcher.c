@@ -58,6 +58,7 @@ struct finc_batcher {
     int closed;               /* the loop's handles are closing: no more uv_async_send */
     int failed_in_row;        /* batches with a failed engine call since the last good one */
     char fail_err[256];
+    finc_backend_status status; /* the backend's, as of its last batch */
     batch *to_engine;         /* handed to the engine thread */
     batch *returned;          /* handed back by it */
 
@@ -285,6 +286,11 @@ static int batch_run(finc_batcher *b, batch *bt)
     const finc_batcher_engine *ec = b->calls;
     const size_t D = (size_t)b->D;
     const double t0 = finc_mono_now();
+    if (b->status.dead) {  /* read on this thread only, which writes it */
+        snprintf(bt->err, sizeof bt->err, "the engine is dead (restart the process): %.200s", b->status.why);
+        for (int s = 0; s < bt->nseg; s++) bt->seg[s].failed = 1;
+        return 1;
+    }
     if (bt->kind == FINC_JOB_SAMPLE) {
         /* The latents finc_sample would draw for each image, keyed by its
          * request's (seed, index), so a batch of many requests is one decode;
@@ -505,6 +511,9 @@ static int real_keyed(void *e, int n, const uint8_t *px, int samples, const uint
     return finc_score_keyed(e, n, px, samples, seeds, idx, logp, err, errlen);
 }
 
+static int real_warm_up(void *e, char *err, size_t errlen) { return finc_engine_warm_up(e, err, errlen); }
+static void real_status(void *e, finc_backend_status *st) { finc_engine_status(e, st); }
+
 static const finc_batcher_engine real_engine = {
     .open = real_open,
     .free = real_free,
@@ -514,7 +523,30 @@ static const finc_batcher_engine real_engine = {
     .decode = real_decode,
     .score_anomaly = real_anomaly,
     .score_keyed = real_keyed,
+    .warm_up = real_warm_up,
+    .status = real_status,
 };
+
+/* Engine thread, before ready: every chain at every batch size the backend
+ * pads to, so a CUDA backend captures its graphs now and not during the first
+ * requests. A capture that fails is no error (the backend logs it and runs op
+ * by op); a failed engine call is. */
+static int warm_up(finc_batcher *b, void *e, char *err, size_t errlen)
+{
+    if (b->calls->warm_up(e, err, errlen) != 0) return -1;
+    finc_backend_status st;
+    b->calls->status(e, &st);
+    if (st.buckets > 0)
+        fprintf(stderr, "finc: %s graphs warmed up: %d batch sizes up to %d, %ld chains captured in %.2f s, "
+                        "%.1f MiB of device memory%s\n", b->calls->backend(e), st.buckets, b->max_batch,
+                st.graph_captures, st.warm_seconds, st.warm_device_mib,
+                st.graph_capture_failures ? "; some captures failed (above), those chains run op by op" : "");
+    if (b->metrics) finc_metrics_backend(b->metrics, st.graphs, st.graph_capture_failures, st.dead);
+    pthread_mutex_lock(&b->mu);
+    b->status = st;
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+}
 
 static void engine_main(void *arg)
 {
@@ -541,6 +573,10 @@ static void engine_main(void *arg)
             b->D = (int)D;
         }
     }
+    if (e && warm_up(b, e, err, sizeof err) != 0) {
+        ec->free(e);
+        e = NULL;
+    }
     if (e && b->o.on_ready) b->o.on_ready(b->o.ready_user, ec->model(e), ec->backend(e));
     pthread_mutex_lock(&b->mu);
     if (e) {
@@ -565,7 +601,14 @@ static void engine_main(void *arg)
         pthread_mutex_unlock(&b->mu);
         if (!run) break;
         const int failed = batch_run(b, run);
+        finc_backend_status st;
+        ec->status(e, &st);
+        if (st.dead && !b->status.dead)
+            fprintf(stderr, "finc: the engine's device is in an unrecoverable error state: %s; every batch fails "
+                            "from now on, and /healthz and /readyz answer 503 until the process restarts\n", st.why);
+        if (b->metrics) finc_metrics_backend(b->metrics, st.graphs, st.graph_capture_failures, st.dead);
         pthread_mutex_lock(&b->mu);
+        b->status = st;
         if (failed) {
             b->failed_in_row++;
             snprintf(b->fail_err, sizeof b->fail_err, "%s", run->err);
@@ -690,6 +733,22 @@ int finc_batcher_failing(finc_batcher *b, char *err, size_t errlen)
     if (n && err) snprintf(err, errlen, "%s", b->fail_err);
     pthread_mutex_unlock(&b->mu);
     return n;
+}
+
+int finc_batcher_dead(finc_batcher *b, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&b->mu);
+    const int dead = b->status.dead;
+    if (dead && err) snprintf(err, errlen, "%s", b->status.why);
+    pthread_mutex_unlock(&b->mu);
+    return dead;
+}
+
+void finc_batcher_backend_status(finc_batcher *b, finc_backend_status *s)
+{
+    pthread_mutex_lock(&b->mu);
+    *s = b->status;
+    pthread_mutex_unlock(&b->mu);
 }
 
 finc_load_state finc_batcher_wait_ready(finc_batcher *b, char *err, size_t errlen)

@@ -74,6 +74,8 @@ typedef struct {
                          size_t errlen);
     int (*score_keyed)(void *e, int n, const uint8_t *pixels, int samples, const uint64_t *seeds,
                        const uint64_t *indices, double *logp, char *err, size_t errlen);
+    int (*warm_up)(void *e, char *err, size_t errlen);    /* before ready: a CUDA backend's graphs */
+    void (*status)(void *e, finc_backend_status *st);     /* after each batch: graphs, a dead device */
 } finc_batcher_engine;
 
 typedef struct {
@@ -113,6 +115,11 @@ finc_load_state finc_batcher_state(finc_batcher *b, char *err, size_t errlen);
 /* Failed batches in a row once they reach opts.unhealthy_after, else 0; the
  * last batch's error in err. A batch that succeeds starts the count again. */
 int finc_batcher_failing(finc_batcher *b, char *err, size_t errlen);
+/* 1 once the engine's device is in an unrecoverable error state (a sticky
+ * CUDA error): every batch fails until the process restarts; why in err. */
+int finc_batcher_dead(finc_batcher *b, char *err, size_t errlen);
+/* The backend's state as of its last batch (engine/backend.h). */
+void finc_batcher_backend_status(finc_batcher *b, finc_backend_status *s);
 /* Blocks until loaded (FINC_READY) or failed (FINC_LOAD_FAILED, message in err). */
 finc_load_state finc_batcher_wait_ready(finc_batcher *b, char *err, size_t errlen);
 /* Valid once ready; never changes afterwards. */

@@ -27,6 +27,8 @@ static const opt_spec specs[] = {
     {"port", "FINC_PORT", OPT_INT, F(port), 0, 65535, "TCP port (0: any free port)"},
     {"weights", "FINC_WEIGHTS", OPT_STR, F(weights), 0, 0, "model weights (.safetensors)"},
     {"backend", "FINC_BACKEND", OPT_STR, F(backend), 0, 0, "engine backend: cpu, cuda or auto"},
+    {"precision", "FINC_PRECISION", OPT_STR, F(precision), 0, 0,
+     "CUDA GEMM precision: fp32, or tf32 for the coupling nets' F x F products (faster, about 3 digits)"},
     {"threads", "FINC_THREADS", OPT_INT, F(threads), 0, 1024, "engine CPU threads (0: all cores)"},
     {"http-threads", "FINC_HTTP_THREADS", OPT_INT, F(http_threads), 1, 256,
      "HTTP worker threads (parsing, PNG decode and encode)"},
@@ -75,6 +77,7 @@ void finc_server_config_defaults(finc_server_config *c)
     c->port = 8080;
     snprintf(c->weights, sizeof c->weights, "weights/fashion-mnist.safetensors");
     snprintf(c->backend, sizeof c->backend, "cpu");
+    snprintf(c->precision, sizeof c->precision, "fp32");
     c->threads = 0;
     c->http_threads = 4;
     c->max_batch = FINC_DEFAULT_BATCH;
@@ -287,6 +290,11 @@ int finc_server_config_check(const finc_server_config *c, char *err, size_t errl
 {
     if (!finc_backend_name_ok(c->backend)) {
         snprintf(err, errlen, "backend must be cpu, cuda or auto, got '%s'", c->backend);
+        return -1;
+    }
+    finc_precision prec;
+    if (finc_precision_parse(c->precision, &prec) != 0) {
+        snprintf(err, errlen, "precision must be fp32 or tf32, got '%s'", c->precision);
         return -1;
     }
     if (strcmp(c->log, "json") && strcmp(c->log, "off")) {

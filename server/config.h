@@ -15,6 +15,7 @@ typedef struct {
     int port;                  /* 0: any free port */
     char weights[4096];
     char backend[16];          /* cpu, cuda, auto */
+    char precision[8];         /* fp32, tf32: the CUDA GEMMs (engine/backend.h) */
     int threads;               /* engine CPU threads, 0 for all cores */
     int http_threads;          /* MHD worker threads: parsing, PNG decode and encode */
     int max_batch;             /* images per engine batch */

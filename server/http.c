@@ -40,6 +40,11 @@ int finc_health(finc_server *s, finc_endpoint ep, const char **word, char *err, 
         else snprintf(err, errlen, "not ready: %s", *word);
         return 503;
     }
+    if (finc_batcher_dead(s->batcher, why, sizeof why)) {
+        *word = "dead";
+        snprintf(err, errlen, "sticky device error, restart the process: %s", why);
+        return 503;
+    }
     const int n = finc_batcher_failing(s->batcher, why, sizeof why);
     if (n) {
         *word = "failing";
@@ -101,6 +106,10 @@ static enum MHD_Result handle_models(finc_request *r)
     if (isnan(mi->test_bpd)) cJSON_AddNullToObject(o, "test_bits_per_dim");
     else cJSON_AddNumberToObject(o, "test_bits_per_dim", mi->test_bpd);
     cJSON_AddStringToObject(o, "backend", finc_batcher_backend(s->batcher));
+    finc_backend_status bs;
+    finc_batcher_backend_status(s->batcher, &bs);
+    cJSON_AddStringToObject(o, "precision", c->precision);
+    cJSON_AddBoolToObject(o, "cuda_graphs", bs.graphs);
     cJSON *an = cJSON_AddObjectToObject(o, "anomaly");
     cJSON_AddBoolToObject(an, "calibrated", m->anomaly != NULL);
     if (m->anomaly) {
@@ -425,8 +434,6 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
         (void)w;
     }
 }
-
-
 
 struct MHD_Daemon *finc_http_start(finc_server *s)
 {

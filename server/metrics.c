@@ -50,6 +50,8 @@ struct finc_metrics {
     long depth[FINC_METRICS_KINDS];
     histogram p_value;
     uint64_t anomalous;
+    int graphs, dead;
+    long capture_failures;
     char version[64], backend[64], model[128];
 };
 
@@ -176,6 +178,15 @@ void finc_metrics_anomaly(finc_metrics *m, double p_value, int anomalous)
     pthread_mutex_lock(&m->mu);
     hist_observe(&m->p_value, p_value);
     m->anomalous += anomalous != 0;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void finc_metrics_backend(finc_metrics *m, int graphs, long capture_failures, int dead)
+{
+    pthread_mutex_lock(&m->mu);
+    m->graphs = graphs;
+    m->capture_failures = capture_failures;
+    m->dead = dead;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -403,6 +414,15 @@ char *finc_metrics_render(finc_metrics *m, size_t *len)
     header(&sb, "finc_anomalous_images_total", "counter",
            "Scored images whose p-value was at most the request's alpha.");
     sb_printf(&sb, "finc_anomalous_images_total %llu\n", (unsigned long long)m->anomalous);
+    header(&sb, "finc_cuda_graphs_in_use", "gauge",
+           "1 while the CUDA backend replays its chains as CUDA graphs (0 on the CPU, or while capture backs off).");
+    sb_printf(&sb, "finc_cuda_graphs_in_use %d\n", m->graphs);
+    header(&sb, "finc_cuda_graph_capture_failures_total", "counter",
+           "CUDA graph captures that failed; each chain then ran op by op, and capture was retried after a back-off.");
+    sb_printf(&sb, "finc_cuda_graph_capture_failures_total %ld\n", m->capture_failures);
+    header(&sb, "finc_engine_dead", "gauge",
+           "1 once the device hit an unrecoverable (sticky) error: every batch fails until the process restarts.");
+    sb_printf(&sb, "finc_engine_dead %d\n", m->dead);
     pthread_mutex_unlock(&m->mu);
 
     render_process(&sb);

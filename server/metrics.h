@@ -45,6 +45,10 @@ void finc_metrics_queue_depth(finc_metrics *m, int kind, long passes);
 /* One image scored by a calibrated model: its p-value and verdict. */
 void finc_metrics_anomaly(finc_metrics *m, double p_value, int anomalous);
 
+/* The backend's own state after a batch (engine/backend.h): CUDA graphs in
+ * use, capture failures so far, and whether the device is dead. */
+void finc_metrics_backend(finc_metrics *m, int graphs, long capture_failures, int dead);
+
 /* The whole exposition as a malloc'd, NUL-terminated string (*len bytes), or NULL. */
 char *finc_metrics_render(finc_metrics *m, size_t *len);
 

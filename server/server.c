@@ -108,7 +108,8 @@ finc_server *finc_server_start(const finc_server_config *cfg, char *err, size_t 
     }
     finc_batcher_opts bo = {
         .weights = cfg->weights,
-        .engine = {.backend = cfg->backend, .max_batch = cfg->max_batch, .threads = cfg->threads},
+        .engine = {.backend = cfg->backend, .max_batch = cfg->max_batch, .threads = cfg->threads,
+                   .precision = strcmp(cfg->precision, "tf32") == 0 ? FINC_PRECISION_TF32 : FINC_PRECISION_FP32},
         .max_delay = cfg->max_delay_ms / 1000.0,
         .queue_size = cfg->queue_size,
         .unhealthy_after = cfg->unhealthy_after,

@@ -3,7 +3,8 @@
  * says, and fails when told. Large jobs split across batches and small
  * ones merge, each image keyed by its own job's (seed, index); expired and
  * hung-up jobs never run; close ends what is queued; failed batches fail
- * their jobs and mark the engine failing; a failed load fails the jobs. */
+ * their jobs and mark the engine failing; a dead device fails every later
+ * batch at once; a failed load fails the jobs. */
 #include <check.h>
 #include <math.h>
 #include <pthread.h>
@@ -33,6 +34,9 @@ static struct {
     double delay;                /* seconds a batch takes */
     int fail;                    /* batches still to fail */
     int open_fails;
+    int die;                     /* the next failed batch leaves the device dead (a sticky error) */
+    int dead;
+    int warm_ups;
 } fake;
 
 static void *fake_open(const char *w, const finc_engine_opts *o, char *err, size_t errlen)
@@ -66,6 +70,7 @@ static int fake_batch(int kind, int n, char *err, size_t errlen)
     if (fake.nbatch < 64) fake.sizes[fake.nbatch] = n, fake.kinds[fake.nbatch] = kind;
     fake.nbatch++;
     const int fail = fake.fail > 0 ? fake.fail-- : 0;
+    if (fail && fake.die) fake.dead = 1;
     const double delay = fake.delay;
     pthread_mutex_unlock(&fake.mu);
     sleep_s(delay);
@@ -98,6 +103,23 @@ static int fake_keyed(void *e, int n, const uint8_t *px, int samples, const uint
     return fake_batch(FINC_JOB_SCORE, n, err, errlen);
 }
 
+static int fake_warm_up(void *e, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&fake.mu);
+    fake.warm_ups++;
+    pthread_mutex_unlock(&fake.mu);
+    return 0;
+}
+
+static void fake_status(void *e, finc_backend_status *st)
+{
+    memset(st, 0, sizeof *st);
+    pthread_mutex_lock(&fake.mu);
+    st->dead = fake.dead;
+    pthread_mutex_unlock(&fake.mu);
+    if (st->dead) snprintf(st->why, sizeof st->why, "fake: illegal address");
+}
+
 static const finc_batcher_engine fake_calls = {
     .open = fake_open,
     .free = fake_free,
@@ -107,6 +129,8 @@ static const finc_batcher_engine fake_calls = {
     .decode = fake_decode,
     .score_anomaly = fake_anomaly,
     .score_keyed = fake_keyed,
+    .warm_up = fake_warm_up,
+    .status = fake_status,
 };
 
 static void fake_reset(void)
@@ -332,6 +356,36 @@ START_TEST(failed_batches_fail_their_jobs_and_mark_the_engine)
 }
 END_TEST
 
+/* A sticky device error: the batch that hit it fails, and every later one
+ * fails at once without reaching the engine; the batcher says the engine is
+ * dead (the server's /healthz then answers 503). */
+START_TEST(a_dead_engine_fails_every_batch_at_once)
+{
+    fake_reset();
+    fake.fail = 1;
+    fake.die = 1;
+    finc_batcher *b = start(4, 0.0, 3);
+    char err[400];
+    ck_assert_int_eq(finc_batcher_wait_ready(b, err, sizeof err), FINC_READY);
+    ck_assert_int_eq(fake.warm_ups, 1);  /* warmed before ready */
+    ck_assert_int_eq(finc_batcher_dead(b, err, sizeof err), 0);
+    static tjob j[2];
+    job_init(&j[0], FINC_JOB_SAMPLE, 2, 1);
+    submit(b, &j[0]);
+    wait_done(&j[0]);
+    ck_assert_int_eq(j[0].job.status, FINC_JOB_FAILED);
+    ck_assert_int_eq(finc_batcher_dead(b, err, sizeof err), 1);
+    ck_assert_msg(strstr(err, "fake: illegal address") != NULL, "%s", err);
+    job_init(&j[1], FINC_JOB_SAMPLE, 2, 2);
+    submit(b, &j[1]);
+    wait_done(&j[1]);
+    ck_assert_int_eq(j[1].job.status, FINC_JOB_FAILED);
+    ck_assert_msg(strstr(j[1].job.error, "dead") != NULL, "%s", j[1].job.error);
+    ck_assert_int_eq(batches(), 1);  /* the second never reached the device */
+    finc_batcher_stop(b);
+}
+END_TEST
+
 START_TEST(a_failed_load_fails_the_jobs)
 {
     fake_reset();
@@ -364,6 +418,7 @@ static Suite *batcher_suite(void)
     tcase_add_test(tc, expired_and_hung_up_jobs_never_run);
     tcase_add_test(tc, close_ends_queued_work);
     tcase_add_test(tc, failed_batches_fail_their_jobs_and_mark_the_engine);
+    tcase_add_test(tc, a_dead_engine_fails_every_batch_at_once);
     tcase_add_test(tc, a_failed_load_fails_the_jobs);
     suite_add_tcase(s, tc);
     return s;

@@ -355,6 +355,32 @@ START_TEST(bad_engine_inputs)
 }
 END_TEST
 
+/* Every backend checks its own table when it is made: a full one passes, and
+ * one with any slot empty fails naming that slot. */
+START_TEST(backend_table_complete)
+{
+    testmodel_spec s = testmodel_tiny();
+    char path[256], err[256];
+    finc_engine *e = open_spec(&s, 1, 2, path, sizeof path);
+    finc_backend *be = finc_engine_backend(e);
+    ck_assert_int_eq(finc_backend_check_table(be, err, sizeof err), 0);
+    finc_backend t = *be;
+    t.warm_up = NULL;
+    ck_assert_int_eq(finc_backend_check_table(&t, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "slot warm_up is empty"));
+    t = *be;
+    t.alloc = NULL;
+    ck_assert_int_eq(finc_backend_check_table(&t, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "slot alloc is empty"));
+    t = *be;
+    t.destroy = NULL;
+    ck_assert_int_eq(finc_backend_check_table(&t, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "slot destroy is empty"));
+    finc_engine_free(e);
+    unlink(path);
+}
+END_TEST
+
 static Suite *flow_suite(void)
 {
     Suite *s = suite_create("flow");
@@ -369,6 +395,7 @@ static Suite *flow_suite(void)
     tcase_add_test(tc, philox_known_answer);
     tcase_add_test(tc, importance_weighted_score);
     tcase_add_test(tc, bad_engine_inputs);
+    tcase_add_test(tc, backend_table_complete);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -4,7 +4,7 @@
 # libmicrohttpd, libuv): a cloud GPU image, say.
 #
 #   tools/cuda_bundle.sh pack      (make cuda-bundle) builds finc and its
-#       CUDA module, cuda_check, bench_engine and loadgen, for any x86-64 CPU
+#       CUDA module, test_backend_ops, cuda_bench, bench_engine and loadgen, for any x86-64 CPU
 #       with AVX2 (build/cuda-bundle.obj), and packs them with
 #       every shared library they load here, except glibc and the C++ runtime
 #       (the host's must be glibc 2.35 and GCC 11 or newer: Ubuntu 22.04,
@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 # Sources whose change makes a bundle stale.
 sources() {
     ls Makefile engine/*.[ch] io/*.[ch] server/*.[ch] cli/*.[ch] bench/*.[ch] tests/testmodel.[ch] tests/testpng.[ch] \
-        kernels/*.cu kernels/*.h
+        tests/cuda/*.[ch] kernels/*.cu kernels/*.h
 }
 # Libraries every glibc host has (the C++ runtime too: CUDA's compiler needs
 # it), and the ones the CUDA host brings. The host's C++ runtime rather than
@@ -51,7 +51,7 @@ cublas_dir() {
     [ -n "$d" ] && dirname "$d"
 }
 # finc finds the CUDA module beside itself.
-PROGRAMS="finc libfinc-cuda.so loadgen bench/cuda_check bench/bench_engine"
+PROGRAMS="finc libfinc-cuda.so loadgen tests/cuda/test_backend_ops bench/cuda_bench bench/bench_engine"
 # The loader path for a bundle unpacked in DIR: its lib/, then the host's cuBLAS.
 loader_path() {  # DIR
     local cb
@@ -86,7 +86,7 @@ pack() {
     make -s -j"$(nproc)" CUDA=1 BUILD=$obj ARCH=-march=x86-64-v3 $(for p in $PROGRAMS; do echo "$obj/$p"; done)
     dir=$stage/cuda-bundle
     rm -rf "$stage"
-    mkdir -p "$dir/lib" "$dir/bench"
+    mkdir -p "$dir/lib" "$dir/bench" "$dir/tests/cuda"
     for p in $PROGRAMS; do cp "$obj/$p" "$dir/$p"; done
     for p in $PROGRAMS; do
         ldd "$dir/$p" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }' | while read -r name path; do
@@ -118,11 +118,14 @@ pack() {
             exit 1
         fi
     done
-    out=$(LD_LIBRARY_PATH=$only "$stage/cuda-bundle/bench/cuda_check" --quick 2>&1) || rc=$?
-    if [ $rc -ne 0 ] && ! grep -q 'no usable CUDA device' <<<"$out"; then
-        echo "cuda_bundle: the bundled cuda_check failed (exit $rc): $out" >&2
-        exit 1
-    fi
+    for p in tests/cuda/test_backend_ops bench/cuda_bench; do
+        rc=0
+        out=$(LD_LIBRARY_PATH=$only "$stage/cuda-bundle/$p" --quick 2>&1) || rc=$?
+        if [ $rc -ne 2 ] || ! grep -q 'no usable CUDA device' <<<"$out"; then
+            echo "cuda_bundle: the bundled $p did not stop at asking for a device (exit $rc): $out" >&2
+            exit 1
+        fi
+    done
     # The module loads; with no GPU here it can only say there is no device.
     out=$(LD_LIBRARY_PATH=$only "$stage/cuda-bundle/finc" --version)
     grep -q 'backends: cpu, cuda\|cuda: not available: no usable CUDA device' <<<"$out" ||

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs the CUDA backend's own code (kernels/*.cu) on the CPU through the
 # emulated runtime in kernels/emu, against the CPU engine, with the checks of
-# bench/cuda_check.c on the small shapes. Catches indexing, barrier, launch
+# tests/cuda/test_backend_ops.c on the small shapes (and its fault checks,
+# which need the emulator's injection). Catches indexing, barrier, launch
 # configuration and graph-replay mistakes where no GPU is; says nothing about
 # speed or about the GPU's memory model. Then finc serve itself on the
 # emulated backend (kernels/emu/serve_check.sh). Builds into build/emu.
-#   kernels/emu/check.sh [cuda_check arguments]   (default: --small)
+#   kernels/emu/check.sh [test_backend_ops arguments]   (default: --small --emu-faults)
 #   EMU_SAN=1 adds AddressSanitizer (out-of-bounds kernel accesses).
 # The op checks run a second time with every block's threads, and the blocks,
 # in reverse order: a thread that reads what another writes with no barrier
@@ -49,23 +50,32 @@ compile_c() {  # DIR FILE...
         'gcc '"$cflags"' -c -o '"$d"'/c_$(echo {} | tr / _ | sed "s/\.c$/.o/") {}'
 }
 compile_c "$out/obj/lib" engine/*.c io/*.c
-compile_c "$out/obj/cuda_check" tests/testmodel.c bench/cuda_check.c
+compile_c "$out/obj/test_backend_ops" tests/testmodel.c tests/cuda/harness.c tests/cuda/test_backend_ops.c
+compile_c "$out/obj/cuda_bench" tests/testmodel.c tests/cuda/harness.c bench/cuda_bench.c
 compile_c "$out/obj/finc" server/*.c cli/*.c
-libs="$(pkg-config --libs $pkgs) -ldnnl -lopenblas -lm -lpthread"
-# The emulated kernels as the CUDA module, which finc (and cuda_check's engine-level
-# checks) load with dlopen from beside themselves, as the real build does; cuda_check
-# also links them directly for its per-op checks.
-g++ -shared -Wl,-Bsymbolic $san -o "$out/libfinc-cuda.so" "$out"/obj/*.o -lopenblas -lm -lpthread
-g++ -fopenmp $san -rdynamic -o "$out/cuda_check" "$out"/obj/*.o "$out"/obj/lib/*.o "$out"/obj/cuda_check/*.o $libs -ldl
+libs="$(pkg-config --libs $pkgs) -ldnnl -lm -lpthread"
+# The emulated kernels as the CUDA module, which finc (and the engine-level checks)
+# load with dlopen from beside themselves, as the real build does; test_backend_ops
+# and cuda_bench also link them directly for their per-op work.
+g++ -shared -Wl,-Bsymbolic $san -o "$out/libfinc-cuda.so" "$out"/obj/*.o -lm -lpthread
+# Where the real build puts them, so tools/cuda_check.sh runs them too (CUDA_CHECK_DIR=build/emu).
+mkdir -p "$out/tests/cuda" "$out/bench"
+g++ -fopenmp $san -rdynamic -o "$out/tests/cuda/test_backend_ops" "$out"/obj/*.o "$out"/obj/lib/*.o \
+    "$out"/obj/test_backend_ops/*.o $libs -ldl
+g++ -fopenmp $san -rdynamic -o "$out/bench/cuda_bench" "$out"/obj/*.o "$out"/obj/lib/*.o "$out"/obj/cuda_bench/*.o \
+    $libs -ldl
 g++ -fopenmp $san -rdynamic -o "$out/finc" "$out"/obj/lib/*.o "$out"/obj/finc/*.o $(pkg-config --libs libmicrohttpd libuv) \
     $libs -ldl
 
 args=("$@")
-[ ${#args[@]} -eq 0 ] && args=(--small)
-echo "== $out/cuda_check ${args[*]} (CUDA emulated on the CPU)"
+[ ${#args[@]} -eq 0 ] && args=(--small --emu-faults)
+echo "== $out/tests/cuda/test_backend_ops ${args[*]} (CUDA emulated on the CPU)"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0:allocator_may_return_null=1}
-"$out/cuda_check" "${args[@]}"
+"$out/tests/cuda/test_backend_ops" "${args[@]}"
 echo "== the op checks again, blocks and threads run last to first (EMU_ORDER=reverse: finds races)"
-EMU_ORDER=reverse "$out/cuda_check" --small --ops-only
+EMU_ORDER=reverse "$out/tests/cuda/test_backend_ops" --small --ops-only
+echo "== $out/bench/cuda_bench on two small shapes: the timing program's own checks (its figures mean nothing here)"
+FINC_BENCH_SMALL=1 "$out/bench/cuda_bench" --quick --no-cpu-time --time-images 3 | grep -E '^  (ok|FAIL)|checks passed'
+[ "${PIPESTATUS[0]}" = 0 ]
 echo "== kernels/emu/serve_check.sh: finc serve on the emulated CUDA backend"
 BIN=$out/finc bash kernels/emu/serve_check.sh
