@@ -64,6 +64,8 @@ NVCCFLAGS := -O3 -std=c++17 $(CUDA_ARCH) -lineinfo -DFINC_HAVE_CUDA -I. -Werror 
 KERNEL_OBJ := $(patsubst %.cu,$(BUILD)/%.o,$(wildcard kernels/*.cu))
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcudart -lstdc++
 CUDA_MODULE := $(BUILD)/libfinc-cuda.so
+# The module's runtime version, which finc names when no driver is there (engine/cuda_module.c).
+$(BUILD)/engine/cuda_module.o: CFLAGS += -DFINC_CUDA_RUNTIME_VERSION=$(shell sed -n 's/^\#define CUDART_VERSION *\([0-9]*\).*/\1/p' $(CUDA_HOME)/include/cuda_runtime_api.h)
 # The CUDA agreement checks (tests/cuda/) and the CUDA timings (bench/cuda_bench.c).
 CUDA_CHECK_BIN := $(BUILD)/tests/cuda/test_backend_ops $(BUILD)/bench/cuda_bench
 endif

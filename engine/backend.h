@@ -154,6 +154,8 @@ typedef struct {
  * CUDA library, say), no driver, a driver too old for the runtime (both
  * versions), or no device. */
 int finc_cuda_available(char *why, size_t n);
+/* The NVIDIA driver branch a CUDA runtime version (CUDART_VERSION) needs. */
+const char *finc_cuda_driver_needed(int runtime);
 /* The module's path once loaded, else NULL. */
 const char *finc_cuda_module_path(void);
 /* Usable devices (0 without a module, driver or device), and one line each. */

@@ -1,7 +1,15 @@
 /* Finds and loads the CUDA backend's shared module (engine/backend.h), once,
  * the first time anything asks for CUDA. The module resolves the few engine
  * functions it uses from the executable (linked -rdynamic) and binds its own
- * calls to itself (-Bsymbolic). */
+ * calls to itself (-Bsymbolic).
+ *
+ * Where no NVIDIA driver is installed (libcuda.so.1), the module is not loaded
+ * at all: it would map cuBLAS and the CUDA runtime (some 200 MB and 50 ms)
+ * only to find no driver, and every finc --version and --backend auto on a
+ * machine without a GPU would pay that. The build names the module's
+ * runtime version (FINC_CUDA_RUNTIME_VERSION); the emulator's build
+ * (kernels/emu/check.sh) names none and looks for no driver: its module
+ * emulates one. */
 #include <dlfcn.h>
 #include <limits.h>
 #include <pthread.h>
@@ -18,6 +26,31 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static const finc_cuda_module_api *api;
 static char module_path[PATH_MAX];
 static char load_why[1024];
+
+/* The driver branch a CUDA runtime version needs (its minor-version
+ * compatibility floor); the module says the same of its own runtime. */
+const char *finc_cuda_driver_needed(int runtime)
+{
+    if (runtime >= 13000) return "R580 (580.65.06) or newer";
+    if (runtime >= 12000) return "R525 (525.60.13) or newer";
+    return "R450 or newer";
+}
+
+#ifdef FINC_CUDA_RUNTIME_VERSION
+/* 1 when an NVIDIA driver's library loads; it stays loaded, as the runtime
+ * would load it anyway. */
+static int driver_present(const char *module)
+{
+    if (dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL)) return 1;
+    const int r = FINC_CUDA_RUNTIME_VERSION;
+    snprintf(load_why, sizeof load_why,
+             "no CUDA driver (libcuda.so.1 is not installed or not visible); the CUDA module %.300s has the CUDA "
+             "%d.%d runtime, which needs driver %s", module, r / 1000, r % 1000 / 10, finc_cuda_driver_needed(r));
+    return 0;
+}
+#else
+static int driver_present(const char *module) { return 1; }
+#endif
 
 static void load(void)
 {
@@ -41,6 +74,7 @@ static void load(void)
             snprintf(tried + k, sizeof tried - k, "%s%.300s", k ? ", " : "", cand[i]);
             continue;
         }
+        if (!driver_present(cand[i])) return;
         void *h = dlopen(cand[i], RTLD_NOW | RTLD_LOCAL);
         if (!h) {
             snprintf(load_why, sizeof load_why, "the CUDA module %.300s does not load: %.600s", cand[i], dlerror());

@@ -119,13 +119,9 @@ static void driver_module_version(char *buf, size_t n)
     fclose(f);
 }
 
-/* The driver branch a CUDA runtime needs (its minor-version compatibility floor). */
-static const char *driver_needed(int runtime)
-{
-    if (runtime >= 13000) return "R580 (580.65.06) or newer";
-    if (runtime >= 12000) return "R525 (525.60.13) or newer";
-    return "R450 or newer";
-}
+/* The driver branch a runtime needs: finc_cuda_driver_needed, in the executable
+ * (engine/cuda_module.c), which also says it when no driver is there at all. */
+static const char *driver_needed(int runtime) { return finc_cuda_driver_needed(runtime); }
 
 extern "C" int finc_cuda_describe(int device, char *buf, size_t n)
 {

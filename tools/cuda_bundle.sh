@@ -126,9 +126,10 @@ pack() {
             exit 1
         fi
     done
-    # The module loads; with no GPU here it can only say there is no device.
+    # The bundled finc finds its module: it loads and sees a device, or sees no
+    # device, or (no driver here) names the module it would load.
     out=$(LD_LIBRARY_PATH=$only "$stage/cuda-bundle/finc" --version)
-    grep -q 'backends: cpu, cuda\|cuda: not available: no usable CUDA device' <<<"$out" ||
+    grep -q 'backends: cpu, cuda\|cuda: not available: no usable CUDA device\|the CUDA module [^ ]*cuda-bundle/[^ ]*libfinc-cuda.so has the CUDA' <<<"$out" ||
         { echo "cuda_bundle: the bundled finc does not load its CUDA module: $out" >&2; exit 1; }
     rm -rf "$stage"
     echo "cuda_bundle: the unpacked bundle's programs load their libraries from it"

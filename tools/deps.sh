@@ -4,7 +4,7 @@ set -eu
 pkgs=(build-essential pkg-config check libcjson-dev libpng-dev zlib1g-dev libdnnl-dev
       libopenblas-dev libmicrohttpd-dev libuv1-dev libcurl4-openssl-dev
       python3-torch python3-numpy python3-pil fonts-dejavu-core cython3 dataset-fashion-mnist prometheus nginx-light
-      clang libclang-rt-dev libomp-dev patch xz-utils podman debootstrap chromium)
+      clang libclang-rt-dev libomp-dev patch xz-utils podman debootstrap chromium time)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -2,6 +2,7 @@
 # finc serve on the CUDA backend, its device code run on the CPU by the
 # emulated runtime (build/emu/finc, built by kernels/emu/check.sh):
 #  - scores and samples answer 200 and the scores equal the CPU engine's;
+#  - a file that is no module: finc --version says it does not load;
 #  - a driver older than the runtime: finc --version and --backend auto name
 #    it and the driver the runtime needs;
 #  - the graphs are captured before ready; a capture that fails (injected) is
@@ -36,6 +37,12 @@ verdict() {  # DESCRIPTION STATUS
 
 verdict "finc --version lists the device: $("$BIN" --version | tail -n 1 | cut -c1-60)" \
     "$("$BIN" --version | grep -q '^cuda: device 0: EMU' && echo 0 || echo 1)"
+
+# A file that is no module: its loader's message (the real build, with no
+# driver installed, says so before it tries the module).
+echo junk > "$tmp/junk.so"
+verdict "a module that does not load says so" \
+    "$(FINC_CUDA_MODULE=$tmp/junk.so "$BIN" --version | grep -q 'cuda: not available: the CUDA module .* does not load' && echo 0 || echo 1)"
 
 old=$(EMU_DRIVER_VERSION=12080 "$BIN" --version | tail -n 1)
 verdict "a driver older than the runtime: $old" \
