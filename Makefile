@@ -275,8 +275,8 @@ cuda-check:
 # this project's build dependencies (tools/cuda_bundle.sh).
 cuda-bundle:
 	@bash tools/cuda_bundle.sh pack
-cuda-emu-check:
-	@bash kernels/emu/check.sh
+cuda-emu-check: $(BUILD)/server/ui_assets.c
+	@UI_ASSETS=$(BUILD)/server/ui_assets.c bash kernels/emu/check.sh
 
 ifneq ($(NVCC),)
 $(BUILD)/%.o: %.cu

@@ -73,6 +73,42 @@ void finc_cuda_finc_forward(finc_cuda_ctx *c, float *y, const float *x, const fi
 
 #define FINC_INV_MAX_THREADS 512
 
+/* The block's quarter image, ready to solve: copied into shared memory in
+ * TL-space order (xs), or y copied to x, where it is solved in place under
+ * its flips. Returns X and sets its channel stride and flips:
+ * X(ci, hp, wp) = X[ci * xcs + flip(hp, H, xfy) * W + flip(wp, W, xfx)]. */
+__device__ static float *quarter_in(bool xs, float *smem, float *x, const float *y, size_t base, size_t cs, int Cq,
+                                    int H, int W, int fy, int fx, int tid, int nt, size_t *xcs, int *xfy, int *xfx)
+{
+    const int HW = H * W;
+    if (xs) {
+        *xcs = HW, *xfy = 0, *xfx = 0;
+        for (int e = tid; e < Cq * HW; e += nt) {
+            const int ci = e / HW, p = e % HW;
+            smem[(size_t)ci * HW + flip(p / W, H, fy) * W + flip(p % W, W, fx)] = y[base + ci * cs + p];
+        }
+        return smem;
+    }
+    *xcs = cs, *xfy = fy, *xfx = fx;
+    float *X = x + base;
+    for (int e = tid; e < Cq * HW; e += nt) {
+        const size_t o = (size_t)(e / HW) * cs + e % HW;
+        X[o] = y[base + o];
+    }
+    return X;
+}
+
+/* A solved quarter in shared memory back to x, in the image's own order. */
+__device__ static void quarter_out(float *x, const float *X, size_t base, size_t cs, int Cq, int H, int W, int fy,
+                                   int fx, int tid, int nt)
+{
+    const int HW = H * W;
+    for (int e = tid; e < Cq * HW; e += nt) {
+        const int ci = e / HW, p = e % HW;
+        x[base + ci * cs + p] = X[(size_t)ci * HW + flip(p / W, H, fy) * W + flip(p % W, W, fx)];
+    }
+}
+
 /* XS: the quarter image lives in shared memory; WS: its kernel does. */
 template <bool XS, bool WS>
 __global__ void __launch_bounds__(FINC_INV_MAX_THREADS)
@@ -91,22 +127,9 @@ finc_inverse_kernel(float *x, const float *y, const __grid_constant__ finc_quart
         w = ws;
     }
     /* X(ci, hp, wp) = X[ci * xcs + flip(hp, H, xfy) * W + flip(wp, W, xfx)] */
-    float *X;
     size_t xcs;
     int xfy, xfx;
-    if (XS) {
-        X = smem, xcs = HW, xfy = 0, xfx = 0;
-        for (int e = tid; e < Cq * HW; e += nt) {
-            const int ci = e / HW, p = e % HW;
-            X[(size_t)ci * HW + flip(p / W, H, fy) * W + flip(p % W, W, fx)] = y[base + ci * cs + p];
-        }
-    } else {
-        X = x + base, xcs = cs, xfy = fy, xfx = fx;
-        for (int e = tid; e < Cq * HW; e += nt) {
-            const size_t o = (size_t)(e / HW) * cs + e % HW;
-            X[o] = y[base + o];
-        }
-    }
+    float *X = quarter_in(XS, smem, x, y, base, cs, Cq, H, W, fy, fx, tid, nt, &xcs, &xfy, &xfx);
     __syncthreads();
 
     for (int d = 0; d <= H + W - 2; d++) {
@@ -148,11 +171,7 @@ finc_inverse_kernel(float *x, const float *y, const __grid_constant__ finc_quart
         __syncthreads();
     }
 
-    if (XS)
-        for (int e = tid; e < Cq * HW; e += nt) {
-            const int ci = e / HW, p = e % HW;
-            x[base + ci * cs + p] = X[(size_t)ci * HW + flip(p / W, H, fy) * W + flip(p % W, W, fx)];
-        }
+    if (XS) quarter_out(x, X, base, cs, Cq, H, W, fy, fx, tid, nt);
 }
 
 /* The k = 3 inverse, for batch-1 latency: the same two phases, with the
@@ -182,22 +201,10 @@ finc_inverse_k3_kernel(float *x, const float *y, const __grid_constant__ finc_qu
         for (int i = tid; i < Cq * Cq * 9; i += nt) ws[i] = w[i];
         w = ws;
     }
-    float *X;
+    /* X(ci, hp, wp) = X[ci * xcs + flip(hp, H, xfy) * W + flip(wp, W, xfx)] */
     size_t xcs;
     int xfy, xfx;
-    if (XS) {
-        X = smem, xcs = HW, xfy = 0, xfx = 0;
-        for (int e = tid; e < Cq * HW; e += nt) {
-            const int ci = e / HW, p = e % HW;
-            X[(size_t)ci * HW + flip(p / W, H, fy) * W + flip(p % W, W, fx)] = y[base + ci * cs + p];
-        }
-    } else {
-        X = x + base, xcs = cs, xfy = fy, xfx = fx;
-        for (int e = tid; e < Cq * HW; e += nt) {
-            const size_t o = (size_t)(e / HW) * cs + e % HW;
-            X[o] = y[base + o];
-        }
-    }
+    float *X = quarter_in(XS, smem, x, y, base, cs, Cq, H, W, fy, fx, tid, nt, &xcs, &xfy, &xfx);
     if (WARP) __syncwarp();
     else __syncthreads();
 
@@ -268,11 +275,7 @@ finc_inverse_k3_kernel(float *x, const float *y, const __grid_constant__ finc_qu
         else __syncthreads();
     }
 
-    if (XS)
-        for (int e = tid; e < Cq * HW; e += nt) {
-            const int ci = e / HW, p = e % HW;
-            x[base + ci * cs + p] = X[(size_t)ci * HW + flip(p / W, H, fy) * W + flip(p % W, W, fx)];
-        }
+    if (XS) quarter_out(x, X, base, cs, Cq, H, W, fy, fx, tid, nt);
 }
 
 typedef void (*finc_inverse_fn)(float *, const float *, finc_quarters, int, int, int, int, int);

@@ -20,7 +20,7 @@ san=""
 [ "${EMU_SAN:-0}" = 1 ] && san="-fsanitize=address -fno-omit-frame-pointer"
 pkgs="libcjson libpng zlib"
 cflags="-std=c11 -D_GNU_SOURCE -O1 -g -fopenmp -DFINC_HAVE_CUDA -I. $(pkg-config --cflags $pkgs) $san"
-cxxflags="-std=c++17 -O1 -g -fPIC -ffp-contract=off -DFINC_HAVE_CUDA -DFINC_CUDA_EMU -Wall -Wextra -Wno-unused-parameter \
+cxxflags="-std=c++17 -O1 -g -fPIC -ffp-contract=off -DFINC_HAVE_CUDA -DFINC_CUDA_EMU -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas \
   -I$out -Ikernels/emu/include -I. $san"
 
 # k<<<cfg>>>(args); becomes EMU_LAUNCH((cfg), k, args); and the dynamic
@@ -52,7 +52,10 @@ compile_c() {  # DIR FILE...
 compile_c "$out/obj/lib" engine/*.c io/*.c
 compile_c "$out/obj/test_backend_ops" tests/testmodel.c tests/cuda/harness.c tests/cuda/test_backend_ops.c
 compile_c "$out/obj/cuda_bench" tests/testmodel.c tests/cuda/harness.c bench/cuda_bench.c
-compile_c "$out/obj/finc" server/*.c cli/*.c
+# The page's files, embedded as the Makefile embeds them (make cuda-emu-check passes its output).
+ui_assets=${UI_ASSETS:-build/server/ui_assets.c}
+[ -f "$ui_assets" ] || { echo "emu: no $ui_assets (make cuda-emu-check makes it)" >&2; exit 2; }
+compile_c "$out/obj/finc" server/*.c cli/*.c "$ui_assets"
 libs="$(pkg-config --libs $pkgs) -ldnnl -lm -lpthread"
 # The emulated kernels as the CUDA module, which finc (and the engine-level checks)
 # load with dlopen from beside themselves, as the real build does; test_backend_ops
