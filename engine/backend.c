@@ -1,9 +1,9 @@
 /* The one check every backend's constructor makes of its table. */
 #include <stddef.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "backend.h"
+#include "error.h"
 
 #define SLOT(name) {#name, offsetof(finc_backend, name)}
 static const struct {
@@ -29,16 +29,12 @@ _Static_assert(sizeof(finc_backend) == offsetof(finc_backend, alloc) + 29 * size
 int finc_backend_check_table(const finc_backend *be, char *err, size_t errlen)
 {
     if (!be->name || !be->name[0]) {
-        snprintf(err, errlen, "backend table: no name");
-        return -1;
+        return finc_errorf(err, errlen, "backend table: no name");
     }
     for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
         void (*fn)(void);
         memcpy(&fn, (const char *)be + slots[i].offset, sizeof fn);
-        if (!fn) {
-            snprintf(err, errlen, "backend '%s': table slot %s is empty", be->name, slots[i].name);
-            return -1;
-        }
+        if (!fn) return finc_errorf(err, errlen, "backend '%s': table slot %s is empty", be->name, slots[i].name);
     }
     return 0;
 }

@@ -8,6 +8,7 @@
 
 #include "check.h"
 #include "cpu.h"
+#include "error.h"
 #include "gemm.h"
 
 static void *cpu_alloc(finc_backend *be, size_t bytes)
@@ -190,7 +191,7 @@ finc_backend *finc_backend_cpu_new(const finc_model *m, int max_batch, int threa
     if (!be || !c) {
         free(be);
         free(c);
-        snprintf(err, errlen, "out of memory");
+        finc_errorf(err, errlen, "out of memory");
         return NULL;
     }
     be->ctx = c;
@@ -206,7 +207,7 @@ finc_backend *finc_backend_cpu_new(const finc_model *m, int max_batch, int threa
     c->h2 = malloc(sz.hidden * sizeof(float));
     c->taps = malloc(sz.taps * sizeof(float));
     if (!c->col || !c->h1 || !c->h2 || !c->taps) {
-        snprintf(err, errlen, "out of memory for activations (max batch %d)", max_batch);
+        finc_errorf(err, errlen, "out of memory for activations (max batch %d)", max_batch);
         cpu_destroy(be);
         return NULL;
     }

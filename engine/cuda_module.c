@@ -4,9 +4,9 @@
  * calls to itself (-Bsymbolic).
  *
  * Where no NVIDIA driver is installed (libcuda.so.1), the module is not loaded
- * at all: it would map cuBLAS and the CUDA runtime (some 200 MB and 50 ms)
- * only to find no driver, and every finc --version and --backend auto on a
- * machine without a GPU would pay that. The build names the module's
+ * at all: it would map cuBLAS and the CUDA runtime only to find no driver,
+ * and every finc --version and --backend auto on a machine without a GPU
+ * would pay that (docs/benchmarks.md, start-up). The build names the module's
  * runtime version (FINC_CUDA_RUNTIME_VERSION); the emulator's build
  * (kernels/emu/check.sh) names none and looks for no driver: its module
  * emulates one. */
@@ -19,13 +19,14 @@
 #include <unistd.h>
 
 #include "engine/backend.h"
+#include "engine/error.h"
 
 #define MODULE_NAME "libfinc-cuda.so"
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static const finc_cuda_module_api *api;
 static char module_path[PATH_MAX];
-static char load_why[1024];
+static char load_why[1024];   /* why no module is loaded: a reason kept for every caller */
 
 /* The driver branch a CUDA runtime version needs (its minor-version
  * compatibility floor); the module says the same of its own runtime. */
@@ -139,7 +140,7 @@ finc_backend *finc_cuda_open(const finc_model *m, int max_batch, int device, fin
 {
     pthread_once(&once, load);
     if (!api) {
-        snprintf(err, errlen, "backend 'cuda' is not available: %.900s", load_why);
+        finc_errorf(err, errlen, "backend 'cuda' is not available: %.900s", load_why);
         return NULL;
     }
     return api->backend_new(m, max_batch, device, precision, err, errlen);  /* it says why when no device answers */
