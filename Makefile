@@ -2,6 +2,7 @@
 #   make          build ./finc
 #   make test     install missing Debian packages, build, run the Check suites and tool tests
 #   make check SUITE=flow   one Check suite (CK_RUN_CASE=<case> for one case of it)
+#   make test-cpu-only      the CLI suite on a CUDA=0 build
 #   make run      serve the shipped model
 #   make asan     the test suites under AddressSanitizer + UBSan
 #   make bench    benchmarks (docs/benchmarks.md)
@@ -121,6 +122,13 @@ deps:
 test: deps
 	@$(MAKE) --no-print-directory finc $(TEST_BIN) $(BUILD)/loadgen $(CUDA_CHECK_BIN)
 	@PYTHON=$(PYTHON) bash tests/run_suites.sh $(TEST_BIN)
+
+# make test-cpu-only: the CLI suite again on a CUDA=0 build (build/nocuda), which
+# the same commands must serve whether CUDA was built in or not.
+.PHONY: test-cpu-only
+test-cpu-only: deps
+	@$(MAKE) --no-print-directory BUILD=build/nocuda CUDA=0 build/nocuda/finc build/nocuda/tests/test_cli
+	@FINC_EXE=build/nocuda/finc FINC_SKIP_PY=1 bash tests/run_suites.sh build/nocuda/tests/test_cli
 
 # make check SUITE=flow: one Check suite (tests/test_flow.c); CK_RUN_CASE=<case> and
 # CK_RUN_SUITE narrow it further, CK_VERBOSITY=verbose names every test.
