@@ -347,6 +347,7 @@ static int cmd_sample(int argc, char **argv)
     if (rc) return rc;
     if (optind + 1 != argc) return usage("sample wants one weights file");
     if (!o.out) return usage("sample wants -o OUT.png or -o DIR/");
+    o.eng.uncalibrated = 1;  /* no anomaly scores here: its block is not read */
     finc_engine *e = open_engine(argv[optind], &o, o.n);
     if (!e) return 1;
     const finc_config *cfg = &finc_engine_model(e)->cfg;
@@ -443,6 +444,7 @@ static int cmd_encode(int argc, char **argv)
     if (rc) return rc;
     if (argc - optind < 2) return usage("encode wants a weights file and at least one PNG");
     if (!o.out) return usage("encode wants -o Z.npy");
+    o.eng.uncalibrated = 1;  /* no anomaly scores here: its block is not read */
     finc_engine *e = open_engine(argv[optind], &o, argc - optind - 1);
     if (!e) return 1;
     const finc_config *cfg = &finc_engine_model(e)->cfg;
@@ -470,6 +472,7 @@ static int cmd_decode(int argc, char **argv)
     if (rc) return rc;
     if (argc - optind != 2) return usage("decode wants a weights file and one .npy file");
     if (!o.out) return usage("decode wants -o OUT.png or -o DIR/");
+    o.eng.uncalibrated = 1;  /* no anomaly scores here: its block is not read */
     finc_engine *e = open_engine(argv[optind], &o, 0);
     if (!e) return 1;
     const finc_config *cfg = &finc_engine_model(e)->cfg;

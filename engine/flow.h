@@ -20,7 +20,8 @@ typedef struct {
     const char *backend;   /* "cpu" (default), "cuda" or "auto" */
     int max_batch;         /* largest batch run at once (default 64); larger n is chunked */
     int threads;           /* CPU threads; <= 0 for all cores */
-    int uncalibrated;      /* leave out the weights' anomaly block (finc calibrate replaces it) */
+    int uncalibrated;      /* leave out the weights' anomaly block: finc calibrate replaces it, and
+                              sample, encode and decode never read it */
     finc_precision precision; /* CUDA GEMMs: FINC_PRECISION_FP32 (default) or _TF32 */
 } finc_engine_opts;
 
