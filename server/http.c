@@ -3,16 +3,12 @@
  * handed to its handler; the small endpoints (/healthz, /readyz,
  * /v1/models, /metrics) answered here; a resumed request answered by the
  * callback its handler set; one log line and the metrics at the end. */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
-#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
