@@ -68,6 +68,9 @@ void finc_cuda_baseline_graph_free(finc_cuda_baseline_graph *g);
  * its ops intend: one per kernel, memset and GEMM. More nodes than intended
  * means a library added kernels (cuBLAS's split-K reduction, say). */
 void finc_cuda_graph_nodes(finc_backend *be, long *nodes, long *intended);
+/* The same summed over every chain captured so far (encode, encode with offsets and
+ * decode, at every batch size), and how many chains' two counts differ. */
+void finc_cuda_graph_node_totals(finc_backend *be, long *nodes, long *intended, long *mismatched);
 
 #ifdef __cplusplus
 }

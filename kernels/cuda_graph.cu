@@ -52,6 +52,8 @@ struct finc_cuda_graphs {
     int bucket[MAX_BUCKETS], nbuckets;
     long captured, replayed, capture_failures;
     long last_nodes, last_intended;  /* of the last capture: graph nodes, and what its ops intend */
+    long all_nodes, all_intended, mismatched;  /* the same summed over every capture, and the captures
+                                                  whose two differ */
     int failures_in_row;
     long backoff;                 /* chains left before capture is tried again */
     double warm_seconds, warm_mib;
@@ -166,6 +168,9 @@ static int capture(finc_cuda_ctx *c, graph_slot *s)
         g->last_nodes = (long)nodes;
         g->last_intended = 0;
         for (int i = 0; i < s->n; i++) g->last_intended += finc_cuda_op_launches(&s->ops[i]);
+        g->all_nodes += g->last_nodes;
+        g->all_intended += g->last_intended;
+        g->mismatched += g->last_nodes != g->last_intended;
         return 0;
     }
     /* Not an error of the request: the chain runs op by op. A sticky error is
@@ -297,6 +302,15 @@ extern "C" void finc_cuda_graph_nodes(finc_backend *be, long *nodes, long *inten
     const finc_cuda_graphs *g = ((finc_cuda_ctx *)be->ctx)->graphs;
     *nodes = g ? g->last_nodes : 0;
     *intended = g ? g->last_intended : 0;
+}
+
+extern "C" void finc_cuda_graph_node_totals(finc_backend *be, long *nodes, long *intended, long *mismatched)
+{
+    FINC_CHECK(be && be->name && strcmp(be->name, "cuda") == 0);
+    const finc_cuda_graphs *g = ((finc_cuda_ctx *)be->ctx)->graphs;
+    *nodes = g ? g->all_nodes : 0;
+    *intended = g ? g->all_intended : 0;
+    *mismatched = g ? g->mismatched : 0;
 }
 
 extern "C" void finc_cuda_graph_counts(finc_backend *be, long *captured, long *replayed)

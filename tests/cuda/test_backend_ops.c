@@ -471,11 +471,12 @@ static void graph_cache_check(const h_shape *s, const char *path)
                 "x %d buckets (1 2 4 8 16 24): %ld graphs in %.3f s, "
                 "holding %.1f MiB of device memory",
                 s->name, M, st0.buckets, st0.graph_captures, st0.warm_seconds, st0.warm_device_mib);
-        long nodes = 0, intended = 0;
-        finc_cuda_graph_nodes(finc_engine_backend(e), &nodes, &intended);
-        h_check(nodes > 0 && nodes == intended,
-                "%s: the last chain captured has %ld graph nodes, the launches its ops intend %ld (one per kernel, "
-                "memset and GEMM: no library kernels besides)", s->name, nodes, intended);
+        long nodes = 0, intended = 0, mismatched = 0;
+        finc_cuda_graph_node_totals(finc_engine_backend(e), &nodes, &intended, &mismatched);
+        h_check(nodes > 0 && nodes == intended && mismatched == 0,
+                "%s: the %ld chains captured (each kind, each bucket) have %ld graph nodes in all, the launches their "
+                "ops intend %ld (one per kernel, memset and GEMM: no library kernels besides); %ld chains differ",
+                s->name, st0.graph_captures, nodes, intended, mismatched);
         int ok = 1;
         for (int B = 1; B <= M && ok; B++)
             ok = h_ok_call(finc_sample(e, B, 1.0f, 5, 0, px, err, sizeof err), err, "device sample");
