@@ -386,22 +386,7 @@ int main(int argc, char **argv)
             time_images = atoi(argv[++i]);
         else usage();
     }
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    if (json_path && !(h_json = fopen(json_path, "w"))) {
-        perror(json_path);
-        return 2;
-    }
-    if (h_device_init()) return 2;
-    char date[32];
-    const time_t t = time(NULL);
-    strftime(date, sizeof date, "%Y-%m-%d", gmtime(&t));
-    printf("cuda_bench %s: %s\n", date, h_device_desc);
-    h_json_line("{\"bench\": \"cuda_bench\", \"device\": \"%s\", \"date\": \"%s\", \"cpu_as_device\": %d}",
-                h_device_desc, date, h_cpu_as_device);
-    if (h_tmpdir_init()) {
-        perror("tmpdir");
-        return 2;
-    }
+    if (h_start("cuda_bench", "bench", json_path)) return 2;
     /* The timed shapes: the paper's MNIST and CIFAR-10, and CIFAR-10 with K = 8
      * steps per level beside its K = 32, the two launch counts. */
     h_shape shapes[8];
@@ -426,7 +411,7 @@ int main(int argc, char **argv)
         if (!h_cpu_as_device) nf += finc_suite(&shapes[i], path, ft + nf, 16 - nf);
         unlink(path);
     }
-    report(timed, tm, nt, ft, nf, date);
+    report(timed, tm, nt, ft, nf, h_date);
     h_tmpdir_free();
     printf("\ncuda_bench: %d checks passed, %d failed (%.0f s)\n", h_pass, h_fail, h_now() - t0);
     h_json_line("{\"bench\": \"cuda_bench_summary\", \"passed\": %d, \"failed\": %d}", h_pass, h_fail);

@@ -160,15 +160,21 @@ finc_engine *finc_engine_open(const char *weights_path, const finc_engine_opts *
         engine_release(e);
         return NULL;
     }
-    /* A chain padded to its bucket reads rows past the batch: they must hold
-     * numbers, whatever the device's memory held before. */
-    be->zero(be, e->u, BD * sizeof(float));
-    be->zero(be, e->lat, BD * sizeof(float));
-    be->zero(be, e->lat2, BD * sizeof(float));
-    be->zero(be, e->pix, BD);
-    if (be->sync(be, err, errlen) != 0) {
-        engine_release(e);
-        return NULL;
+    /* A backend that pads chains to buckets (CUDA's graphs) reads rows past
+     * the batch: they must hold numbers, whatever the device's memory held
+     * before. One that does not (the CPU) leaves its buffers untouched, so
+     * only the rows a job uses become resident. */
+    int pads = 0;
+    for (int b = 1; b <= B && !pads; b++) pads = be->batch_bucket(be, b) != b;
+    if (pads) {
+        be->zero(be, e->u, BD * sizeof(float));
+        be->zero(be, e->lat, BD * sizeof(float));
+        be->zero(be, e->lat2, BD * sizeof(float));
+        be->zero(be, e->pix, BD);
+        if (be->sync(be, err, errlen) != 0) {
+            engine_release(e);
+            return NULL;
+        }
     }
     set_constants(e);
     return e;

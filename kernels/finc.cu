@@ -220,6 +220,9 @@ finc_inverse_k3_kernel(float *x, const float *y, const __grid_constant__ finc_qu
         for (int it = tid; tid < nt1 && it < n * Cq; it += nt1) {
             const int hp = h0 + it / Cq, wp = d - hp;
             float acc = 0.0f;
+            /* The same sum twice: from the registers, whose indices must be
+             * compile-time constants (a pointer into tap[] would put it in
+             * local memory), or from the weights, for larger Cq. */
             if (reg) {
 #pragma unroll
                 for (int ci = 0; ci < K3_REG_CQ; ci++) {

@@ -148,7 +148,9 @@ static int batches(void)
     return n;
 }
 
-static finc_batcher *start(int max_batch, double max_delay, int unhealthy_after)
+/* A batcher on the fake engine, its load ended as `want` says (the fake's
+ * settings are made before: fake_reset runs before each test). */
+static finc_batcher *start(int max_batch, double max_delay, int unhealthy_after, finc_load_state want)
 {
     finc_batcher_opts o = {
         .engine_calls = &fake_calls,
@@ -162,6 +164,7 @@ static finc_batcher *start(int max_batch, double max_delay, int unhealthy_after)
     char err[256];
     finc_batcher *b = finc_batcher_start(&o, NULL, err, sizeof err);
     ck_assert_msg(b != NULL, "%s", err);
+    ck_assert_int_eq(finc_batcher_wait_ready(b, err, sizeof err), want);
     return b;
 }
 
@@ -219,10 +222,7 @@ static void wait_batches(int n)
 
 START_TEST(large_jobs_split_small_ones_merge)
 {
-    fake_reset();
-    finc_batcher *b = start(8, 0.2, 0);
-    char err[256];
-    ck_assert_int_eq(finc_batcher_wait_ready(b, err, sizeof err), FINC_READY);
+    finc_batcher *b = start(8, 0.2, 0, FINC_READY);
     static tjob big, s[3];
     job_init(&big, FINC_JOB_SAMPLE, 20, 100);
     submit(b, &big);
@@ -260,11 +260,8 @@ END_TEST
 
 START_TEST(expired_and_hung_up_jobs_never_run)
 {
-    fake_reset();
     fake.delay = 0.3;
-    finc_batcher *b = start(4, 0.0, 0);
-    char err[256];
-    ck_assert_int_eq(finc_batcher_wait_ready(b, err, sizeof err), FINC_READY);
+    finc_batcher *b = start(4, 0.0, 0, FINC_READY);
     static tjob busy, late, gone;
     job_init(&busy, FINC_JOB_SAMPLE, 4, 1);
     submit(b, &busy);
@@ -297,11 +294,8 @@ END_TEST
 
 START_TEST(close_ends_queued_work)
 {
-    fake_reset();
     fake.delay = 0.3;
-    finc_batcher *b = start(4, 0.0, 0);
-    char err[256];
-    ck_assert_int_eq(finc_batcher_wait_ready(b, err, sizeof err), FINC_READY);
+    finc_batcher *b = start(4, 0.0, 0, FINC_READY);
     static tjob running, queued, after;
     job_init(&running, FINC_JOB_SAMPLE, 4, 1);
     submit(b, &running);
@@ -332,11 +326,9 @@ END_TEST
 
 START_TEST(failed_batches_fail_their_jobs_and_mark_the_engine)
 {
-    fake_reset();
     fake.fail = 2;
-    finc_batcher *b = start(4, 0.0, 2);
+    finc_batcher *b = start(4, 0.0, 2, FINC_READY);
     char err[256];
-    ck_assert_int_eq(finc_batcher_wait_ready(b, err, sizeof err), FINC_READY);
     static tjob j[3];
     for (int k = 0; k < 2; k++) {
         job_init(&j[k], FINC_JOB_SAMPLE, 3, (uint64_t)k);
@@ -361,12 +353,10 @@ END_TEST
  * dead (the server's /healthz then answers 503). */
 START_TEST(a_dead_engine_fails_every_batch_at_once)
 {
-    fake_reset();
     fake.fail = 1;
     fake.die = 1;
-    finc_batcher *b = start(4, 0.0, 3);
+    finc_batcher *b = start(4, 0.0, 3, FINC_READY);
     char err[400];
-    ck_assert_int_eq(finc_batcher_wait_ready(b, err, sizeof err), FINC_READY);
     ck_assert_int_eq(fake.warm_ups, 1);  /* warmed before ready */
     ck_assert_int_eq(finc_batcher_dead(b, err, sizeof err), 0);
     static tjob j[2];
@@ -388,9 +378,8 @@ END_TEST
 
 START_TEST(a_failed_load_fails_the_jobs)
 {
-    fake_reset();
     fake.open_fails = 1;
-    finc_batcher *b = start(4, 0.0, 0);
+    finc_batcher *b = start(4, 0.0, 0, FINC_LOAD_FAILED);
     char err[256];
     ck_assert_int_eq(finc_batcher_wait_ready(b, err, sizeof err), FINC_LOAD_FAILED);
     ck_assert_str_eq(err, "fake: no such weights 'fake.safetensors'");
@@ -414,6 +403,7 @@ static Suite *batcher_suite(void)
     Suite *s = suite_create("batcher");
     TCase *tc = tcase_create("batcher");
     tcase_set_timeout(tc, 30);
+    tcase_add_checked_fixture(tc, fake_reset, NULL);
     tcase_add_test(tc, large_jobs_split_small_ones_merge);
     tcase_add_test(tc, expired_and_hung_up_jobs_never_run);
     tcase_add_test(tc, close_ends_queued_work);

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-/usr/bin/python3}
-# The spin count finc sets for itself (cli/main.c), for both sides.
+# The spin count finc sets for itself (cli/omp_env.c), for both sides.
 export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-10000}
 THREADS=${THREADS:-$(nproc)}
 out=build/bench/results.jsonl

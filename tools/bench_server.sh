@@ -18,7 +18,7 @@
 #        and the rest waits at most that long. 1024 sustains the same goodput
 #        with a p99 of a second),
 #        MAX_OUTSTANDING (loadgen's in-flight cap, 2048), GOMP_SPINCOUNT
-#        (10000 unless set, the count finc sets for itself (cli/main.c), so the
+#        (10000 unless set, the count finc sets for itself (cli/omp_env.c), so the
 #        offline bench_engine figure runs as the server does: with libgomp's
 #        default spinning, workers collapse to a few percent of their speed
 #        when the load generator or anything else wants a core)

@@ -8,7 +8,7 @@ For each binary and model: `finc --version`, `finc info W`, `finc sample W -n 1`
 `finc score W` on one image, each run --runs times; the median wall time and the largest
 peak RSS (getrusage of the child) are printed as JSON lines, {"bench": "startup", ...}.
 Wall time counts everything the user waits for: the dynamic linker, libraries'
-initialisers, any re-exec, loading the weights, the work and exit.
+initialisers, loading the weights, the work and exit.
 """
 import argparse
 import json

@@ -13,6 +13,7 @@
 
 int h_cpu_as_device;
 char h_device_desc[512] = "CPU backend standing in for the device (--cpu-as-device)";
+char h_date[32];
 FILE *h_json;
 int h_pass, h_fail;
 
@@ -289,4 +290,24 @@ int h_device_init(void)
     fprintf(stderr, "built without CUDA (nvcc not found, or CUDA=0)\n");
     return -1;
 #endif
+}
+
+int h_start(const char *program, const char *kind, const char *json_path)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (json_path && !(h_json = fopen(json_path, "w"))) {
+        perror(json_path);
+        return 2;
+    }
+    if (h_device_init()) return 2;
+    const time_t t = time(NULL);
+    strftime(h_date, sizeof h_date, "%Y-%m-%d", gmtime(&t));
+    printf("%s %s: %s\n", program, h_date, h_device_desc);
+    h_json_line("{\"%s\": \"%s\", \"device\": \"%s\", \"date\": \"%s\", \"cpu_as_device\": %d}", kind, program,
+                h_device_desc, h_date, h_cpu_as_device);
+    if (h_tmpdir_init()) {
+        perror("tmpdir");
+        return 2;
+    }
+    return 0;
 }

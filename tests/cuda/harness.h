@@ -17,6 +17,8 @@
  * its place (checks the harness where no GPU is). */
 extern int h_cpu_as_device;
 extern char h_device_desc[512];
+/* The run's date (YYYY-MM-DD, UTC), set by h_start. */
+extern char h_date[32];
 /* JSON lines (--json), or NULL. */
 extern FILE *h_json;
 extern int h_pass, h_fail;
@@ -65,5 +67,11 @@ int h_ok_call(int rc, const char *err, const char *what);
 /* Describes the device into h_device_desc, or says why none can be used (no
  * driver, one older than the runtime needs, no device) and returns -1. */
 int h_device_init(void);
+
+/* What each program does first: opens json_path for JSON lines (when not NULL),
+ * finds the device, prints "<program> <date>: <device>" and writes it as the
+ * first JSON line under `kind` ("test" or "bench"), and makes the temporary
+ * directory. 0, or 2 (the exit status) with the reason on stderr. */
+int h_start(const char *program, const char *kind, const char *json_path);
 
 #endif

@@ -696,29 +696,14 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) snprintf(only, sizeof only, ",%.250s,", argv[++i]);
         else usage();
     }
-    setvbuf(stdout, NULL, _IOLBF, 0);
     /* A shape is run unless --only names others. */
-    int run[16];
+    int run[16] = {0};
     for (int i = 0; i < h_n_shapes; i++) {
         char key[64];
         snprintf(key, sizeof key, ",%s,", h_shapes[i].name);
         run[i] = !only[0] || strstr(only, key) != NULL;
     }
-    if (json_path && !(h_json = fopen(json_path, "w"))) {
-        perror(json_path);
-        return 2;
-    }
-    if (h_device_init()) return 2;
-    char date[32];
-    const time_t t = time(NULL);
-    strftime(date, sizeof date, "%Y-%m-%d", gmtime(&t));
-    printf("test_backend_ops %s: %s\n", date, h_device_desc);
-    h_json_line("{\"test\": \"test_backend_ops\", \"device\": \"%s\", \"date\": \"%s\", \"cpu_as_device\": %d}",
-                h_device_desc, date, h_cpu_as_device);
-    if (h_tmpdir_init()) {
-        perror("tmpdir");
-        return 2;
-    }
+    if (h_start("test_backend_ops", "test", json_path)) return 2;
     char paths[16][700] = {{0}};
     const double t0 = h_now();
 
